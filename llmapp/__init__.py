@@ -1,0 +1,23 @@
+"""Call LLM providers by named use case from Django.
+
+The public API is imported lazily so that importing ``llmapp`` (as manage.py does
+before Django starts) costs nothing.
+"""
+
+_EXPORTS = {
+    "complete_prompt": "llmapp.service",
+    "stream_prompt": "llmapp.service",
+    "acomplete_prompt": "llmapp.service",
+    "Completion": "llmapp.types",
+    "register_usecase": "llmapp.usecases",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llmapp' has no attribute {name!r}")

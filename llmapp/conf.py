@@ -1,0 +1,50 @@
+"""Read llmapp's settings, with their defaults, in one place.
+
+Every ``LLM_*`` setting is read through :func:`get_setting`. Modules that cache
+state derived from settings register a reset with :func:`on_change`, so
+``override_settings`` and pytest-django's ``settings`` fixture just work.
+"""
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS = {
+    "LLM_PROVIDERS": {
+        "default": {"BACKEND": "llmapp.providers.preview.PreviewProvider"},
+    },
+    "LLM_USECASES": {},
+    # Read LLM_<USECASE>_<FIELD> variables (LLM_SUMMARIZE_PROVIDER=openai) over settings.
+    "LLM_USECASE_ENV_OVERRIDES": True,
+    "LLM_EVENTSTREAM": "database",
+    "LLM_TSDB": "database",
+    "LLM_LOG_CONTENT": False,
+    "LLM_METRICS_BACKEND": "llmapp.metrics.dummy.DummyMetricsBackend",
+    "LLM_METRICS_OPTIONS": {},
+    "LLM_METRICS_QUEUE_SIZE": 10_000,
+    "LLM_SKIP_BACKEND_VALIDATION": False,
+}
+
+_resets = []
+
+
+def get_setting(name):
+    """Return the setting ``name``, or llmapp's default for it."""
+    return getattr(settings, name, DEFAULTS[name])
+
+
+def on_change(reset):
+    """Call ``reset()`` whenever an ``LLM_*`` setting changes; usable as a decorator."""
+    _resets.append(reset)
+    return reset
+
+
+def reset_all():
+    for reset in _resets:
+        reset()
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting, **kwargs):
+    if setting.startswith("LLM_"):
+        reset_all()

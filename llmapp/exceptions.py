@@ -1,0 +1,95 @@
+"""The one exception hierarchy of llmapp, rooted at LLMError."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class LLMError(Exception):
+    """Base class of every error llmapp raises."""
+
+
+class ConfigurationError(LLMError, ImproperlyConfigured):
+    """A setting is missing or wrong; the message names the setting to fix."""
+
+
+class ImproperlyInstalled(ConfigurationError):
+    """A provider's SDK is not installed; the message gives the pip command."""
+
+    def __init__(self, provider, package, extra):
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"provider {provider!r} needs the {package!r} package, which is not installed: "
+            f'run pip install "llmapp[{extra}]"'
+        )
+
+
+class InvalidRequestError(LLMError, ValueError):
+    """A call's arguments are wrong; nothing was sent."""
+
+
+class InvalidUsecaseError(InvalidRequestError):
+    pass
+
+
+class InvalidProviderError(InvalidRequestError):
+    pass
+
+
+class InvalidModelError(InvalidRequestError):
+    pass
+
+
+class InvalidTemperature(InvalidRequestError):
+    pass
+
+
+class InvalidMaxOutputTokens(InvalidRequestError):
+    pass
+
+
+class InvalidMessageError(InvalidRequestError):
+    pass
+
+
+class ProviderError(LLMError):
+    """A provider failed to answer: its HTTP status, request id and a redacted message."""
+
+    def __init__(
+        self,
+        message,
+        *,
+        provider,
+        status_code=None,
+        request_id=None,
+        transient=False,
+        retry_after=None,
+    ):
+        self.message = message
+        self.provider = provider
+        self.status_code = status_code
+        self.request_id = request_id
+        self.transient = transient
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __str__(self):
+        parts = [f"provider {self.provider!r}"]
+        if self.status_code is not None:
+            parts.append(f"HTTP {self.status_code}")
+        if self.request_id:
+            parts.append(f"request id {self.request_id}")
+        return f"{self.message} ({', '.join(parts)})"
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self.message!r}, provider={self.provider!r}, "
+            f"status_code={self.status_code!r}, request_id={self.request_id!r})"
+        )
+
+
+class ProviderTimeout(ProviderError):
+    pass
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached at all (refused, DNS, TLS)."""

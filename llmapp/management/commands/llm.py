@@ -1,0 +1,142 @@
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from llmapp.exceptions import LLMError
+from llmapp.providers import providers
+from llmapp.service import complete_prompt, prepare_request, stream_prompt
+from llmapp.types import Completion
+from llmapp.usecases import get_usecases
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a use case on a message and print the answer. The message comes from --message, "
+        "or from standard input when piped or given as '-'."
+    )
+    stealth_options = ("stdin",)
+
+    def add_arguments(self, parser):
+        parser.add_argument("usecase", nargs="?", help="The use case to run, e.g. summarize.")
+        parser.add_argument("-m", "--message", help="The message to send; '-' reads it from standard input.")
+        parser.add_argument("--prompt", help="Use this system prompt instead of the use case's.")
+        parser.add_argument("--provider", help="Call this LLM_PROVIDERS alias instead of the use case's.")
+        parser.add_argument("--model", help="Ask for this model instead of the use case's.")
+        parser.add_argument("--temperature", help="Temperature from 0 to 1, mapped to the provider's range.")
+        parser.add_argument("--max-output-tokens", help="The most tokens the answer may use.")
+        parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print one JSON object: text, usecase, provider, model, usage, latency_ms.",
+        )
+        parser.add_argument(
+            "--list", action="store_true", help="List the use cases with provider, model and description."
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Print the exact request that would be sent, secrets masked, and send nothing.",
+        )
+
+    def handle(self, *args, **options):
+        try:
+            if options["list"]:
+                self.list_usecases()
+                return
+            self.run(options)
+        except LLMError as exc:
+            raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            self.stderr.write("\nInterrupted.")
+            sys.exit(130)
+
+    def run(self, options):
+        if not options["usecase"]:
+            raise CommandError("name a use case, e.g. `manage.py llm summarize`; `--list` shows them all.")
+        if options["stream"] and options["json"]:
+            raise CommandError("--stream and --json cannot be combined; pick one.")
+        message = self.read_message(options)
+        overrides = {
+            "prompt": options["prompt"],
+            "provider": options["provider"],
+            "model": options["model"],
+            "temperature": _number(options["temperature"], float, "--temperature", "a number from 0 to 1"),
+            "max_output_tokens": _number(
+                options["max_output_tokens"], int, "--max-output-tokens", "a positive whole number"
+            ),
+        }
+        usecase = options["usecase"]
+        if options["dry_run"]:
+            request, backend = prepare_request(usecase, message, **overrides)
+            self.stdout.write(json.dumps(backend.describe_request(request), indent=2, ensure_ascii=False))
+            return
+        if options["stream"]:
+            completion = self.stream(usecase, message, overrides)
+        else:
+            completion = complete_prompt(usecase, message, **overrides)
+            if options["json"]:
+                self.stdout.write(json.dumps(completion.as_dict(), ensure_ascii=False))
+            else:
+                self.stdout.write(completion.text)
+        if options["verbosity"] >= 2:
+            self.stderr.write(self.describe(completion))
+
+    def stream(self, usecase, message, overrides):
+        completion = None
+        for item in stream_prompt(usecase, message, **overrides):
+            if isinstance(item, Completion):
+                completion = item
+            else:
+                self.stdout.write(item, ending="")
+                self.stdout.flush()
+        self.stdout.write("")
+        return completion
+
+    def read_message(self, options):
+        message = options["message"]
+        if message is not None and message != "-":
+            return message
+        stdin = options.get("stdin", sys.stdin)
+        if message is None and stdin.isatty():
+            raise CommandError(
+                "no message: pass --message TEXT, or pipe text in (echo 'text' | manage.py llm summarize)."
+            )
+        return stdin.read()
+
+    def describe(self, completion):
+        usage = completion.usage
+        return (
+            f"provider={completion.provider} model={completion.model} "
+            f"finish={completion.finish_reason} tokens={usage['input_tokens']}/{usage['output_tokens']} "
+            f"latency={completion.latency_ms:.0f}ms request_id={completion.request_id or '-'}"
+        )
+
+    def list_usecases(self):
+        rows = [("USE CASE", "PROVIDER", "MODEL", "DESCRIPTION")]
+        for usecase in get_usecases().values():
+            rows.append((usecase.name, usecase.provider, _model(usecase), usecase.description))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for i, row in enumerate(rows):
+            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            line += "  " + row[3]
+            self.stdout.write(self.style.MIGRATE_HEADING(line) if i == 0 else line)
+
+
+def _model(usecase):
+    if usecase.model:
+        return usecase.model
+    try:
+        return providers[usecase.provider].model or "?"
+    except LLMError:
+        return "?"
+
+
+def _number(value, kind, flag, expected):
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise CommandError(f"{flag} must be {expected}, got {value!r}.") from None

@@ -1,0 +1,81 @@
+"""Provider backends by alias, configured in LLM_PROVIDERS like CACHES or TASKS.
+
+``providers[alias]`` builds the backend once and shares it across threads; a
+change to any ``LLM_*`` setting drops the built ones so they are rebuilt.
+"""
+
+import threading
+
+from django.utils.module_loading import import_string
+
+from .. import conf
+from ..exceptions import ConfigurationError, InvalidProviderError
+
+PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS"})
+
+
+class ProviderHandler:
+    def __init__(self):
+        self._providers = {}
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self):
+        configured = conf.get_setting("LLM_PROVIDERS")
+        if not isinstance(configured, dict):
+            raise ConfigurationError("LLM_PROVIDERS must be a dict of alias to provider config.")
+        return configured
+
+    def aliases(self):
+        return list(self.settings)
+
+    def __contains__(self, alias):
+        return alias in self.settings
+
+    def __getitem__(self, alias):
+        try:
+            return self._providers[alias]
+        except KeyError:
+            pass
+        with self._lock:
+            if alias not in self._providers:
+                self._providers[alias] = self.create(alias)
+            return self._providers[alias]
+
+    def create(self, alias):
+        """Build a new backend for ``alias`` from settings."""
+        try:
+            config = self.settings[alias]
+        except KeyError:
+            raise InvalidProviderError(
+                f"unknown provider {alias!r}; LLM_PROVIDERS has: {', '.join(self.settings)}."
+            ) from None
+        backend_class = self.backend_class(alias, config)
+        return backend_class(alias, options=config.get("OPTIONS") or {}, models=config.get("MODELS"))
+
+    def backend_class(self, alias, config):
+        where = f"LLM_PROVIDERS[{alias!r}]"
+        if not isinstance(config, dict) or "BACKEND" not in config:
+            raise ConfigurationError(f"{where} must be a dict with a 'BACKEND' import string.")
+        unknown = sorted(set(config) - PROVIDER_KEYS)
+        if unknown:
+            raise ConfigurationError(
+                f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PROVIDER_KEYS))}."
+            )
+        try:
+            return import_string(config["BACKEND"])
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{where}['BACKEND'] = {config['BACKEND']!r} cannot be imported ({exc})."
+            ) from None
+
+    def all(self):
+        return [self[alias] for alias in self.settings]
+
+    def reset(self):
+        with self._lock:
+            self._providers = {}
+
+
+providers = ProviderHandler()
+conf.on_change(providers.reset)

@@ -1,0 +1,90 @@
+"""The base class every provider backend extends."""
+
+import importlib
+import threading
+
+from asgiref.sync import sync_to_async
+
+from ..exceptions import ConfigurationError, ImproperlyInstalled
+from ..redaction import redact
+
+
+class BaseProvider:
+    """A configured provider: turns a CompletionRequest into a Completion.
+
+    Subclasses set the class attributes below and implement ``complete()`` and
+    ``describe_request()``; ``stream()`` and ``acomplete()`` have working defaults.
+    """
+
+    #: OPTIONS keys this backend accepts.
+    option_names = frozenset()
+    #: OPTIONS keys whose values are secrets: never shown, logged or raised.
+    secret_options = frozenset({"api_key"})
+    #: The top of the provider's native temperature range; requests use 0 to 1.
+    max_temperature = 1.0
+    #: The model used when neither the use case nor OPTIONS["model"] names one.
+    default_model = None
+    #: The SDK this backend imports on first use, and the pip extra that installs it.
+    package = None
+    extra = None
+
+    def __init__(self, alias, *, options=None, models=None):
+        self.alias = alias
+        self.options = dict(options or {})
+        unknown = sorted(set(self.options) - self.option_names)
+        if unknown:
+            known = ", ".join(sorted(self.option_names)) or "none"
+            raise ConfigurationError(
+                f"LLM_PROVIDERS[{alias!r}]['OPTIONS'] has unknown key(s) {', '.join(unknown)} "
+                f"for {type(self).__name__}; known: {known}."
+            )
+        self.models = list(models) if models else []
+        self._sdk_lock = threading.Lock()
+
+    def __repr__(self):
+        # Never the options: they hold the API key.
+        return f"<{type(self).__name__} alias={self.alias!r}>"
+
+    @property
+    def model(self):
+        """The model a use case that names none gets."""
+        return self.options.get("model") or (self.models[0] if self.models else self.default_model)
+
+    def native_temperature(self, temperature):
+        """Map a provider-neutral 0-1 temperature onto this provider's range."""
+        return round(temperature * self.max_temperature, 4)
+
+    def secrets(self):
+        return [str(self.options[name]) for name in self.secret_options if self.options.get(name)]
+
+    def redact(self, text):
+        return redact(text, self.secrets())
+
+    def import_sdk(self):
+        """Import this backend's SDK, or say which pip command installs it."""
+        try:
+            return importlib.import_module(self.package)
+        except ImportError:
+            raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
+
+    def complete(self, request):
+        """Return a Completion for ``request``; raise ProviderError on failure."""
+        raise NotImplementedError
+
+    def stream(self, request):
+        """Yield text chunks, then the Completion; the default yields it all at once."""
+        completion = self.complete(request)
+        if completion.text:
+            yield completion.text
+        yield completion
+
+    async def acomplete(self, request):
+        return await sync_to_async(self.complete, thread_sensitive=False)(request)
+
+    def describe_request(self, request):
+        """Return the request that would be sent, secrets masked (for --dry-run)."""
+        raise NotImplementedError
+
+    def check(self):
+        """Return Django check messages about this backend's configuration."""
+        return []

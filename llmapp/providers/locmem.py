@@ -1,0 +1,69 @@
+"""The test provider: records every request and answers from a queue, like locmem email.
+
+from llmapp.providers import locmem
+
+locmem.queue("a canned answer")
+locmem.queue(ProviderError("boom", provider="test", status_code=500))
+complete_prompt("summarize", "hi", provider="test")
+assert locmem.outbox[0].message == "hi"
+"""
+
+import collections
+import re
+import threading
+
+from ..tokens import estimate_tokens
+from ..types import Completion
+from .base import BaseProvider
+
+#: Every CompletionRequest any locmem provider received, oldest first.
+outbox = []
+_replies = collections.deque()
+_lock = threading.Lock()
+
+
+def queue(*replies):
+    """Queue replies for the next calls: a string answers, an exception is raised."""
+    with _lock:
+        _replies.extend(replies)
+
+
+def reset():
+    """Empty the outbox and the queue of replies."""
+    with _lock:
+        outbox.clear()
+        _replies.clear()
+
+
+class LocmemProvider(BaseProvider):
+    """Answer with queued replies, then with OPTIONS["response"] (default: an echo)."""
+
+    option_names = frozenset({"model", "response"})
+    default_model = "locmem"
+
+    def complete(self, request):
+        with _lock:
+            outbox.append(request)
+            reply = _replies.popleft() if _replies else None
+        if isinstance(reply, BaseException):
+            raise reply
+        if reply is None:
+            reply = self.options.get("response") or f"locmem answer to: {request.message}"
+        return Completion(
+            text=reply,
+            usecase=request.usecase,
+            provider=self.alias,
+            model=request.model,
+            finish_reason="stop",
+            input_tokens=estimate_tokens(request.prompt) + estimate_tokens(request.message),
+            output_tokens=estimate_tokens(reply),
+        )
+
+    def stream(self, request):
+        completion = self.complete(request)
+        # Word by word, spaces kept, so the chunks join back to the exact text.
+        yield from (piece for piece in re.split(r"(?<= )", completion.text) if piece)
+        yield completion
+
+    def describe_request(self, request):
+        return {"backend": "locmem (recorded in memory, nothing is sent)", **vars(request)}

@@ -1,0 +1,326 @@
+"""OpenAI and every OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio, OpenRouter).
+
+The ``openai`` SDK is imported on first use, never at start-up. Azure OpenAI is
+the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version``.
+"""
+
+import os
+import weakref
+from email.utils import parsedate_to_datetime
+
+from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
+from ..redaction import mask, redact
+from ..types import Completion
+from .base import BaseProvider
+
+OPENAI_URL = "https://api.openai.com/v1"
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+_HINTS = {
+    401: "check the provider's api_key",
+    403: "the API key is not allowed to use this model or endpoint",
+    404: "check the model name and the base_url",
+    429: "rate limited or out of quota",
+}
+
+
+class OpenAIProvider(BaseProvider):
+    """Chat Completions through the official ``openai`` SDK."""
+
+    option_names = frozenset(
+        {
+            "api_key",
+            "base_url",
+            "model",
+            "timeout",
+            "organization",
+            "project",
+            "default_headers",
+            # Official OpenAI wants max_completion_tokens; most compatible servers max_tokens.
+            "token_limit_parameter",
+            "stream_usage",
+            "azure_endpoint",
+            "azure_deployment",
+            "api_version",
+        }
+    )
+    max_temperature = 2.0
+    default_model = "gpt-4o-mini"
+    package = "openai"
+    extra = "openai"
+    api_key_variable = "OPENAI_API_KEY"
+
+    def __init__(self, alias, *, options=None, models=None):
+        super().__init__(alias, options=options, models=models)
+        self._client = None
+        self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def is_azure(self):
+        return bool(self.options.get("azure_endpoint"))
+
+    @property
+    def base_url(self):
+        if self.is_azure:
+            endpoint = self.options["azure_endpoint"].rstrip("/")
+            return f"{endpoint}/openai"
+        return (self.options.get("base_url") or OPENAI_URL).rstrip("/")
+
+    @property
+    def api_key(self):
+        key = self.options.get("api_key") or os.environ.get(self.api_key_variable)
+        if key:
+            return key
+        if self.options.get("base_url"):
+            # Local OpenAI-compatible servers take no key, but the SDK insists on one.
+            return "no-key"
+        raise ConfigurationError(
+            f"provider {self.alias!r} has no API key: set {self.api_key_variable} in the "
+            f"environment or .env, or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
+        )
+
+    def secrets(self):
+        secrets = super().secrets()
+        if os.environ.get(self.api_key_variable):
+            secrets.append(os.environ[self.api_key_variable])
+        return secrets
+
+    # -- building the call ---------------------------------------------------------
+
+    def build_payload(self, request):
+        messages = [{"role": "user", "content": request.message}]
+        if request.prompt:
+            messages.insert(0, {"role": "system", "content": request.prompt})
+        default_limit = "max_tokens" if self.options.get("base_url") else "max_completion_tokens"
+        limit = self.options.get("token_limit_parameter") or default_limit
+        return {
+            "model": request.model,
+            "messages": messages,
+            "temperature": self.native_temperature(request.temperature),
+            limit: request.max_output_tokens,
+        }
+
+    def describe_request(self, request):
+        headers = {"Content-Type": "application/json"}
+        try:
+            key = mask(self.api_key)
+        except ConfigurationError:
+            key = "(no API key set)"
+        if self.is_azure:
+            headers["api-key"] = key
+            deployment = self.options.get("azure_deployment") or request.model
+            url = f"{self.base_url}/deployments/{deployment}/chat/completions"
+            url += f"?api-version={self.options.get('api_version', '')}"
+        else:
+            headers["Authorization"] = f"Bearer {key}"
+            url = f"{self.base_url}/chat/completions"
+        return {
+            "method": "POST",
+            "url": redact(url),
+            "headers": headers,
+            "json": self.build_payload(request),
+        }
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _client_options(self):
+        options = {
+            "api_key": self.api_key,
+            "timeout": self.options.get("timeout", 30),
+            # llmapp owns retries: the SDK must not retry on its own.
+            "max_retries": 0,
+            "default_headers": self.options.get("default_headers"),
+        }
+        if self.is_azure:
+            options |= {
+                "azure_endpoint": self.options["azure_endpoint"],
+                "azure_deployment": self.options.get("azure_deployment"),
+                "api_version": self.options.get("api_version"),
+            }
+        else:
+            options |= {
+                "base_url": self.options.get("base_url"),
+                "organization": self.options.get("organization"),
+                "project": self.options.get("project"),
+            }
+        return options
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._sdk_lock:
+                if self._client is None:
+                    openai = self.import_sdk()
+                    cls = openai.AzureOpenAI if self.is_azure else openai.OpenAI
+                    self._client = cls(**self._client_options())
+        return self._client
+
+    def async_client(self, loop):
+        # An async HTTP client belongs to the event loop it was first used on.
+        client = self._async_clients.get(loop)
+        if client is None:
+            openai = self.import_sdk()
+            cls = openai.AsyncAzureOpenAI if self.is_azure else openai.AsyncOpenAI
+            client = self._async_clients[loop] = cls(**self._client_options())
+        return client
+
+    # -- calls -----------------------------------------------------------------------
+
+    def complete(self, request):
+        payload = self.build_payload(request)
+        try:
+            response = self.client.chat.completions.create(**payload)
+        except Exception as exc:
+            raise self.translate_error(exc) from None
+        return self.parse(response, request)
+
+    async def acomplete(self, request):
+        import asyncio
+
+        payload = self.build_payload(request)
+        try:
+            client = self.async_client(asyncio.get_running_loop())
+            response = await client.chat.completions.create(**payload)
+        except Exception as exc:
+            raise self.translate_error(exc) from None
+        return self.parse(response, request)
+
+    def stream(self, request):
+        payload = self.build_payload(request)
+        if self.options.get("stream_usage", True):
+            payload["stream_options"] = {"include_usage": True}
+        parts, finish_reason, usage, model, request_id = [], None, None, request.model, None
+        try:
+            stream = self.client.chat.completions.create(**payload, stream=True)
+            request_id = stream.response.headers.get("x-request-id")
+            with stream:
+                for chunk in stream:
+                    model = chunk.model or model
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        text = choice.delta.content if choice.delta else None
+                        if text:
+                            parts.append(text)
+                            yield text
+        except Exception as exc:
+            error = self.translate_error(exc, request_id=request_id)
+            if parts and isinstance(error, ProviderUnavailable):
+                # Text already reached the caller, so this call cannot be retried.
+                error = ProviderUnavailable(
+                    f"the stream was cut after {len(parts)} chunk(s) of text",
+                    provider=self.alias,
+                    request_id=request_id,
+                )
+            raise error from None
+        if finish_reason is None:
+            raise ProviderUnavailable(
+                "the stream ended before the server finished its answer",
+                provider=self.alias,
+                request_id=request_id,
+                transient=not parts,
+            )
+        yield Completion(
+            text="".join(parts),
+            usecase=request.usecase,
+            provider=self.alias,
+            model=model,
+            finish_reason=finish_reason,
+            input_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+            request_id=request_id,
+        )
+
+    def parse(self, response, request):
+        if not getattr(response, "choices", None):
+            raise ProviderError(
+                "the server's answer has no choices",
+                provider=self.alias,
+                request_id=getattr(response, "_request_id", None),
+            )
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            usecase=request.usecase,
+            provider=self.alias,
+            model=response.model or request.model,
+            finish_reason=choice.finish_reason,
+            input_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+            request_id=getattr(response, "_request_id", None),
+        )
+
+    # -- errors ----------------------------------------------------------------------
+
+    def translate_error(self, exc, request_id=None):
+        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
+        if isinstance(exc, ProviderError | ConfigurationError):
+            return exc
+        openai = self.import_sdk()
+        common = {"provider": self.alias, "request_id": request_id}
+        if isinstance(exc, openai.APITimeoutError):
+            timeout = self.options.get("timeout", 30)
+            return ProviderTimeout(
+                f"no answer from {self.redact(self.base_url)} within {timeout}s",
+                transient=True,
+                **common,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            reason = self.redact(str(cause)) or type(cause).__name__
+            return ProviderUnavailable(
+                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
+            )
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            detail = _error_message(exc.body) or exc.response.reason_phrase or "error"
+            hint = _HINTS.get(status)
+            message = self.redact(f"{detail}; {hint}" if hint else detail)
+            common["request_id"] = exc.request_id or request_id
+            return ProviderError(
+                message,
+                status_code=status,
+                transient=status in TRANSIENT_STATUSES,
+                retry_after=_retry_after(exc.response.headers),
+                **common,
+            )
+        if isinstance(exc, openai.APIResponseValidationError | ValueError):
+            return ProviderError("the server's answer is not valid JSON for this API", **common)
+        # httpx errors raised while reading a stream are not wrapped by the SDK.
+        return ProviderUnavailable(
+            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
+            transient=True,
+            **common,
+        )
+
+
+def _error_message(body):
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return error.get("message")
+        return str(error)
+    return str(body) if body else None
+
+
+def _retry_after(headers):
+    """Return Retry-After in seconds (it may be seconds or an HTTP date), or None."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,43 @@
+"""The embedded default provider: offline, dependency-free and deterministic."""
+
+from ..tokens import estimate_tokens, leading_sentences
+from ..types import Completion
+from .base import BaseProvider
+
+LABEL = "[preview answer: no model was called; configure a provider to get real answers]"
+
+
+class PreviewProvider(BaseProvider):
+    """Answer from the message itself, so the whole flow runs with no network and no key.
+
+    For ``summarize`` the answer is the message's leading sentences cut to the
+    output budget (an extractive summary); for any other use case it is the
+    message echoed back within that budget.
+    """
+
+    option_names = frozenset({"model"})
+    default_model = "preview"
+
+    def complete(self, request):
+        body, cut = leading_sentences(request.message, request.max_output_tokens)
+        if request.usecase != "summarize":
+            body = f"You said: {body}"
+        return Completion(
+            text=f"{LABEL}\n{body}",
+            usecase=request.usecase,
+            provider=self.alias,
+            model=request.model,
+            finish_reason="length" if cut else "stop",
+            input_tokens=estimate_tokens(request.prompt) + estimate_tokens(request.message),
+            output_tokens=estimate_tokens(body),
+        )
+
+    def describe_request(self, request):
+        return {
+            "backend": "preview (offline: nothing is sent over the network)",
+            "model": request.model,
+            "system": request.prompt,
+            "message": request.message,
+            "temperature": self.native_temperature(request.temperature),
+            "max_output_tokens": request.max_output_tokens,
+        }

@@ -1,0 +1,50 @@
+"""Keep secrets out of messages, logs and pages."""
+
+import re
+
+MASK = "••••"
+SECRET_NAME = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|credential|dsn)", re.I)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
+# Bearer tokens and the common provider key shapes, in case a server echoes one back.
+_KEY_SHAPES = re.compile(
+    r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|sk-proj|sk-ant|AIza)[-_][A-Za-z0-9_-]{8,}", re.I
+)
+
+
+def mask(value):
+    """Show a secret as ``••••`` plus at most its last four characters."""
+    if not value:
+        return ""
+    value = str(value)
+    tail = value[-4:] if len(value) >= 12 else ""
+    return MASK + tail
+
+
+def is_secret_name(name):
+    return bool(SECRET_NAME.search(str(name)))
+
+
+def redact(text, secrets=()):
+    """Return ``text`` with the given secrets, URL credentials and key-shaped strings masked."""
+    if not text:
+        return text
+    text = str(text)
+    for secret in secrets:
+        if secret and len(str(secret)) >= 4:
+            text = text.replace(str(secret), MASK)
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>" + MASK + "@", text)
+    return _KEY_SHAPES.sub(lambda m: (m.group(1) or "") + MASK, text)
+
+
+def redact_mapping(data):
+    """Return a copy of ``data`` with values under secret-looking keys masked, recursively."""
+    if isinstance(data, dict):
+        return {
+            key: mask(value) if is_secret_name(key) and isinstance(value, str) else redact_mapping(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return type(data)(redact_mapping(item) for item in data)
+    if isinstance(data, str):
+        return redact(data)
+    return data

@@ -1,0 +1,39 @@
+"""Estimate token counts where a provider reports none (preview, locmem)."""
+
+import re
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def estimate_tokens(text):
+    """Count words and punctuation marks: close enough to a BPE count for budgets."""
+    return len(_TOKEN.findall(text or ""))
+
+
+def leading_sentences(text, max_tokens):
+    """Return as many leading sentences of ``text`` as fit in ``max_tokens``, and whether it was cut.
+
+    When not even the first sentence fits, it is cut at a word boundary.
+    """
+    text = " ".join((text or "").split())
+    taken, used = [], 0
+    for sentence in _SENTENCE_END.split(text):
+        cost = estimate_tokens(sentence)
+        if used + cost > max_tokens:
+            if not taken:
+                taken.append(_cut_words(sentence, max_tokens))
+            return " ".join(taken), True
+        taken.append(sentence)
+        used += cost
+    return " ".join(taken), False
+
+
+def _cut_words(sentence, max_tokens):
+    words, used = [], 0
+    for word in sentence.split():
+        used += estimate_tokens(word)
+        if used > max_tokens:
+            break
+        words.append(word)
+    return " ".join(words) + "…"

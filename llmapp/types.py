@@ -1,0 +1,45 @@
+"""The values that cross llmapp's service layer: a request and its completion."""
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One validated call: everything a provider needs and nothing it must look up."""
+
+    usecase: str
+    message: str
+    prompt: str
+    provider: str
+    model: str
+    temperature: float  # provider-neutral, 0 to 1
+    max_output_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a use case answered, and what it cost."""
+
+    text: str
+    usecase: str
+    provider: str
+    model: str
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_ms: float = 0.0
+    request_id: str | None = None
+    attempts: int = 1
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def usage(self):
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+    def as_dict(self):
+        """Return the JSON shape the CLI prints and batch files hold."""
+        data = asdict(self)
+        del data["extra"], data["input_tokens"], data["output_tokens"]
+        data["usage"] = self.usage
+        data["latency_ms"] = round(self.latency_ms, 1)
+        return data

@@ -1,0 +1,209 @@
+"""The use-case registry: which use cases exist, with what effective config, from where.
+
+Each field's value is resolved in layers, later ones winning:
+
+    builtin < code (register_usecase from an AppConfig.ready) < settings (LLM_USECASES)
+            < environment (LLM_<USECASE>_<FIELD>, when LLM_USECASE_ENV_OVERRIDES is on)
+
+and the registry remembers which layer each value came from.
+"""
+
+import functools
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+from . import conf
+from .exceptions import ConfigurationError, InvalidUsecaseError
+
+BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
+    "built-in",
+    "code",
+    "settings",
+    "environment",
+    "provider default",
+)
+
+SUMMARIZE_PROMPT = (
+    "You summarize text. Write a faithful, concise summary of the user's message: keep its "
+    "key facts, decisions, figures and names; add nothing that is not in the message; do not "
+    "give opinions or advice. Write in the language of the message, in plain prose, no longer "
+    "than a few sentences unless the message is long."
+)
+EXAMPLE_PROMPT = (
+    "You are a helpful assistant inside a Django application. Answer the user's message "
+    "accurately and briefly. If you are not sure, say so."
+)
+
+# Field name -> parser for values given as text (environment variables).
+FIELDS = {
+    "DESCRIPTION": str,
+    "PROMPT": str,
+    "PROVIDER": str,
+    "MODEL": str,
+    "TEMPERATURE": float,
+    "MAX_OUTPUT_TOKENS": int,
+}
+
+BUILTIN_USECASES = {
+    "summarize": {
+        "DESCRIPTION": "Summarize a text faithfully and concisely.",
+        "PROMPT": SUMMARIZE_PROMPT,
+        "PROVIDER": "default",
+        "MODEL": None,
+        "TEMPERATURE": 0.2,
+        "MAX_OUTPUT_TOKENS": 400,
+    },
+    "example": {
+        "DESCRIPTION": "A general assistant answer; a template for your own use cases.",
+        "PROMPT": EXAMPLE_PROMPT,
+        "PROVIDER": "default",
+        "MODEL": None,
+        "TEMPERATURE": 0.5,
+        "MAX_OUTPUT_TOKENS": 300,
+    },
+}
+
+# What a use case registered only in code or settings gets for the fields it leaves out.
+_FALLBACKS = {
+    "DESCRIPTION": "",
+    "PROMPT": "",
+    "PROVIDER": "default",
+    "MODEL": None,
+    "TEMPERATURE": 0.5,
+    "MAX_OUTPUT_TOKENS": 400,
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class UseCase:
+    """A use case's effective configuration; ``sources`` maps each field to its layer."""
+
+    name: str
+    description: str
+    prompt: str
+    provider: str
+    model: str | None
+    temperature: float
+    max_output_tokens: int
+    sources: dict
+
+    def source(self, field):
+        return self.sources.get(field.upper(), BUILTIN)
+
+
+_code_usecases = {}
+_lock = threading.Lock()
+
+
+def register_usecase(name, **fields):
+    """Register (or extend) a use case in code, typically from an ``AppConfig.ready``.
+
+    Fields are the lower-case forms of the settings keys: ``description``,
+    ``prompt``, ``provider``, ``model``, ``temperature``, ``max_output_tokens``.
+    Settings and the environment still override what code registers.
+    """
+    _check_name(name, "register_usecase()")
+    upper = {key.upper(): value for key, value in fields.items()}
+    _check_fields(upper, f"register_usecase({name!r})")
+    with _lock:
+        _code_usecases.setdefault(name, {}).update(upper)
+    get_usecases.cache_clear()
+
+
+def unregister_usecase(name):
+    with _lock:
+        _code_usecases.pop(name, None)
+    get_usecases.cache_clear()
+
+
+@functools.cache
+def get_usecases():
+    """Return every use case by name, resolved through all layers."""
+    configured = conf.get_setting("LLM_USECASES")
+    if not isinstance(configured, dict):
+        raise ConfigurationError("LLM_USECASES must be a dict of use-case name to a dict of fields.")
+    names = list(BUILTIN_USECASES)
+    names += [name for name in _code_usecases if name not in names]
+    names += [name for name in configured if name not in names]
+    read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
+    return {name: _resolve(name, configured.get(name) or {}, read_env) for name in names}
+
+
+def get_usecase(name):
+    """Return the use case ``name`` or raise InvalidUsecaseError naming the known ones."""
+    usecases = get_usecases()
+    try:
+        return usecases[name]
+    except KeyError:
+        known = ", ".join(sorted(usecases))
+        raise InvalidUsecaseError(
+            f"unknown use case {name!r}; known use cases: {known}. "
+            "Add it to LLM_USECASES or register it with llmapp.register_usecase()."
+        ) from None
+
+
+def env_variable(name, field):
+    """Return the environment variable that overrides ``field`` of use case ``name``."""
+    return "LLM_{}_{}".format(re.sub(r"\W", "_", name).upper(), field)
+
+
+def _resolve(name, from_settings, read_env):
+    _check_name(name, "LLM_USECASES")
+    _check_fields(from_settings, f"LLM_USECASES[{name!r}]")
+    values = dict(_FALLBACKS)
+    sources = dict.fromkeys(values, BUILTIN)
+    for layer, fields in (
+        (BUILTIN, BUILTIN_USECASES.get(name, {})),
+        (CODE, _code_usecases.get(name, {})),
+        (SETTINGS, from_settings),
+    ):
+        for field, value in fields.items():
+            values[field] = value
+            sources[field] = layer
+    if read_env:
+        for field, parse in FIELDS.items():
+            variable = env_variable(name, field)
+            raw = os.environ.get(variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[field] = parse(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{variable}={raw!r} is not a valid {parse.__name__}; fix or unset it."
+                ) from None
+            sources[field] = ENVIRONMENT
+    return UseCase(
+        name=name,
+        description=values["DESCRIPTION"],
+        prompt=values["PROMPT"],
+        provider=values["PROVIDER"],
+        model=values["MODEL"] or None,
+        temperature=values["TEMPERATURE"],
+        max_output_tokens=values["MAX_OUTPUT_TOKENS"],
+        sources=sources,
+    )
+
+
+def _check_name(name, where):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"{where}: use-case name {name!r} must be lower-case letters, digits, '-' or '_'."
+        )
+
+
+def _check_fields(fields, where):
+    if not isinstance(fields, dict):
+        raise ConfigurationError(f"{where} must be a dict of fields.")
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where} has unknown field(s) {', '.join(unknown)}; known fields: {', '.join(FIELDS)}."
+        )
+
+
+conf.on_change(get_usecases.cache_clear)

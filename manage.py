@@ -9,9 +9,16 @@ from llmapp.runner import configure
 
 def main():
     configure(default_settings="settings.dev", root=Path(__file__).resolve().parent)
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as exc:
+        # A configuration mistake is one line that says what to fix, not a traceback.
+        if "--traceback" in sys.argv:
+            raise
+        sys.exit(f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

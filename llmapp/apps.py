@@ -7,6 +7,10 @@ class LlmAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.core import checks
+
+        from .checks import check_llmapp
         from .startup import initialize_app
 
+        checks.register(check_llmapp, "llmapp")
         initialize_app()

@@ -64,7 +64,7 @@ class ProviderError(LLMError):
         transient=False,
         retry_after=None,
     ):
-        self.message = message
+        self.reason = message
         self.provider = provider
         self.status_code = status_code
         self.request_id = request_id
@@ -78,13 +78,17 @@ class ProviderError(LLMError):
             parts.append(f"HTTP {self.status_code}")
         if self.request_id:
             parts.append(f"request id {self.request_id}")
-        return f"{self.message} ({', '.join(parts)})"
+        return f"{self.reason} ({', '.join(parts)})"
 
     def __repr__(self):
         return (
-            f"{type(self).__name__}({self.message!r}, provider={self.provider!r}, "
+            f"{type(self).__name__}({self.reason!r}, provider={self.provider!r}, "
             f"status_code={self.status_code!r}, request_id={self.request_id!r})"
         )
+
+
+class StreamAbandoned(LLMError):
+    """The caller stopped reading a stream before it ended (recorded, never raised)."""
 
 
 class ProviderTimeout(ProviderError):

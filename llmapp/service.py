@@ -1,8 +1,8 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
-import dataclasses
 import numbers
-import time
+
+from asgiref.sync import sync_to_async
 
 from .exceptions import (
     ConfigurationError,
@@ -11,10 +11,21 @@ from .exceptions import (
     InvalidModelError,
     InvalidProviderError,
     InvalidTemperature,
+    StreamAbandoned,
 )
 from .providers import providers
+from .tracking import Call
 from .types import Completion, CompletionRequest
-from .usecases import SETTINGS, env_variable, get_usecase
+from .usecases import get_usecase
+
+
+def is_valid_temperature(value):
+    """A provider-neutral temperature: a real number from 0 to 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def is_valid_max_output_tokens(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def prepare_request(
@@ -37,7 +48,7 @@ def prepare_request(
 
     alias = provider or config.provider
     if alias not in providers:
-        where = "" if provider else f" (use case {usecase!r}, {_origin(config, 'PROVIDER')})"
+        where = "" if provider else f" (use case {usecase!r}, {config.origin('PROVIDER')})"
         raise InvalidProviderError(
             f"unknown provider {alias!r}{where}; LLM_PROVIDERS has: {', '.join(providers.aliases())}."
         )
@@ -55,18 +66,14 @@ def prepare_request(
         )
 
     temperature = config.temperature if temperature is None else temperature
-    if (
-        not isinstance(temperature, numbers.Real)
-        or isinstance(temperature, bool)
-        or not 0 <= temperature <= 1
-    ):
+    if not is_valid_temperature(temperature):
         raise InvalidTemperature(
             f"temperature must be a number from 0 to 1, got {temperature!r} "
             "(llmapp maps 0-1 onto each provider's own range)."
         )
 
     max_output_tokens = config.max_output_tokens if max_output_tokens is None else max_output_tokens
-    if not isinstance(max_output_tokens, int) or isinstance(max_output_tokens, bool) or max_output_tokens < 1:
+    if not is_valid_max_output_tokens(max_output_tokens):
         raise InvalidMaxOutputTokens(
             f"max_output_tokens must be a positive whole number, got {max_output_tokens!r}."
         )
@@ -90,9 +97,13 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
     ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``.
     """
     request, backend = prepare_request(usecase, message, **overrides)
-    started = time.perf_counter()
-    completion = backend.complete(request)
-    return _finished(completion, started)
+    call = Call(request)
+    try:
+        completion = backend.complete(request)
+    except Exception as exc:
+        call.failed(exc)
+        raise
+    return call.succeeded(completion)
 
 
 def stream_prompt(usecase, message, **overrides):
@@ -101,31 +112,29 @@ def stream_prompt(usecase, message, **overrides):
     Takes the same arguments as :func:`complete_prompt`.
     """
     request, backend = prepare_request(usecase, message, **overrides)
-    started = time.perf_counter()
-    for item in backend.stream(request):
-        if isinstance(item, Completion):
-            yield _finished(item, started)
-        else:
-            yield item
+    call = Call(request, streaming=True)
+    try:
+        for item in backend.stream(request):
+            if isinstance(item, Completion):
+                yield call.succeeded(item)
+            else:
+                yield item
+    except GeneratorExit:
+        call.failed(StreamAbandoned("the caller stopped reading the stream"))
+        raise
+    except BaseException as exc:
+        call.failed(exc)
+        raise
 
 
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views."""
     request, backend = prepare_request(usecase, message, **overrides)
-    started = time.perf_counter()
-    completion = await backend.acomplete(request)
-    return _finished(completion, started)
+    call = Call(request)
+    try:
+        completion = await backend.acomplete(request)
+    except Exception as exc:
+        await sync_to_async(call.failed)(exc)
+        raise
+    return await sync_to_async(call.succeeded)(completion)
 
-
-def _finished(completion, started):
-    latency_ms = (time.perf_counter() - started) * 1000
-    return dataclasses.replace(completion, latency_ms=latency_ms)
-
-
-def _origin(config, field):
-    source = config.source(field)
-    if source == SETTINGS:
-        return f"from LLM_USECASES[{config.name!r}]"
-    if source == "environment":
-        return f"from {env_variable(config.name, field)}"
-    return f"from {source}"

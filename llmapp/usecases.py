@@ -94,6 +94,16 @@ class UseCase:
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
 
+    def origin(self, field):
+        """Say where ``field``'s value came from, naming the setting or variable to change."""
+        field = field.upper()
+        source = self.source(field)
+        if source == SETTINGS:
+            return f"from LLM_USECASES[{self.name!r}][{field!r}]"
+        if source == ENVIRONMENT:
+            return f"from {env_variable(self.name, field)}"
+        return f"from {source}"
+
 
 _code_usecases = {}
 _lock = threading.Lock()

@@ -91,3 +91,34 @@ LLM_PROVIDERS = {
 # also be set from the environment alone: LLM_SUMMARIZE_PROVIDER=openai,
 # LLM_SUMMARIZE_MODEL=llama3.2, LLM_SUMMARIZE_TEMPERATURE=0.3, ...
 LLM_USECASES = {}
+
+# Usage events: where each call is recorded (database, logging, null) and what reads
+# them back for the admin and the CLI (database, null). Prompts and answers are kept
+# only with LLM_LOG_CONTENT=true: they may hold personal data.
+LLM_EVENTSTREAM = env("LLM_EVENTSTREAM", default="database")
+LLM_TSDB = env("LLM_TSDB", default="database")
+LLM_LOG_CONTENT = env.bool("LLM_LOG_CONTENT", default=False)
+
+# Metrics: dummy (default), logging, or DogStatsD over UDP.
+LLM_METRICS_BACKEND = env("LLM_METRICS_BACKEND", default="llmapp.metrics.dummy.DummyMetricsBackend")
+LLM_METRICS_OPTIONS = (
+    {
+        "host": env("STATSD_HOST", default="127.0.0.1"),
+        "port": env.int("STATSD_PORT", default=8125),
+    }
+    if LLM_METRICS_BACKEND.endswith("StatsdMetricsBackend")
+    else {}
+)
+
+# Sentry: errors and traces go to SENTRY_DSN and, when set, also to a Relay at
+# SENTRY_RELAY_DSN. Nothing is sent (and sentry_sdk is not even imported) without a DSN.
+SENTRY_SDK_CONFIG = {
+    "dsn": env("SENTRY_DSN", default=None),
+    "relay_dsn": env("SENTRY_RELAY_DSN", default=None),
+    "environment": env("SENTRY_ENVIRONMENT", default="development"),
+    "traces_sample_rate": env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+}
+if "SENTRY_SEND_DEFAULT_PII" in env:
+    # Also attaches prompts and answers to the gen_ai spans.
+    SENTRY_SDK_CONFIG["send_default_pii"] = env.bool("SENTRY_SEND_DEFAULT_PII")
+SENTRY_SDK_UPSTREAM_METRICS_ENABLED = env.bool("SENTRY_SDK_UPSTREAM_METRICS_ENABLED", default=False)

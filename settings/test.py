@@ -17,3 +17,7 @@ LLM_USECASES = {}
 # A developer's LLM_SUMMARIZE_PROVIDER must not change what the tests see.
 LLM_USECASE_ENV_OVERRIDES = False
 LLM_METRICS_BACKEND = "llmapp.metrics.dummy.DummyMetricsBackend"
+SENTRY_SDK_CONFIG = {}
+LLM_EVENTSTREAM = "database"
+LLM_TSDB = "database"
+LLM_LOG_CONTENT = False

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 
 from llmapp.providers import locmem
 from tests.fakes.openai_server import fake_openai  # noqa: F401
+from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 # Shaped like a real key so that key-shaped redaction is exercised too.
@@ -33,28 +35,49 @@ def openai_provider(settings, fake_openai):  # noqa: F811
     return fake_openai
 
 
+def run_manage(*args, database, env_file, env=None, input=None, timeout=60):
+    """Run manage.py in a subprocess as a user would, isolated from the developer's shell and .env."""
+    full_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LLM_", "OPENAI_", "SENTRY_", "DJANGO_", "DATABASE_URL"))
+    }
+    full_env |= {"LLM_ENV_FILE": str(env_file), "DATABASE_URL": f"sqlite:///{database}"}
+    full_env |= env or {}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory):
+    """A SQLite file that `manage.py migrate` has run on, made once per test run."""
+    folder = tmp_path_factory.mktemp("migrated")
+    env_file = folder / "empty.env"
+    env_file.write_text("")
+    database = folder / "db.sqlite3"
+    result = run_manage("migrate", "-v0", database=database, env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    return database
+
+
 @pytest.fixture
-def manage(tmp_path):
-    """Run manage.py in a subprocess as a user would, isolated from the developer's .env."""
+def manage(tmp_path, migrated_database):
+    """Run manage.py in a subprocess on a fresh copy of the migrated database."""
     env_file = tmp_path / "test.env"
     env_file.write_text("")
+    database = tmp_path / "db.sqlite3"
+    shutil.copyfile(migrated_database, database)
 
-    def run(*args, env=None, input=None, timeout=60):
-        full_env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("LLM_", "OPENAI_", "SENTRY_", "DJANGO_"))
-        }
-        full_env |= {"LLM_ENV_FILE": str(env_file), "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-        full_env |= env or {}
-        return subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *args],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            input=input,
-            timeout=timeout,
-            cwd=ROOT,
-        )
+    def run(*args, **kwargs):
+        return run_manage(*args, database=database, env_file=env_file, **kwargs)
 
+    run.database = database
+    run.env_file = env_file
     return run

@@ -180,13 +180,12 @@ def test_missing_api_key_is_one_line(manage):
     )
 
 
-def test_ctrl_c_while_streaming_exits_130(fake_openai, tmp_path):
+def test_ctrl_c_while_streaming_exits_130(fake_openai, manage):
     fake_openai.reply_stream(["first "] + ["more "] * 50, delay_between=0.2)
-    env_file = tmp_path / "empty.env"
-    env_file.write_text("")
     env = {
         "PATH": "/usr/bin:/bin",
-        "LLM_ENV_FILE": str(env_file),
+        "LLM_ENV_FILE": str(manage.env_file),
+        "DATABASE_URL": f"sqlite:///{manage.database}",
         "LLM_SUMMARIZE_PROVIDER": "openai",
         "OPENAI_BASE_URL": fake_openai.base_url,
         "PYTHONUNBUFFERED": "1",

@@ -98,7 +98,7 @@ def test_error_replies_become_provider_errors(openai_provider, status, transient
     assert error.retry_after == 3
     assert hint in str(error)
     assert len(openai_provider.requests) == 1  # the SDK's own retries are off
-    for text in (str(error), repr(error), error.message):
+    for text in (str(error), repr(error), error.reason):
         assert API_KEY not in text
         assert API_KEY[-12:] not in text
 

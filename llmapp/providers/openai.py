@@ -84,6 +84,19 @@ class OpenAIProvider(BaseProvider):
             secrets.append(os.environ[self.api_key_variable])
         return secrets
 
+    def check(self):
+        from django.core import checks
+
+        try:
+            self.api_key  # noqa: B018 (raises when there is none)
+        except ConfigurationError as exc:
+            return [
+                checks.Warning(
+                    str(exc), hint="Calls to this provider will fail until it has a key.", id="llmapp.W003"
+                )
+            ]
+        return []
+
     # -- building the call ---------------------------------------------------------
 
     def build_payload(self, request):

@@ -6,6 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 from llmapp.exceptions import LLMError
 from llmapp.providers import providers
 from llmapp.service import complete_prompt, prepare_request, stream_prompt
+from llmapp.tracing import command_transaction
+from llmapp.tsdb import get_tsdb
 from llmapp.types import Completion
 from llmapp.usecases import get_usecases
 
@@ -16,6 +18,9 @@ class Command(BaseCommand):
         "or from standard input when piped or given as '-'."
     )
     stealth_options = ("stdin",)
+    # initialize_app() has validated the configuration already; `manage.py check` shows
+    # warnings. Skipping the full check run keeps the command fast and its output clean.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("usecase", nargs="?", help="The use case to run, e.g. summarize.")
@@ -35,6 +40,11 @@ class Command(BaseCommand):
             "--list", action="store_true", help="List the use cases with provider, model and description."
         )
         parser.add_argument(
+            "--usage",
+            action="store_true",
+            help="Print each use case's calls, error rate, latency and tokens over the last 24 hours.",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="Print the exact request that would be sent, secrets masked, and send nothing.",
@@ -45,7 +55,11 @@ class Command(BaseCommand):
             if options["list"]:
                 self.list_usecases()
                 return
-            self.run(options)
+            if options["usage"]:
+                self.print_usage()
+                return
+            with command_transaction(f"manage.py llm {options['usecase'] or ''}".strip()):
+                self.run(options)
         except LLMError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
@@ -114,13 +128,43 @@ class Command(BaseCommand):
         )
 
     def list_usecases(self):
-        rows = [("USE CASE", "PROVIDER", "MODEL", "DESCRIPTION")]
-        for usecase in get_usecases().values():
-            rows.append((usecase.name, usecase.provider, _model(usecase), usecase.description))
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        for i, row in enumerate(rows):
-            line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            line += "  " + row[3]
+        rows = [
+            (usecase.name, usecase.provider, _model(usecase), usecase.description)
+            for usecase in get_usecases().values()
+        ]
+        self.table(("USE CASE", "PROVIDER", "MODEL", "DESCRIPTION"), rows)
+
+    def print_usage(self):
+        store = get_tsdb()
+        if not store.has_data:
+            self.stdout.write("No data: LLM_TSDB is 'null', so usage is not kept.")
+            return
+        usage = store.get_usage()
+        rows = []
+        for name in get_usecases():
+            summary = usage.get(name)
+            if summary is None:
+                rows.append((name, "0", "-", "-", "-", "0", "0"))
+                continue
+            rows.append(
+                (
+                    name,
+                    str(summary.calls),
+                    f"{summary.error_rate:.1%}",
+                    f"{summary.p50_ms:.1f}ms",
+                    f"{summary.p95_ms:.1f}ms",
+                    str(summary.input_tokens),
+                    str(summary.output_tokens),
+                )
+            )
+        self.table(("USE CASE", "CALLS 24H", "ERRORS", "P50", "P95", "TOKENS IN", "TOKENS OUT"), rows)
+
+    def table(self, header, rows):
+        """Write aligned columns; the last column is left ragged."""
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+        for i, row in enumerate([header, *rows]):
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            line = "  ".join([*cells, row[-1]])
             self.stdout.write(self.style.MIGRATE_HEADING(line) if i == 0 else line)
 
 

@@ -1,0 +1,193 @@
+"""System checks for llmapp's configuration, in the spirit of Sentry's validate_snuba.
+
+``manage.py check`` lists every problem at once; ``initialize_app`` runs the same
+checks at start-up and, under DEBUG, refuses to start on an error.
+"""
+
+import importlib.util
+
+from django.core import checks
+
+from . import conf, eventstream, tsdb
+from .backends import backend_class
+from .exceptions import ConfigurationError
+from .metrics.checks import check_metrics
+from .providers import PROVIDER_KEYS, providers
+from .service import is_valid_max_output_tokens, is_valid_temperature
+from .usecases import BUILTIN_USECASES, _code_usecases, _resolve
+
+PROVIDER_HINT = (
+    'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
+)
+
+
+def check_llmapp(app_configs=None, **kwargs):
+    """Run every llmapp check; registered with Django's check framework."""
+    return validate_options() + validate_backends()
+
+
+def validate_options():
+    """Check the providers and the use cases."""
+    backends, messages = _check_providers()
+    return messages + _check_usecases(backends)
+
+
+def validate_backends():
+    """Check the event stream, the TSDB and the metrics backend, and that they fit together."""
+    messages, stream, reader = [], None, None
+    for setting, aliases in (("LLM_EVENTSTREAM", eventstream.ALIASES), ("LLM_TSDB", tsdb.ALIASES)):
+        try:
+            cls = backend_class(setting, aliases)
+        except ConfigurationError as exc:
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    hint=f"Set {setting} to one of {', '.join(aliases)}, or a backend's import string.",
+                    id="llmapp.E007",
+                )
+            )
+            continue
+        if setting == "LLM_EVENTSTREAM":
+            stream = cls
+        else:
+            reader = cls
+    if stream is not None and reader is not None:
+        if reader.reads_from_database and not stream.writes_to_database:
+            messages.append(
+                checks.Error(
+                    f"LLM_TSDB reads usage from the database but LLM_EVENTSTREAM is "
+                    f"{conf.get_setting('LLM_EVENTSTREAM')!r}: no data will be written where it is read.",
+                    hint="Set LLM_EVENTSTREAM = 'database', or LLM_TSDB = 'null'.",
+                    id="llmapp.E008",
+                )
+            )
+        elif stream.writes_to_database and not reader.has_data:
+            messages.append(
+                checks.Warning(
+                    "LLM_EVENTSTREAM writes usage to the database but LLM_TSDB is 'null': "
+                    "the admin and the CLI will show no usage.",
+                    hint="Set LLM_TSDB = 'database' to read it back, or LLM_EVENTSTREAM = 'null'.",
+                    id="llmapp.W001",
+                )
+            )
+    return messages + check_metrics()
+
+
+def _check_providers():
+    """Return {alias: backend} for the importable providers, and the problems found."""
+    configured = conf.get_setting("LLM_PROVIDERS")
+    if not isinstance(configured, dict) or not configured:
+        error = checks.Error("LLM_PROVIDERS must be a non-empty dict.", hint=PROVIDER_HINT, id="llmapp.E001")
+        return {}, [error]
+    backends, messages = {}, []
+    for alias, config in configured.items():
+        where = f"LLM_PROVIDERS[{alias!r}]"
+        if not isinstance(config, dict) or "BACKEND" not in config or set(config) - PROVIDER_KEYS:
+            messages.append(
+                checks.Error(f"{where} is not a valid provider config.", hint=PROVIDER_HINT, id="llmapp.E001")
+            )
+            continue
+        try:
+            cls = providers.backend_class(alias, config)
+        except ConfigurationError as exc:
+            messages.append(
+                checks.Error(
+                    str(exc), hint="Fix the import string, or install the package it names.", id="llmapp.E002"
+                )
+            )
+            continue
+        options = config.get("OPTIONS") or {}
+        known = {key: value for key, value in options.items() if key in cls.option_names}
+        backends[alias] = cls(alias, options=known, models=config.get("MODELS"))
+        unknown = sorted(set(options) - cls.option_names)
+        if unknown:
+            messages.append(
+                checks.Error(
+                    f"{where}['OPTIONS'] has unknown key(s) {', '.join(unknown)} for {cls.__name__}.",
+                    hint=f"Known options: {', '.join(sorted(cls.option_names)) or 'none'}.",
+                    id="llmapp.E003",
+                )
+            )
+        if cls.package and importlib.util.find_spec(cls.package) is None:
+            messages.append(
+                checks.Warning(
+                    f"{where} needs the {cls.package!r} package, which is not installed.",
+                    hint=f'Run pip install "llmapp[{cls.extra}]".',
+                    id="llmapp.W002",
+                )
+            )
+    return backends, messages
+
+
+def _check_usecases(backends):
+    configured = conf.get_setting("LLM_USECASES")
+    if not isinstance(configured, dict):
+        return [
+            checks.Error(
+                "LLM_USECASES must be a dict of use-case name to a dict of fields.",
+                hint='For example {"summarize": {"PROVIDER": "openai", "MODEL": "gpt-4o-mini"}}.',
+                id="llmapp.E006",
+            )
+        ]
+    providers_config = conf.get_setting("LLM_PROVIDERS") or {}
+    names = dict.fromkeys([*BUILTIN_USECASES, *_code_usecases, *configured])
+    read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
+    messages, providers_used = [], set()
+    for name in names:
+        try:
+            usecase = _resolve(name, configured.get(name) or {}, read_env)
+        except ConfigurationError as exc:
+            messages.append(checks.Error(str(exc), hint="Fix the use case's fields.", id="llmapp.E006"))
+            continue
+        messages += _check_usecase_values(usecase)
+        if usecase.provider not in providers_config:
+            messages.append(
+                checks.Error(
+                    f"Use case {name!r} names provider {usecase.provider!r} ({usecase.origin('PROVIDER')}), "
+                    "which LLM_PROVIDERS does not configure.",
+                    hint=f"Use one of {', '.join(map(repr, providers_config))}, or add {usecase.provider!r} "
+                    "to LLM_PROVIDERS.",
+                    id="llmapp.E004",
+                )
+            )
+            continue
+        backend = backends.get(usecase.provider)
+        if backend is None:
+            continue  # its own problem is reported above
+        providers_used.add(usecase.provider)
+        model = usecase.model or backend.model
+        if backend.models and model not in backend.models:
+            messages.append(
+                checks.Error(
+                    f"Use case {name!r} asks for model {model!r}, which provider {usecase.provider!r} does "
+                    "not allow.",
+                    hint=f"Use one of its MODELS ({', '.join(backend.models)}), or add {model!r} to them.",
+                    id="llmapp.E005",
+                )
+            )
+    for alias in sorted(providers_used):
+        messages += backends[alias].check()
+    return messages
+
+
+def _check_usecase_values(usecase):
+    messages = []
+    if not is_valid_temperature(usecase.temperature):
+        messages.append(
+            checks.Error(
+                f"Use case {usecase.name!r} has TEMPERATURE {usecase.temperature!r} "
+                f"({usecase.origin('TEMPERATURE')}).",
+                hint="Use a number from 0 to 1; llmapp maps it onto each provider's range.",
+                id="llmapp.E006",
+            )
+        )
+    if not is_valid_max_output_tokens(usecase.max_output_tokens):
+        messages.append(
+            checks.Error(
+                f"Use case {usecase.name!r} has MAX_OUTPUT_TOKENS {usecase.max_output_tokens!r} "
+                f"({usecase.origin('MAX_OUTPUT_TOKENS')}).",
+                hint="Use a positive whole number.",
+                id="llmapp.E006",
+            )
+        )
+    return messages

@@ -1,0 +1,73 @@
+"""The usage event each completion produces, whatever stream it goes to."""
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from django.utils import timezone
+
+from . import conf
+from .exceptions import LLMError
+from .redaction import redact
+
+OK, ERROR = "ok", "error"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    usecase: str
+    provider: str
+    model: str
+    status: str
+    latency_ms: float
+    created_at: datetime
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str = ""
+    attempts: int = 1
+    request_id: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    status_code: int | None = None
+    prompt: str = ""
+    message: str = ""
+    response: str = ""
+    exception: dict | None = None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def build_event(request, latency_ms, completion=None, error=None, exception=None):
+    """Return the UsageEvent for one call that either completed or raised ``error``."""
+    with_content = conf.get_setting("LLM_LOG_CONTENT")
+    common = {
+        "usecase": request.usecase,
+        "provider": request.provider,
+        "latency_ms": latency_ms,
+        "created_at": timezone.now(),
+        "prompt": request.prompt if with_content else "",
+        "message": request.message if with_content else "",
+    }
+    if completion is not None:
+        return UsageEvent(
+            model=completion.model,
+            status=OK,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            finish_reason=completion.finish_reason or "",
+            attempts=completion.attempts,
+            request_id=completion.request_id or "",
+            response=completion.text if with_content else "",
+            **common,
+        )
+    return UsageEvent(
+        model=request.model,
+        status=ERROR,
+        error_type=type(error).__name__,
+        # llmapp's own errors are redacted when raised; anything else is redacted here.
+        error_message=str(error) if isinstance(error, LLMError) else redact(str(error)),
+        status_code=getattr(error, "status_code", None),
+        request_id=getattr(error, "request_id", None) or "",
+        exception=exception,
+        **common,
+    )

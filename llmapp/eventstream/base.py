@@ -1,0 +1,8 @@
+class EventStream:
+    """Receives one UsageEvent per completion."""
+
+    #: True when events land in CompletionEvent rows, where the database TSDB reads them.
+    writes_to_database = False
+
+    def record(self, event):
+        raise NotImplementedError

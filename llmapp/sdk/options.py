@@ -1,0 +1,92 @@
+"""Build ``sentry_sdk.init`` options from the ``SENTRY_SDK_CONFIG`` setting."""
+
+import contextlib
+import importlib
+from typing import NamedTuple
+
+from django.conf import settings
+
+from .sampling import traces_sampler
+from .scrubbing import before_send, before_send_transaction
+
+RELEASE_PREFIX = "llmapp@"
+
+# llmapp emits its own gen_ai spans; these would add a duplicate span per LLM call.
+# Importing one of these modules imports its provider SDK (openai alone costs 300+ ms).
+AI_INTEGRATIONS = (
+    "sentry_sdk.integrations.openai.OpenAIIntegration",
+    "sentry_sdk.integrations.anthropic.AnthropicIntegration",
+    "sentry_sdk.integrations.google_genai.GoogleGenAIIntegration",
+    "sentry_sdk.integrations.langchain.LangchainIntegration",
+)
+
+
+class Dsns(NamedTuple):
+    """Where events go: the upstream Sentry and the Relay; either may be ``None``."""
+
+    upstream: str | None
+    relay: str | None
+
+
+def _get_sdk_options():
+    """Return the options for ``sentry_sdk.init`` and the DSNs popped out of them.
+
+    Starts from a copy of ``SENTRY_SDK_CONFIG`` (the setting is never modified) and
+    installs llmapp's hooks over any the config names. Auto-enabling integrations
+    default to off, which is what keeps the SDK from importing the provider SDKs;
+    a config that turns them back on gets the AI integrations disabled instead.
+    """
+    options = dict(getattr(settings, "SENTRY_SDK_CONFIG", {}))
+    options["send_client_reports"] = True
+    options["before_send"] = before_send
+    options["before_send_transaction"] = before_send_transaction
+    options["traces_sampler"] = traces_sampler
+    options["release"] = _release(options.get("release"))
+    # The multiplexing transport builds the real transports itself.
+    options.pop("transport", None)
+    options.setdefault("auto_enabling_integrations", False)
+    if options["auto_enabling_integrations"]:
+        # The SDK imports every auto-enabling integration anyway in this mode,
+        # so importing the AI ones here costs nothing more.
+        options["disabled_integrations"] = [
+            *(options.get("disabled_integrations") or ()),
+            *_importable_integrations(AI_INTEGRATIONS),
+        ]
+    return options, _pop_dsns(options)
+
+
+def configured_dsns():
+    """Return the DSNs in ``SENTRY_SDK_CONFIG``, without building any options."""
+    return _pop_dsns(dict(getattr(settings, "SENTRY_SDK_CONFIG", {})))
+
+
+def _pop_dsns(options):
+    return Dsns(upstream=options.pop("dsn", None) or None, relay=options.pop("relay_dsn", None) or None)
+
+
+def _release(given):
+    """Return ``given`` (or llmapp's installed version) as ``llmapp@<release>``."""
+    release = str(given) if given else _installed_version()
+    return release if release.startswith(RELEASE_PREFIX) else RELEASE_PREFIX + release
+
+
+def _installed_version():
+    # Imported here: importlib.metadata costs ~15 ms, and only a configured SDK needs it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmapp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _importable_integrations(import_strings):
+    from sentry_sdk.integrations import DidNotEnable
+
+    classes = []
+    for import_string in import_strings:
+        module, name = import_string.rsplit(".", 1)
+        # DidNotEnable/ImportError: its library is missing, so the SDK cannot enable it either.
+        with contextlib.suppress(DidNotEnable, ImportError):
+            classes.append(getattr(importlib.import_module(module), name))
+    return classes

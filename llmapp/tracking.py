@@ -1,0 +1,51 @@
+"""Observe one call: its span, its metrics and its usage event, recorded once it ends."""
+
+import dataclasses
+import time
+
+from . import eventstream, metrics, tracing
+from .events import ERROR, OK, build_event
+
+CALLS = "complete_prompt.calls"
+LATENCY = "complete_prompt.latency_ms"
+INPUT_TOKENS = "complete_prompt.input_tokens"
+OUTPUT_TOKENS = "complete_prompt.output_tokens"
+
+
+class Call:
+    """Started just before the provider is called; ``succeeded`` or ``failed`` ends it."""
+
+    __slots__ = ("request", "span", "started")
+
+    def __init__(self, request, *, streaming=False):
+        self.request = request
+        self.span = tracing.start_span(request, streaming=streaming)
+        self.started = time.perf_counter()
+
+    def _latency_ms(self):
+        return (time.perf_counter() - self.started) * 1000
+
+    def succeeded(self, completion):
+        """Record the completion; return it with its latency filled in."""
+        completion = dataclasses.replace(completion, latency_ms=self._latency_ms())
+        tracing.finish_span(self.span, completion=completion)
+        self._count(OK, completion.model, completion.latency_ms, completion)
+        eventstream.record(build_event(self.request, completion.latency_ms, completion=completion))
+        return completion
+
+    def failed(self, error):
+        latency_ms = self._latency_ms()
+        tracing.finish_span(self.span, error=error)
+        self._count(ERROR, self.request.model, latency_ms)
+        eventstream.record(build_event(self.request, latency_ms, error=error))
+
+    def _count(self, status, model, latency_ms, completion=None):
+        request = self.request
+        tags = {"usecase": request.usecase, "provider": request.provider, "model": model, "status": status}
+        metrics.incr(CALLS, tags=tags)
+        metrics.timing(LATENCY, latency_ms, tags=tags)
+        if completion is not None:
+            if completion.input_tokens:
+                metrics.incr(INPUT_TOKENS, amount=completion.input_tokens, tags=tags)
+            if completion.output_tokens:
+                metrics.incr(OUTPUT_TOKENS, amount=completion.output_tokens, tags=tags)

@@ -1,0 +1,32 @@
+from dataclasses import dataclass
+from datetime import timedelta
+
+DEFAULT_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """One use case's calls over a window."""
+
+    usecase: str
+    calls: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def error_rate(self):
+        return self.errors / self.calls if self.calls else 0.0
+
+
+class TSDB:
+    #: False where usage is not kept, so that pages can say "no data" rather than zero.
+    has_data = True
+    #: True when it reads the CompletionEvent rows the database event stream writes.
+    reads_from_database = False
+
+    def get_usage(self, usecases=None, window=DEFAULT_WINDOW):
+        """Return {usecase: UsageSummary} for calls in the last ``window``."""
+        raise NotImplementedError

@@ -1,0 +1,48 @@
+import math
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from .base import DEFAULT_WINDOW, TSDB, UsageSummary
+
+
+class DatabaseTSDB(TSDB):
+    """Aggregate CompletionEvent rows; percentiles by nearest rank, one row fetched each."""
+
+    reads_from_database = True
+
+    def get_usage(self, usecases=None, window=DEFAULT_WINDOW):
+        from ..models import CompletionEvent
+
+        events = CompletionEvent.objects.filter(created_at__gte=timezone.now() - window)
+        if usecases is not None:
+            events = events.filter(usecase__in=list(usecases))
+        totals = (
+            events.order_by()
+            .values("usecase")
+            .annotate(
+                calls=Count("id"),
+                errors=Count("id", filter=Q(status=CompletionEvent.Status.ERROR)),
+                input_tokens=Sum("input_tokens"),
+                output_tokens=Sum("output_tokens"),
+            )
+        )
+        usage = {}
+        for row in totals:
+            latencies = events.filter(usecase=row["usecase"]).order_by("latency_ms")
+            usage[row["usecase"]] = UsageSummary(
+                usecase=row["usecase"],
+                calls=row["calls"],
+                errors=row["errors"],
+                p50_ms=_percentile(latencies, row["calls"], 0.50),
+                p95_ms=_percentile(latencies, row["calls"], 0.95),
+                input_tokens=row["input_tokens"] or 0,
+                output_tokens=row["output_tokens"] or 0,
+            )
+        return usage
+
+
+def _percentile(ordered, count, fraction):
+    # Nearest rank: the smallest value with at least `fraction` of the values at or below it.
+    rank = max(1, math.ceil(fraction * count))
+    return ordered.values_list("latency_ms", flat=True)[rank - 1]

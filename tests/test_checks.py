@@ -1,0 +1,146 @@
+"""Every validation rule, through `manage.py check` as an operator runs it."""
+
+import io
+import re
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+OPENAI = "llmapp.providers.openai.OpenAIProvider"
+LOCMEM = "llmapp.providers.locmem.LocmemProvider"
+
+
+def check():
+    """Run `check` and return (ids, full output); ids in the order reported."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        call_command("check", stdout=stdout, stderr=stderr)
+        output = stdout.getvalue() + stderr.getvalue()
+    except SystemCheckError as exc:
+        output = str(exc)
+    return re.findall(r"\((llmapp\.[\w.]+)\)", output), output
+
+
+def test_the_shipped_configuration_passes():
+    ids, output = check()
+    assert ids == [], output
+
+
+@pytest.mark.parametrize(
+    ("providers", "expected", "text"),
+    [
+        ([], "llmapp.E001", "LLM_PROVIDERS must be a non-empty dict"),
+        (
+            {"default": {"OPTIONS": {}}},
+            "llmapp.E001",
+            "LLM_PROVIDERS['default'] is not a valid provider config",
+        ),
+        (
+            {"default": {"BACKEND": "nowhere.Provider"}},
+            "llmapp.E002",
+            "'nowhere.Provider' cannot be imported",
+        ),
+        (
+            {"default": {"BACKEND": LOCMEM, "OPTIONS": {"api_kye": "x"}}},
+            "llmapp.E003",
+            "unknown key(s) api_kye for LocmemProvider",
+        ),
+        (
+            {"default": {"BACKEND": LOCMEM, "MODELS": ["small"], "OPTIONS": {"model": "large"}}},
+            "llmapp.E005",
+            "asks for model 'large', which provider 'default' does not allow",
+        ),
+    ],
+)
+def test_provider_rules(settings, providers, expected, text):
+    settings.LLM_PROVIDERS = providers
+    ids, output = check()
+    assert expected in ids
+    assert text in output
+
+
+def test_usecase_naming_an_unconfigured_provider(settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "opneai"}}
+    ids, output = check()
+    assert ids == ["llmapp.E004"]
+    assert (
+        "Use case 'summarize' names provider 'opneai' (from LLM_USECASES['summarize']['PROVIDER'])" in output
+    )
+    assert "HINT: Use one of 'default', 'test', or add 'opneai' to LLM_PROVIDERS." in output
+
+
+def test_usecase_field_values(settings, monkeypatch):
+    settings.LLM_USECASES = {"summarize": {"TEMPERATURE": 1.5, "MAX_OUTPUT_TOKENS": 0}, "bad": {"TONE": "x"}}
+    ids, output = check()
+    assert ids.count("llmapp.E006") == 3
+    assert (
+        "TEMPERATURE 1.5" in output and "MAX_OUTPUT_TOKENS 0" in output and "unknown field(s) TONE" in output
+    )
+
+
+def test_environment_values_are_checked_too(settings, monkeypatch):
+    monkeypatch.setenv("LLM_EXAMPLE_MAX_OUTPUT_TOKENS", "many")
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    ids, output = check()
+    assert ids == ["llmapp.E006"]
+    assert "LLM_EXAMPLE_MAX_OUTPUT_TOKENS='many'" in output
+
+
+def test_unknown_eventstream_or_tsdb(settings):
+    settings.LLM_EVENTSTREAM = "kafka"
+    settings.LLM_TSDB = "snuba.TSDB"
+    ids, output = check()
+    assert ids == ["llmapp.E007", "llmapp.E007"]
+    assert "LLM_EVENTSTREAM = 'kafka' is neither one of 'database', 'logging', 'null'" in output
+
+
+def test_database_tsdb_without_database_events_is_an_error(settings):
+    settings.LLM_EVENTSTREAM = "logging"
+    settings.LLM_TSDB = "database"
+    ids, output = check()
+    assert ids == ["llmapp.E008"]
+    assert "no data will be written where it is read" in output
+
+
+def test_database_events_with_null_tsdb_is_a_warning(settings):
+    settings.LLM_EVENTSTREAM = "database"
+    settings.LLM_TSDB = "null"
+    ids, output = check()  # a warning: no SystemCheckError
+    assert ids == ["llmapp.W001"]
+    assert "the admin and the CLI will show no usage" in output
+
+
+def test_missing_sdk_and_missing_key_are_warnings(settings, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *args: None if name == "openai" else object()
+    )
+    settings.LLM_PROVIDERS = {"default": {"BACKEND": OPENAI}}
+    ids, output = check()
+    assert ids == ["llmapp.W002", "llmapp.W003"]
+    assert 'pip install "llmapp[openai]"' in output
+    assert "has no API key: set OPENAI_API_KEY" in output
+
+
+def test_bad_metrics_backend(settings):
+    settings.LLM_METRICS_BACKEND = "llmapp.metrics.nope.Backend"
+    ids, _ = check()
+    assert ids == ["llmapp.metrics.E001"]
+
+
+def test_every_problem_is_listed_at_once_with_hints_and_a_non_zero_exit(manage):
+    result = manage(
+        "check",
+        env={
+            "LLM_SUMMARIZE_PROVIDER": "nope",
+            "LLM_EXAMPLE_TEMPERATURE": "7",
+            "LLM_EVENTSTREAM": "logging",
+            "LLM_TSDB": "database",
+        },
+    )
+    assert result.returncode == 1
+    for problem in ("llmapp.E004", "llmapp.E006", "llmapp.E008"):
+        assert f"({problem})" in result.stderr
+    assert result.stderr.count("HINT:") == 3
+    assert "Traceback" not in result.stderr

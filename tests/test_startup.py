@@ -1,0 +1,130 @@
+"""configure() before Django starts, and initialize_app() from LlmAppConfig.ready()."""
+
+import mimetypes
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from llmapp import runner, startup
+from llmapp.exceptions import ConfigurationError
+from tests.conftest import ROOT
+
+
+def test_missing_env_file_stops_with_one_line_naming_it(manage, tmp_path):
+    missing = tmp_path / "nope.env"
+    result = manage("llm", "--list", env={"LLM_ENV_FILE": str(missing)})
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"llmapp: LLM_ENV_FILE names {missing}, which does not exist; "
+        "create that file or unset LLM_ENV_FILE.\n"
+    )
+
+
+def test_env_file_values_apply_and_the_environment_wins(manage):
+    manage.env_file.write_text("LLM_SUMMARIZE_MAX_OUTPUT_TOKENS=3\nLLM_EXAMPLE_MAX_OUTPUT_TOKENS=3\n")
+    result = manage("llm", "summarize", "-m", "One two three four five.", "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"finish_reason": "length"' in result.stdout
+    result = manage(
+        "llm",
+        "summarize",
+        "-m",
+        "One two three four five.",
+        "--json",
+        env={"LLM_SUMMARIZE_MAX_OUTPUT_TOKENS": "50"},
+    )
+    assert '"finish_reason": "stop"' in result.stdout
+
+
+def test_configure_runs_once_shows_llmapp_warnings_and_adds_mimetypes(monkeypatch, tmp_path):
+    env_file = tmp_path / "a.env"
+    env_file.write_text("LLMAPP_TEST_FROM_FILE=yes\n")
+    monkeypatch.setenv("LLM_ENV_FILE", str(env_file))
+    monkeypatch.setattr(runner, "_configured", False)
+    monkeypatch.delenv("LLMAPP_TEST_FROM_FILE", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        runner.configure("settings.test")
+        import os
+
+        assert os.environ.pop("LLMAPP_TEST_FROM_FILE") == "yes"
+        runner.configure("settings.test")  # a second call reads nothing again
+        assert "LLMAPP_TEST_FROM_FILE" not in os.environ
+        for _ in range(2):
+            warnings.warn("shown every time", runner.LLMAppWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["shown every time"] * 2
+    assert mimetypes.guess_type("app.js.map")[0] == "application/json"
+    assert mimetypes.guess_type("font.woff2")[0] == "font/woff2"
+
+
+def test_initialize_app_touches_no_database_and_runs_once(monkeypatch):
+    # No django_db mark: any query here would fail the test.
+    calls = []
+    monkeypatch.setattr(startup, "_initialized", False)
+    monkeypatch.setattr(startup, "setup_services", lambda: calls.append("services"))
+    startup.initialize_app()
+    startup.initialize_app()
+    assert calls == ["services"]
+
+
+def test_debug_refuses_an_error_level_problem(settings, monkeypatch):
+    monkeypatch.setattr(startup, "_initialized", False)
+    settings.DEBUG = True
+    settings.LLM_EVENTSTREAM = "logging"
+    settings.LLM_TSDB = "database"
+    with pytest.raises(ConfigurationError, match=r"\(llmapp.E008\) LLM_TSDB reads usage from the database"):
+        startup.initialize_app()
+
+
+def test_skip_backend_validation(settings, monkeypatch):
+    monkeypatch.setattr(startup, "_initialized", False)
+    monkeypatch.setenv("LLM_SKIP_BACKEND_VALIDATION", "1")
+    settings.DEBUG = True
+    settings.LLM_EVENTSTREAM = "logging"
+    settings.LLM_TSDB = "database"
+    startup.initialize_app()
+
+
+def test_without_debug_problems_are_logged_not_raised(settings, monkeypatch, caplog):
+    monkeypatch.setattr(startup, "_initialized", False)
+    settings.DEBUG = False
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "nope"}}
+    startup.initialize_app()
+    assert "llmapp.E004: Use case 'summarize' names provider 'nope'" in caplog.text
+
+
+def test_dev_server_refuses_to_start_misconfigured_with_one_line(manage):
+    result = manage(
+        "llm", "summarize", "-m", "hi", env={"LLM_EVENTSTREAM": "logging", "LLM_TSDB": "database"}
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("ConfigurationError: llmapp is misconfigured: (llmapp.E008)")
+    assert result.stderr.count("\n") == 1
+    result = manage(
+        "llm",
+        "summarize",
+        "-m",
+        "hi",
+        env={"LLM_EVENTSTREAM": "logging", "LLM_TSDB": "database", "LLM_SKIP_BACKEND_VALIDATION": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", ["llmproject.wsgi", "llmproject.asgi"])
+def test_wsgi_and_asgi_initialize_the_app(module, tmp_path):
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    code = (
+        f"import {module} as entry, llmapp.startup as s;"
+        "print(type(entry.application).__name__, s._initialized)"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLM_ENV_FILE": str(env_file),
+        "DJANGO_SECRET_KEY": "x" * 50,
+        "DJANGO_ALLOWED_HOSTS": "example.com",
+    }
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1] == "True"

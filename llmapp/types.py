@@ -14,6 +14,8 @@ class CompletionRequest:
     model: str
     temperature: float  # provider-neutral, 0 to 1
     max_output_tokens: int
+    #: Seconds this attempt may take (what is left of the call's deadline); None: the provider's own.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)

@@ -100,17 +100,21 @@ class OpenAIProvider(BaseProvider):
     # -- building the call ---------------------------------------------------------
 
     def build_payload(self, request):
+        """Return the keyword arguments of ``chat.completions.create`` for ``request``."""
         messages = [{"role": "user", "content": request.message}]
         if request.prompt:
             messages.insert(0, {"role": "system", "content": request.prompt})
         default_limit = "max_tokens" if self.options.get("base_url") else "max_completion_tokens"
         limit = self.options.get("token_limit_parameter") or default_limit
-        return {
+        payload = {
             "model": request.model,
             "messages": messages,
             "temperature": self.native_temperature(request.temperature),
             limit: request.max_output_tokens,
         }
+        if request.timeout is not None:
+            payload["timeout"] = request.timeout
+        return payload
 
     def describe_request(self, request):
         headers = {"Content-Type": "application/json"}
@@ -130,7 +134,7 @@ class OpenAIProvider(BaseProvider):
             "method": "POST",
             "url": redact(url),
             "headers": headers,
-            "json": self.build_payload(request),
+            "json": {key: value for key, value in self.build_payload(request).items() if key != "timeout"},
         }
 
     # -- clients ---------------------------------------------------------------------
@@ -183,7 +187,7 @@ class OpenAIProvider(BaseProvider):
         try:
             response = self.client.chat.completions.create(**payload)
         except Exception as exc:
-            raise self.translate_error(exc) from None
+            raise self.translate_error(exc, timeout=request.timeout) from None
         return self.parse(response, request)
 
     async def acomplete(self, request):
@@ -194,7 +198,7 @@ class OpenAIProvider(BaseProvider):
             client = self.async_client(asyncio.get_running_loop())
             response = await client.chat.completions.create(**payload)
         except Exception as exc:
-            raise self.translate_error(exc) from None
+            raise self.translate_error(exc, timeout=request.timeout) from None
         return self.parse(response, request)
 
     def stream(self, request):
@@ -216,7 +220,7 @@ class OpenAIProvider(BaseProvider):
                             parts.append(text)
                             yield text
         except Exception as exc:
-            error = self.translate_error(exc, request_id=request_id)
+            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
             if parts and isinstance(error, ProviderUnavailable):
                 # Text already reached the caller, so this call cannot be retried.
                 error = ProviderUnavailable(
@@ -265,14 +269,14 @@ class OpenAIProvider(BaseProvider):
 
     # -- errors ----------------------------------------------------------------------
 
-    def translate_error(self, exc, request_id=None):
+    def translate_error(self, exc, request_id=None, timeout=None):
         """Turn an SDK or transport exception into a ProviderError with no secret in it."""
         if isinstance(exc, ProviderError | ConfigurationError):
             return exc
         openai = self.import_sdk()
         common = {"provider": self.alias, "request_id": request_id}
         if isinstance(exc, openai.APITimeoutError):
-            timeout = self.options.get("timeout", 30)
+            timeout = timeout if timeout is not None else self.options.get("timeout", 30)
             return ProviderTimeout(
                 f"no answer from {self.redact(self.base_url)} within {timeout}s",
                 transient=True,

@@ -1,10 +1,14 @@
 """Observe one call: its span, its metrics and its usage event, recorded once it ends."""
 
 import dataclasses
+import logging
 import time
 
 from . import eventstream, metrics, tracing
 from .events import ERROR, OK, build_event
+from .frames import capture_exception
+
+logger = logging.getLogger("llmapp")
 
 CALLS = "complete_prompt.calls"
 LATENCY = "complete_prompt.latency_ms"
@@ -37,7 +41,9 @@ class Call:
         latency_ms = self._latency_ms()
         tracing.finish_span(self.span, error=error)
         self._count(ERROR, self.request.model, latency_ms)
-        eventstream.record(build_event(self.request, latency_ms, error=error))
+        eventstream.record(
+            build_event(self.request, latency_ms, error=error, exception=_capture(error, self.request))
+        )
 
     def _count(self, status, model, latency_ms, completion=None):
         request = self.request
@@ -49,3 +55,12 @@ class Call:
                 metrics.incr(INPUT_TOKENS, amount=completion.input_tokens, tags=tags)
             if completion.output_tokens:
                 metrics.incr(OUTPUT_TOKENS, amount=completion.output_tokens, tags=tags)
+
+
+def _capture(error, request):
+    """Capture the frames of ``error``; a failure to do so must not hide the error itself."""
+    try:
+        return capture_exception(error, request)
+    except Exception:
+        logger.exception("Could not capture the frames of a failed call")
+        return None

@@ -1,0 +1,88 @@
+"""Capture a failed call's exception and stack frames, the way Sentry shows them.
+
+Built with sentry-sdk's own event builder (frames with source context and local
+variables), then scrubbed of secrets, of the call's content unless
+LLM_LOG_CONTENT is on, and bounded in size before it is stored with the event.
+"""
+
+import json
+
+from . import conf
+
+WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
+MAX_FRAMES = 30
+MAX_VARS = 40
+MAX_STRING = 1024
+MAX_BYTES = 64 * 1024
+_BUILDER_OPTIONS = {
+    "include_local_variables": True,
+    "include_source_context": True,
+    "max_value_length": 100_000,  # cut below, after content is withheld
+    "add_full_stack": False,
+    "custom_repr": None,
+}
+
+
+def capture_exception(error, request):
+    """Return ``{"values": [...]}`` in Sentry's exception format, or None when it cannot be built."""
+    if error.__traceback__ is None:
+        return None
+    from sentry_sdk.utils import event_from_exception
+
+    from .sdk.scrubbing import scrub, secret_values
+
+    event, _ = event_from_exception(error, client_options=_BUILDER_OPTIONS)
+    values = event["exception"]["values"]
+    if not conf.get_setting("LLM_LOG_CONTENT"):
+        values = _withhold(values, [request.message, request.prompt])
+    values = _bound(scrub(values, secret_values()))
+    return {"values": values}
+
+
+def _withhold(data, contents):
+    contents = [text for text in contents if text and len(text) >= 4]
+    # The text itself, and as it appears inside a repr (quotes escaped, newlines as \n).
+    needles = [(needle, WITHHELD) for text in contents for needle in {text, repr(text)[1:-1]}]
+    needles.sort(key=lambda pair: len(pair[0]), reverse=True)
+
+    def walk(value):
+        if isinstance(value, str):
+            for needle, replacement in needles:
+                value = value.replace(needle, replacement)
+            return value
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(data)
+
+
+def _bound(values):
+    for value in values:
+        stacktrace = value.get("stacktrace") or {}
+        frames = stacktrace.get("frames") or []
+        # The innermost frames say most about a failure; keep those.
+        stacktrace["frames"] = frames = frames[-MAX_FRAMES:]
+        for frame in frames:
+            frame_vars = frame.get("vars") or {}
+            frame["vars"] = {key: _cut(item) for key, item in list(frame_vars.items())[:MAX_VARS]}
+        value["value"] = _cut(value.get("value"))
+    # Still too big: drop local variables from the outermost frames first.
+    for value in values:
+        for frame in (value.get("stacktrace") or {}).get("frames") or []:
+            if len(json.dumps(values, default=str)) <= MAX_BYTES:
+                return values
+            frame.pop("vars", None)
+    return values
+
+
+def _cut(value):
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return value[:MAX_STRING] + "…"
+    if isinstance(value, dict):
+        return {key: _cut(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cut(item) for item in value]
+    return value

@@ -5,6 +5,7 @@ checks at start-up and, under DEBUG, refuses to start on an error.
 """
 
 import importlib.util
+import numbers
 
 from django.core import checks
 
@@ -96,6 +97,15 @@ def _check_providers():
                 )
             )
             continue
+        breaker = config.get("CIRCUIT_BREAKER")
+        if breaker is not None and (not isinstance(breaker, dict) or set(breaker) - {"FAILURES", "COOLDOWN"}):
+            messages.append(
+                checks.Error(
+                    f"{where}['CIRCUIT_BREAKER'] must be a dict with FAILURES and COOLDOWN, or None.",
+                    hint='For example {"FAILURES": 5, "COOLDOWN": 30}; None turns the breaker off.',
+                    id="llmapp.E001",
+                )
+            )
         options = config.get("OPTIONS") or {}
         known = {key: value for key, value in options.items() if key in cls.option_names}
         backends[alias] = cls(alias, options=known, models=config.get("MODELS"))
@@ -151,6 +161,17 @@ def _check_usecases(backends):
                 )
             )
             continue
+        for spec in usecase.fallbacks:
+            alias = str(spec).partition(":")[0]
+            if alias not in providers_config:
+                messages.append(
+                    checks.Error(
+                        f"Use case {name!r} falls back to provider {alias!r} "
+                        f"({usecase.origin('FALLBACKS')}), which LLM_PROVIDERS does not configure.",
+                        hint='FALLBACKS lists "provider" or "provider:model" entries of configured providers.',
+                        id="llmapp.E004",
+                    )
+                )
         backend = backends.get(usecase.provider)
         if backend is None:
             continue  # its own problem is reported above
@@ -178,6 +199,24 @@ def _check_usecase_values(usecase):
                 f"Use case {usecase.name!r} has TEMPERATURE {usecase.temperature!r} "
                 f"({usecase.origin('TEMPERATURE')}).",
                 hint="Use a number from 0 to 1; llmapp maps it onto each provider's range.",
+                id="llmapp.E006",
+            )
+        )
+    timeout = usecase.timeout
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
+        messages.append(
+            checks.Error(
+                f"Use case {usecase.name!r} has TIMEOUT {timeout!r} ({usecase.origin('TIMEOUT')}).",
+                hint="Use a positive number of seconds: the deadline over all attempts and fallbacks.",
+                id="llmapp.E006",
+            )
+        )
+    retries = usecase.retries
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        messages.append(
+            checks.Error(
+                f"Use case {usecase.name!r} has RETRIES {retries!r} ({usecase.origin('RETRIES')}).",
+                hint="Use a whole number from 0 up.",
                 id="llmapp.E006",
             )
         )

@@ -24,6 +24,8 @@ DEFAULTS = {
     "LLM_METRICS_QUEUE_SIZE": 10_000,
     "LLM_SKIP_BACKEND_VALIDATION": False,
     "LLM_LOG_LEVEL": None,
+    # The cache alias that holds circuit-breaker state; share it across workers.
+    "LLM_CIRCUIT_BREAKER_CACHE": "default",
     "SENTRY_SDK_CONFIG": {},
     "SENTRY_SDK_UPSTREAM_METRICS_ENABLED": False,
 }

@@ -37,12 +37,11 @@ class UsageEvent:
         return asdict(self)
 
 
-def build_event(request, latency_ms, completion=None, error=None, exception=None):
+def build_event(request, latency_ms, completion=None, error=None, exception=None, attempts=1):
     """Return the UsageEvent for one call that either completed or raised ``error``."""
     with_content = conf.get_setting("LLM_LOG_CONTENT")
     common = {
         "usecase": request.usecase,
-        "provider": request.provider,
         "latency_ms": latency_ms,
         "created_at": timezone.now(),
         "prompt": request.prompt if with_content else "",
@@ -50,6 +49,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
     }
     if completion is not None:
         return UsageEvent(
+            provider=completion.provider,
             model=completion.model,
             status=OK,
             input_tokens=completion.input_tokens,
@@ -61,8 +61,11 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
             **common,
         )
     return UsageEvent(
+        # Which provider failed last, after retries and fallbacks.
+        provider=getattr(error, "provider", None) or request.provider,
         model=request.model,
         status=ERROR,
+        attempts=attempts,
         error_type=type(error).__name__,
         # llmapp's own errors are redacted when raised; anything else is redacted here.
         error_message=str(error) if isinstance(error, LLMError) else redact(str(error)),

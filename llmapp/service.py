@@ -1,19 +1,25 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
+import asyncio
 import numbers
+import time
 
 from asgiref.sync import sync_to_async
 
+from .circuit import CircuitBreaker
 from .exceptions import (
     ConfigurationError,
     InvalidMaxOutputTokens,
     InvalidMessageError,
     InvalidModelError,
     InvalidProviderError,
+    InvalidRequestError,
     InvalidTemperature,
+    ProviderError,
     StreamAbandoned,
 )
 from .providers import providers
+from .retries import Attempts, Route
 from .tracking import Call
 from .types import Completion, CompletionRequest
 from .usecases import get_usecase
@@ -90,51 +96,110 @@ def prepare_request(
     return request, backend
 
 
+def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, **overrides):
+    """Validate one call and return its request and the Attempts that will run it.
+
+    ``timeout`` (seconds, over all attempts), ``retries`` and ``fallbacks`` (a list of
+    "provider" or "provider:model"; ``[]`` for none) override the use case's.
+    """
+    request, backend = prepare_request(usecase, message, **overrides)
+    config = get_usecase(usecase)
+    timeout = config.timeout if timeout is None else timeout
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    retries = config.retries if retries is None else retries
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise InvalidRequestError(f"retries must be a whole number from 0 up, got {retries!r}.")
+    routes = [_route(request.provider, backend, request.model)]
+    for spec in config.fallbacks if fallbacks is None else fallbacks:
+        routes.append(_fallback_route(config, spec))
+    return request, Attempts(request, routes, retries=retries, timeout=float(timeout))
+
+
 def complete_prompt(usecase, message, **overrides) -> Completion:
     """Run ``usecase`` on ``message`` and return its Completion.
 
     Keyword overrides, for this call only: ``prompt``, ``temperature`` (0-1),
-    ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``.
+    ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``,
+    ``timeout``, ``retries`` and ``fallbacks``.
     """
-    request, backend = prepare_request(usecase, message, **overrides)
+    request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request)
     try:
-        completion = backend.complete(request)
+        for backend, attempt in attempts:
+            try:
+                completion = backend.complete(attempt)
+            except ProviderError as exc:
+                time.sleep(attempts.failed(exc))
+                continue
+            return call.succeeded(attempts.succeeded(completion))
     except Exception as exc:
-        call.failed(exc)
+        call.failed(exc, attempts=attempts.count)
         raise
-    return call.succeeded(completion)
+    raise AssertionError("unreachable: Attempts raises when it runs out")
 
 
 def stream_prompt(usecase, message, **overrides):
     """Yield the answer's text chunks as they arrive, then its Completion.
 
-    Takes the same arguments as :func:`complete_prompt`.
+    Takes the same arguments as :func:`complete_prompt`. A transient failure before
+    any text arrived is retried like any call; once text has reached the caller, a
+    failure ends the stream.
     """
-    request, backend = prepare_request(usecase, message, **overrides)
+    request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request, streaming=True)
     try:
-        for item in backend.stream(request):
-            if isinstance(item, Completion):
-                yield call.succeeded(item)
-            else:
-                yield item
+        for backend, attempt in attempts:
+            try:
+                for item in backend.stream(attempt):
+                    if isinstance(item, Completion):
+                        yield call.succeeded(attempts.succeeded(item))
+                        return
+                    yield item
+            except ProviderError as exc:
+                time.sleep(attempts.failed(exc))
     except GeneratorExit:
-        call.failed(StreamAbandoned("the caller stopped reading the stream"))
+        call.failed(StreamAbandoned("the caller stopped reading the stream"), attempts=attempts.count)
         raise
     except BaseException as exc:
-        call.failed(exc)
+        call.failed(exc, attempts=attempts.count)
         raise
 
 
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views."""
-    request, backend = prepare_request(usecase, message, **overrides)
+    request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request)
     try:
-        completion = await backend.acomplete(request)
+        for backend, attempt in attempts:
+            try:
+                completion = await backend.acomplete(attempt)
+            except ProviderError as exc:
+                await asyncio.sleep(attempts.failed(exc))
+                continue
+            return await sync_to_async(call.succeeded)(attempts.succeeded(completion))
     except Exception as exc:
-        await sync_to_async(call.failed)(exc)
+        await sync_to_async(call.failed)(exc, attempts=attempts.count)
         raise
-    return await sync_to_async(call.succeeded)(completion)
+    raise AssertionError("unreachable: Attempts raises when it runs out")
 
+
+def _route(alias, backend, model):
+    return Route(alias, backend, model, CircuitBreaker.for_provider(alias, providers.settings[alias]))
+
+
+def _fallback_route(config, spec):
+    alias, _, model = str(spec).partition(":")
+    if alias not in providers:
+        raise InvalidProviderError(
+            f"use case {config.name!r} falls back to unknown provider {alias!r} "
+            f"({config.origin('FALLBACKS')}); LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+        )
+    backend = providers[alias]
+    model = model or backend.model
+    if backend.models and model not in backend.models:
+        raise InvalidModelError(
+            f"fallback model {model!r} is not allowed for provider {alias!r}; "
+            f"its MODELS allow: {', '.join(backend.models)}."
+        )
+    return _route(alias, backend, model)

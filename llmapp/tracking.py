@@ -33,21 +33,26 @@ class Call:
         """Record the completion; return it with its latency filled in."""
         completion = dataclasses.replace(completion, latency_ms=self._latency_ms())
         tracing.finish_span(self.span, completion=completion)
-        self._count(OK, completion.model, completion.latency_ms, completion)
+        self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
         eventstream.record(build_event(self.request, completion.latency_ms, completion=completion))
         return completion
 
-    def failed(self, error):
+    def failed(self, error, attempts=1):
         latency_ms = self._latency_ms()
         tracing.finish_span(self.span, error=error)
-        self._count(ERROR, self.request.model, latency_ms)
-        eventstream.record(
-            build_event(self.request, latency_ms, error=error, exception=_capture(error, self.request))
+        provider = getattr(error, "provider", None) or self.request.provider
+        self._count(ERROR, provider, self.request.model, latency_ms)
+        event = build_event(
+            self.request,
+            latency_ms,
+            error=error,
+            exception=_capture(error, self.request),
+            attempts=attempts,
         )
+        eventstream.record(event)
 
-    def _count(self, status, model, latency_ms, completion=None):
-        request = self.request
-        tags = {"usecase": request.usecase, "provider": request.provider, "model": model, "status": status}
+    def _count(self, status, provider, model, latency_ms, completion=None):
+        tags = {"usecase": self.request.usecase, "provider": provider, "model": model, "status": status}
         metrics.incr(CALLS, tags=tags)
         metrics.timing(LATENCY, latency_ms, tags=tags)
         if completion is not None:

@@ -36,6 +36,14 @@ EXAMPLE_PROMPT = (
     "accurately and briefly. If you are not sure, say so."
 )
 
+
+def comma_list(text):
+    """Parse "openai, anthropic:claude-haiku" into a list."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+comma_list.__name__ = "comma-separated list"
+
 # Field name -> parser for values given as text (environment variables).
 FIELDS = {
     "DESCRIPTION": str,
@@ -44,6 +52,9 @@ FIELDS = {
     "MODEL": str,
     "TEMPERATURE": float,
     "MAX_OUTPUT_TOKENS": int,
+    "TIMEOUT": float,
+    "RETRIES": int,
+    "FALLBACKS": comma_list,
 }
 
 BUILTIN_USECASES = {
@@ -66,13 +77,19 @@ BUILTIN_USECASES = {
 }
 
 # What a use case registered only in code or settings gets for the fields it leaves out.
-_FALLBACKS = {
+_DEFAULTS = {
     "DESCRIPTION": "",
     "PROMPT": "",
     "PROVIDER": "default",
     "MODEL": None,
     "TEMPERATURE": 0.5,
     "MAX_OUTPUT_TOKENS": 400,
+    # A total deadline over every attempt, backoff and fallback.
+    "TIMEOUT": 60.0,
+    # How often a transient failure is retried on the same provider.
+    "RETRIES": 2,
+    # "provider" or "provider:model", tried in order once the primary gives up.
+    "FALLBACKS": (),
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -89,6 +106,9 @@ class UseCase:
     model: str | None
     temperature: float
     max_output_tokens: int
+    timeout: float
+    retries: int
+    fallbacks: tuple
     sources: dict
 
     def source(self, field):
@@ -113,7 +133,8 @@ def register_usecase(name, **fields):
     """Register (or extend) a use case in code, typically from an ``AppConfig.ready``.
 
     Fields are the lower-case forms of the settings keys: ``description``,
-    ``prompt``, ``provider``, ``model``, ``temperature``, ``max_output_tokens``.
+    ``prompt``, ``provider``, ``model``, ``temperature``, ``max_output_tokens``,
+    ``timeout``, ``retries``, ``fallbacks``.
     Settings and the environment still override what code registers.
     """
     _check_name(name, "register_usecase()")
@@ -164,7 +185,7 @@ def env_variable(name, field):
 def _resolve(name, from_settings, read_env):
     _check_name(name, "LLM_USECASES")
     _check_fields(from_settings, f"LLM_USECASES[{name!r}]")
-    values = dict(_FALLBACKS)
+    values = dict(_DEFAULTS)
     sources = dict.fromkeys(values, BUILTIN)
     for layer, fields in (
         (BUILTIN, BUILTIN_USECASES.get(name, {})),
@@ -195,8 +216,17 @@ def _resolve(name, from_settings, read_env):
         model=values["MODEL"] or None,
         temperature=values["TEMPERATURE"],
         max_output_tokens=values["MAX_OUTPUT_TOKENS"],
+        timeout=values["TIMEOUT"],
+        retries=values["RETRIES"],
+        fallbacks=_as_tuple(values["FALLBACKS"]),
         sources=sources,
     )
+
+
+def _as_tuple(value):
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value or ())
 
 
 def _check_name(name, where):

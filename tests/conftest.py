@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.cache import caches
 
 from llmapp.providers import locmem
 from tests.fakes.openai_server import fake_openai  # noqa: F401
@@ -20,6 +21,13 @@ def _empty_locmem():
     locmem.reset()
     yield
     locmem.reset()
+
+
+@pytest.fixture(autouse=True)
+def _empty_caches():
+    """Circuit-breaker state lives in the cache: no test may inherit another's."""
+    for cache in caches.all():
+        cache.clear()
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def test_stream_cut_mid_way_is_an_error_after_the_text_so_far(openai_provider):
     openai_provider.reply_stream(["one ", "two ", "three"], cut_after=2)
     received = []
     with pytest.raises(ProviderError) as raised:
-        for item in stream_prompt("summarize", "hi", provider="openai"):
+        for item in stream_prompt("summarize", "hi", provider="openai", retries=0):
             received.append(item)
     assert received == ["one ", "two "]
     assert "the stream was cut after 2 chunk(s)" in str(raised.value)
@@ -91,7 +91,7 @@ def test_async_completion(openai_provider):
 def test_error_replies_become_provider_errors(openai_provider, status, transient, hint):
     openai_provider.reply_error(status, f"bad {status} boom, key was {API_KEY}", headers={"Retry-After": "3"})
     with pytest.raises(ProviderError) as raised:
-        complete_prompt("summarize", "hi", provider="openai")
+        complete_prompt("summarize", "hi", provider="openai", retries=0)
     error = raised.value
     assert (error.provider, error.status_code, error.transient) == ("openai", status, transient)
     assert error.request_id.startswith("req_fake_")
@@ -106,7 +106,7 @@ def test_error_replies_become_provider_errors(openai_provider, status, transient
 def test_malformed_json_is_a_provider_error(openai_provider):
     openai_provider.reply_raw(200, b'{"id": "chatcmpl-1", "choices": [')
     with pytest.raises(ProviderError, match="not valid JSON"):
-        complete_prompt("summarize", "hi", provider="openai")
+        complete_prompt("summarize", "hi", provider="openai", retries=0)
 
 
 def test_slow_reply_times_out_at_the_configured_timeout(openai_provider, settings):
@@ -114,7 +114,7 @@ def test_slow_reply_times_out_at_the_configured_timeout(openai_provider, setting
     openai_provider.hang(5)
     started = time.monotonic()
     with pytest.raises(ProviderTimeout, match=r"within 0\.5s") as raised:
-        complete_prompt("summarize", "hi", provider="openai")
+        complete_prompt("summarize", "hi", provider="openai", retries=0)
     assert time.monotonic() - started < 3
     assert raised.value.transient
 
@@ -130,7 +130,7 @@ def test_unreachable_base_url_is_one_clear_error(settings):
         }
     }
     with pytest.raises(ProviderUnavailable, match=f"cannot reach http://••••@127.0.0.1:{port}/v1") as raised:
-        complete_prompt("summarize", "hi")
+        complete_prompt("summarize", "hi", retries=0)
     assert "pa55word" not in str(raised.value)
 
 

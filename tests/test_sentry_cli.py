@@ -92,7 +92,7 @@ def test_one_call_reaches_upstream_and_relay(manage, sentry_env):
 def test_provider_error_is_reported_to_both(manage, sentry_env, fake_openai):
     upstream, relay, env = sentry_env
     fake_openai.reply_error(500, f"upstream exploded; key {API_KEY}")
-    result = manage("llm", "summarize", "-m", "hi", env=env)
+    result = manage("llm", "summarize", "-m", "hi", env=env | {"LLM_SUMMARIZE_RETRIES": "0"})
     assert result.returncode == 1
     for ingest in (upstream, relay):
         [event] = [item.json for item in ingest.items_of_type("event")]

@@ -11,7 +11,7 @@ from django.utils.module_loading import import_string
 from .. import conf
 from ..exceptions import ConfigurationError, InvalidProviderError
 
-PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS"})
+PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER"})
 
 
 class ProviderHandler:

@@ -278,7 +278,7 @@ class OpenAIProvider(BaseProvider):
         if isinstance(exc, openai.APITimeoutError):
             timeout = timeout if timeout is not None else self.options.get("timeout", 30)
             return ProviderTimeout(
-                f"no answer from {self.redact(self.base_url)} within {timeout}s",
+                f"no answer from {self.redact(self.base_url)} within {timeout:.3g}s",
                 transient=True,
                 **common,
             )

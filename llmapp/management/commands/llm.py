@@ -30,6 +30,13 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="Ask for this model instead of the use case's.")
         parser.add_argument("--temperature", help="Temperature from 0 to 1, mapped to the provider's range.")
         parser.add_argument("--max-output-tokens", help="The most tokens the answer may use.")
+        parser.add_argument(
+            "--timeout", help="Seconds the whole call may take, over all retries and fallbacks."
+        )
+        parser.add_argument("--retries", help="How often to retry a transient failure (0 for none).")
+        parser.add_argument(
+            "--no-fallback", action="store_true", help="Do not fall back to the use case's FALLBACKS."
+        )
         parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
         parser.add_argument(
             "--json",
@@ -81,11 +88,17 @@ class Command(BaseCommand):
                 options["max_output_tokens"], int, "--max-output-tokens", "a positive whole number"
             ),
         }
+        reliability = {
+            "timeout": _number(options["timeout"], float, "--timeout", "a number of seconds"),
+            "retries": _number(options["retries"], int, "--retries", "a whole number from 0 up"),
+            "fallbacks": [] if options["no_fallback"] else None,
+        }
         usecase = options["usecase"]
         if options["dry_run"]:
             request, backend = prepare_request(usecase, message, **overrides)
             self.stdout.write(json.dumps(backend.describe_request(request), indent=2, ensure_ascii=False))
             return
+        overrides |= reliability
         if options["stream"]:
             completion = self.stream(usecase, message, overrides)
         else:
@@ -124,7 +137,8 @@ class Command(BaseCommand):
         return (
             f"provider={completion.provider} model={completion.model} "
             f"finish={completion.finish_reason} tokens={usage['input_tokens']}/{usage['output_tokens']} "
-            f"latency={completion.latency_ms:.0f}ms request_id={completion.request_id or '-'}"
+            f"latency={completion.latency_ms:.0f}ms attempts={completion.attempts} "
+            f"request_id={completion.request_id or '-'}"
         )
 
     def list_usecases(self):

@@ -1,0 +1,76 @@
+"""A circuit breaker per provider alias, its state in the Django cache.
+
+With a shared cache (Redis, Memcached, the database) every worker of a deployment
+sees the same state. It opens after ``FAILURES`` consecutive transient failures,
+sends calls straight to the fallbacks while open, lets one probe through after
+``COOLDOWN`` seconds, and closes on the first success.
+
+    LLM_PROVIDERS = {"openai": {..., "CIRCUIT_BREAKER": {"FAILURES": 5, "COOLDOWN": 30}}}
+"""
+
+import time
+from dataclasses import dataclass
+
+from django.core.cache import caches
+
+from . import conf, metrics
+
+DEFAULTS = {"FAILURES": 5, "COOLDOWN": 30.0}
+OPENED_METRIC = "circuit.opened"
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    alias: str
+    failures: int
+    cooldown: float
+
+    @classmethod
+    def for_provider(cls, alias, config):
+        """Return the breaker of ``alias`` from its LLM_PROVIDERS config; None when turned off."""
+        settings = config.get("CIRCUIT_BREAKER", {})
+        if settings is None:
+            return None
+        settings = DEFAULTS | settings
+        return cls(alias, int(settings["FAILURES"]), float(settings["COOLDOWN"]))
+
+    @property
+    def cache(self):
+        return caches[conf.get_setting("LLM_CIRCUIT_BREAKER_CACHE")]
+
+    def _key(self, name):
+        return f"llmapp:circuit:{self.alias}:{name}"
+
+    def opened_at(self):
+        return self.cache.get(self._key("opened"))
+
+    def allow(self):
+        """Say whether a call may go to this provider now (a probe, when half-open)."""
+        opened = self.opened_at()
+        if opened is None:
+            return True
+        if time.time() - opened < self.cooldown:
+            return False
+        # Half-open: the one worker that adds the probe key sends the probe.
+        return self.cache.add(self._key("probe"), 1, timeout=max(self.cooldown, 1))
+
+    def retry_in(self):
+        opened = self.opened_at()
+        return 0.0 if opened is None else max(0.0, self.cooldown - (time.time() - opened))
+
+    def record_success(self):
+        self.cache.delete_many([self._key("failures"), self._key("opened"), self._key("probe")])
+
+    def record_failure(self):
+        """Count a transient failure; open the circuit at the threshold (or after a failed probe)."""
+        cache, key = self.cache, self._key("failures")
+        cache.add(key, 0, timeout=None)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # evicted between add and incr
+            cache.set(key, 1, timeout=None)
+            count = 1
+        if count >= self.failures or self.opened_at() is not None:
+            cache.set(self._key("opened"), time.time(), timeout=None)
+            cache.delete(self._key("probe"))
+            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})

@@ -1,0 +1,198 @@
+"""Faults against the fake OpenAI server: retries, one deadline, fallbacks, the circuit breaker.
+
+Each test asserts how many requests the server saw and a bound on the elapsed time.
+"""
+
+import io
+import socket
+import time
+
+import pytest
+from django.core.management import call_command
+
+from llmapp import complete_prompt, stream_prompt
+from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from llmapp.models import CompletionEvent
+from llmapp.providers import locmem
+from tests.conftest import API_KEY
+
+pytestmark = pytest.mark.django_db
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.monotonic() - self.started
+
+
+@pytest.fixture
+def primary(openai_provider, settings):
+    """summarize on the fake OpenAI server, with the locmem 'test' provider as its fallback."""
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "TIMEOUT": 10, "RETRIES": 2}}
+    return openai_provider
+
+
+def test_429_with_retry_after_then_success(primary):
+    primary.reply_error(429, "slow down", headers={"Retry-After": "1"})
+    with Stopwatch() as clock:
+        completion = complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 2
+    assert 0.9 <= clock.elapsed < 2.5
+    assert completion.attempts == 2 and completion.provider == "openai"
+    assert CompletionEvent.objects.get().attempts == 2
+
+
+def test_retry_after_as_an_http_date(primary):
+    from email.utils import formatdate
+
+    primary.reply_error(503, "maintenance", headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)})
+    with Stopwatch() as clock:
+        complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 2
+    assert 0.5 <= clock.elapsed < 3.5  # an HTTP date has whole-second precision
+
+
+def test_500_500_then_success_with_jittered_backoff(primary):
+    primary.reply_error(500, "oops")
+    primary.reply_error(500, "oops again")
+    with Stopwatch() as clock:
+        completion = complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 3
+    assert clock.elapsed < 0.5 + 1.0 + 1.0  # full jitter: at most 0.5s, then 1s, plus the calls
+    assert completion.attempts == 3
+
+
+def test_a_hanging_server_ends_within_the_deadline_whatever_the_retries(primary):
+    for _ in range(6):
+        primary.hang(30)
+    with Stopwatch() as clock, pytest.raises(ProviderTimeout) as raised:
+        complete_prompt("summarize", "hi", timeout=1.5, retries=5)
+    assert 1.4 <= clock.elapsed < 2.5
+    assert len(primary.requests) == 1  # the first attempt used up the whole deadline
+    assert "1.5s deadline of use case 'summarize' passed after 1 attempt(s)" in str(raised.value)
+
+
+def test_connection_refused_is_retried_then_reported(settings):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.LLM_PROVIDERS = {
+        "default": {
+            "BACKEND": "llmapp.providers.openai.OpenAIProvider",
+            "OPTIONS": {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": API_KEY},
+        }
+    }
+    with Stopwatch() as clock, pytest.raises(ProviderUnavailable, match="cannot reach"):
+        complete_prompt("summarize", "hi", retries=2)
+    assert clock.elapsed < 2.5
+    event = CompletionEvent.objects.get()
+    assert (event.status, event.attempts, event.error_type) == ("error", 3, "ProviderUnavailable")
+
+
+def test_malformed_json_fails_at_once(primary):
+    primary.reply_raw(200, b'{"choices": [')
+    with pytest.raises(ProviderError, match="not valid JSON"):
+        complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 1
+
+
+def test_stream_cut_before_any_text_is_retried(primary):
+    primary.reply_stream(["never ", "sent"], cut_after=0)
+    primary.reply_stream(["second ", "try"])
+    *chunks, completion = stream_prompt("summarize", "hi")
+    assert chunks == ["second ", "try"]
+    assert completion.attempts == 2
+    assert len(primary.requests) == 2
+
+
+def test_stream_cut_half_way_is_not_retried(primary):
+    primary.reply_stream(["one ", "two ", "three ", "four"], cut_after=2)
+    received = []
+    with pytest.raises(ProviderUnavailable, match="cut after 2 chunk"):
+        received.extend(stream_prompt("summarize", "hi"))
+    assert received == ["one ", "two "]
+    assert len(primary.requests) == 1
+
+
+def test_401_is_not_retried(primary):
+    primary.reply_error(401, "Incorrect API key provided")
+    with Stopwatch() as clock, pytest.raises(ProviderError) as raised:
+        complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 1
+    assert clock.elapsed < 1
+    assert raised.value.status_code == 401 and "check the provider's api_key" in str(raised.value)
+
+
+def test_retry_after_longer_than_the_deadline_ends_the_call_at_once(primary):
+    primary.reply_error(429, "quota", headers={"Retry-After": "30"})
+    with Stopwatch() as clock, pytest.raises(ProviderError) as raised:
+        complete_prompt("summarize", "hi", timeout=5)
+    assert clock.elapsed < 1
+    assert len(primary.requests) == 1
+    assert "asked to retry after 30s, more than the" in str(raised.value)
+    assert "of the 5s deadline" in str(raised.value)
+
+
+def test_primary_failing_falls_back_and_the_event_says_so(primary, settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 1, "FALLBACKS": ["test:backup-model"]}}
+    primary.reply_error(503, "down")
+    primary.reply_error(503, "still down")
+    locmem.queue("from the fallback")
+    completion = complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 2
+    assert (completion.text, completion.provider, completion.model, completion.attempts) == (
+        "from the fallback",
+        "test",
+        "backup-model",
+        3,
+    )
+    event = CompletionEvent.objects.get()
+    assert (event.provider, event.model, event.attempts, event.status) == ("test", "backup-model", 3, "ok")
+
+
+def test_non_transient_failure_does_not_fall_back(primary, settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "FALLBACKS": ["test"]}}
+    primary.reply_error(400, "bad request")
+    with pytest.raises(ProviderError, match="HTTP 400"):
+        complete_prompt("summarize", "hi")
+    assert locmem.outbox == []
+
+
+def test_open_circuit_sends_calls_straight_to_the_fallback(primary, settings):
+    settings.LLM_PROVIDERS["openai"]["CIRCUIT_BREAKER"] = {"FAILURES": 2, "COOLDOWN": 1}
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 0, "FALLBACKS": ["test"]}}
+    primary.reply_error(500, "one")
+    primary.reply_error(500, "two")
+    complete_prompt("summarize", "first")  # fails on openai, served by test
+    complete_prompt("summarize", "second")  # the second consecutive failure opens the circuit
+    assert len(primary.requests) == 2
+    completion = complete_prompt("summarize", "third")
+    assert len(primary.requests) == 2  # nothing reached the primary
+    assert (completion.provider, completion.attempts) == ("test", 1)
+
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 0}}
+    with pytest.raises(ProviderUnavailable, match="circuit of provider\\(s\\) openai is open"):
+        complete_prompt("summarize", "no fallback")
+    assert len(primary.requests) == 2
+
+    time.sleep(1.05)  # the cool-down passes: one probe goes through, succeeds and closes the circuit
+    assert complete_prompt("summarize", "probe").provider == "openai"
+    assert complete_prompt("summarize", "closed").provider == "openai"
+    assert len(primary.requests) == 4
+
+
+def test_cli_timeout_retries_and_no_fallback(primary, settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "FALLBACKS": ["test"]}}
+    primary.reply_error(500, "down")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(Exception, match="HTTP 500"):
+        call_command("llm", "summarize", "-m", "hi", "--retries", "0", "--no-fallback", stdout=out, stderr=err)
+    assert len(primary.requests) == 1 and locmem.outbox == []
+
+    primary.hang(10)
+    with Stopwatch() as clock, pytest.raises(Exception, match="deadline"):
+        call_command("llm", "summarize", "-m", "hi", "--timeout", "0.5", "--no-fallback", stdout=out)
+    assert clock.elapsed < 1.5

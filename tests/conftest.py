@@ -43,20 +43,24 @@ def openai_provider(settings, fake_openai):  # noqa: F811
     return fake_openai
 
 
-def run_manage(*args, database, env_file, env=None, input=None, timeout=60):
-    """Run manage.py in a subprocess as a user would, isolated from the developer's shell and .env."""
+def manage_env(database, env_file, env=None):
+    """The environment of a manage.py subprocess, isolated from the developer's shell and .env."""
     full_env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("LLM_", "OPENAI_", "SENTRY_", "DJANGO_", "DATABASE_URL"))
+        if not key.startswith(("LLM_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "SENTRY_", "DJANGO_", "DATABASE_URL"))
     }
     full_env |= {"LLM_ENV_FILE": str(env_file), "DATABASE_URL": f"sqlite:///{database}"}
-    full_env |= env or {}
+    return full_env | (env or {})
+
+
+def run_manage(*args, database, env_file, env=None, input=None, timeout=60):
+    """Run manage.py in a subprocess as a user would."""
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env=manage_env(database, env_file, env),
         input=input,
         timeout=timeout,
         cwd=ROOT,
@@ -88,4 +92,5 @@ def manage(tmp_path, migrated_database):
 
     run.database = database
     run.env_file = env_file
+    run.env = lambda env=None: manage_env(database, env_file, env)
     return run

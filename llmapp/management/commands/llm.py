@@ -4,6 +4,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from llmapp.exceptions import LLMError
+from llmapp.management.batch_run import BatchRun
 from llmapp.providers import providers
 from llmapp.service import complete_prompt, prepare_request, stream_prompt
 from llmapp.tracing import command_transaction
@@ -51,6 +52,24 @@ class Command(BaseCommand):
             action="store_true",
             help="Print each use case's calls, error rate, latency and tokens over the last 24 hours.",
         )
+        batch = parser.add_argument_group("batch runs")
+        batch.add_argument(
+            "--input",
+            help="Run every line of this JSON Lines file ('-' for stdin): a string, or an object "
+            "with id, message and optional overrides.",
+        )
+        batch.add_argument(
+            "--output", help="Write one JSON line per input, in input order; re-running resumes."
+        )
+        batch.add_argument(
+            "--concurrency", type=int, default=1, help="How many calls run at once (default 1)."
+        )
+        batch.add_argument("--quiet", action="store_true", help="No progress bar.")
+        batch.add_argument(
+            "--enqueue",
+            action="store_true",
+            help="Send one task per item through Django's Tasks framework instead of running here.",
+        )
         parser.add_argument(
             "--dry-run",
             action="store_true",
@@ -76,6 +95,11 @@ class Command(BaseCommand):
     def run(self, options):
         if not options["usecase"]:
             raise CommandError("name a use case, e.g. `manage.py llm summarize`; `--list` shows them all.")
+        if options["input"]:
+            BatchRun(self, options).run()
+            return
+        if options["output"] or options["enqueue"]:
+            raise CommandError("--output and --enqueue go with --input FILE.")
         if options["stream"] and options["json"]:
             raise CommandError("--stream and --json cannot be combined; pick one.")
         message = self.read_message(options)

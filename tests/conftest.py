@@ -43,13 +43,22 @@ def openai_provider(settings, fake_openai):  # noqa: F811
     return fake_openai
 
 
+# A developer's own configuration must not reach the manage.py the tests run.
+ISOLATED_VARIABLES = (
+    "LLM_",
+    "OPENAI_",
+    "ANTHROPIC_",
+    "GEMINI_",
+    "GOOGLE_",
+    "SENTRY_",
+    "DJANGO_",
+    "DATABASE_URL",
+)
+
+
 def manage_env(database, env_file, env=None):
     """The environment of a manage.py subprocess, isolated from the developer's shell and .env."""
-    full_env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("LLM_", "OPENAI_", "ANTHROPIC_", "GEMINI_", "SENTRY_", "DJANGO_", "DATABASE_URL"))
-    }
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith(ISOLATED_VARIABLES)}
     full_env |= {"LLM_ENV_FILE": str(env_file), "DATABASE_URL": f"sqlite:///{database}"}
     return full_env | (env or {})
 

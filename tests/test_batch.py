@@ -83,10 +83,8 @@ def test_a_failed_item_is_written_with_its_error_and_the_exit_status_says_so(tmp
     records = read_records(output)
     assert [record.get("text") for record in records[:3]] == ["ok one", None, "ok three"]
     assert records[1]["error"]["type"] == "ProviderError"
-    assert records[3]["error"] == {
-        "type": "InvalidInput",
-        "message": "line 4 is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
-    }
+    assert records[3]["error"]["type"] == "InvalidInput"
+    assert records[3]["error"]["message"].startswith("line 4 is not JSON: Expecting property name")
     assert 'must be a JSON string or an object with a "message"' in records[4]["error"]["message"]
     assert "unknown key(s) tone" in records[5]["error"]["message"]
 
@@ -126,7 +124,7 @@ def test_input_from_stdin_and_output_to_stdout():
 def test_bad_batch_arguments(tmp_path):
     with pytest.raises(CommandError, match="--input needs --output FILE"):
         run_batch("summarize", "--input", "-", stdin=io.StringIO('"x"'))
-    with pytest.raises(CommandError, match="cannot read --input /nonexistent.jsonl: No such file"):
+    with pytest.raises(CommandError, match=r"cannot read --input /nonexistent\.jsonl: No such file"):
         run_batch("summarize", "--input", "/nonexistent.jsonl", "--output", str(tmp_path / "o"))
     with pytest.raises(CommandError, match="--concurrency must be at least 1"):
         run_batch("summarize", "--input", "-", "--output", "-", "--concurrency", "0")

@@ -83,7 +83,7 @@ class BatchRun:
         if output == "-":
             return contextlib.nullcontext(self.command.stdout)
         try:
-            return open(output, "a", encoding="utf-8")  # noqa: SIM115 (a context manager)
+            return open(output, "a", encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"cannot write --output {output}: {exc.strerror}.") from None
 

@@ -1,0 +1,345 @@
+"""Anthropic's Messages API (Claude) through the official ``anthropic`` SDK.
+
+The SDK is imported on first use, never at start-up. The system prompt goes in the
+``system`` parameter and the message is the one user turn. The temperature is sent
+only if the installed SDK's ``messages.create`` takes one: the 2.x SDKs (API version
+2026-10-21) have no sampling parameters and raise TypeError on the keyword.
+"""
+
+import functools
+import inspect
+import os
+import weakref
+
+from ..exceptions import (
+    ConfigurationError,
+    ImproperlyInstalled,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from ..redaction import mask
+from ..types import Completion
+from .base import BaseProvider
+
+# Shared with the openai backend: both SDKs are generated alike and raise alike.
+from .openai import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
+from .openai import _error_message, _retry_after
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+DEFAULT_MODEL = "claude-sonnet-5-5"
+DEFAULT_TIMEOUT = 30
+#: The documented version header, shown by --dry-run when the SDK cannot say which one it sends.
+ANTHROPIC_VERSION = "2023-06-01"
+# 529: Anthropic is overloaded; try again shortly.
+TRANSIENT_STATUSES = _HTTP_TRANSIENT_STATUSES | {529}
+# An error event inside a 200 stream carries only its type; this is the status it stands for.
+ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+_HINTS = {
+    401: "check the provider's api_key",
+    403: "the API key is not allowed to use this model or endpoint",
+    404: "check the model name and the base_url",
+    429: "rate limited or out of quota",
+    529: "Anthropic is overloaded; try again shortly",
+}
+
+
+class AnthropicProvider(BaseProvider):
+    """Messages through the official ``anthropic`` SDK."""
+
+    option_names = frozenset({"api_key", "base_url", "model", "timeout", "default_headers"})
+    max_temperature = 1.0
+    default_model = DEFAULT_MODEL
+    package = "anthropic"
+    extra = "anthropic"
+    api_key_variable = "ANTHROPIC_API_KEY"
+
+    def __init__(self, alias, *, options=None, models=None):
+        super().__init__(alias, options=options, models=models)
+        self._client = None
+        self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def base_url(self):
+        return (self.options.get("base_url") or ANTHROPIC_URL).rstrip("/")
+
+    @property
+    def api_key(self):
+        key = self.options.get("api_key") or os.environ.get(self.api_key_variable)
+        if key:
+            return key
+        if self.options.get("base_url"):
+            # A proxy or gateway may take no key, but the SDK insists on one.
+            return "no-key"
+        raise ConfigurationError(
+            f"provider {self.alias!r} has no API key: set {self.api_key_variable} in the "
+            f"environment or .env, or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
+        )
+
+    def secrets(self):
+        secrets = super().secrets()
+        if os.environ.get(self.api_key_variable):
+            secrets.append(os.environ[self.api_key_variable])
+        return secrets
+
+    def check(self):
+        from django.core import checks
+
+        try:
+            self.api_key  # noqa: B018 (raises when there is none)
+        except ConfigurationError as exc:
+            return [
+                checks.Warning(
+                    str(exc), hint="Calls to this provider will fail until it has a key.", id="llmapp.W003"
+                )
+            ]
+        return []
+
+    # -- building the call ---------------------------------------------------------
+
+    @functools.cached_property
+    def takes_temperature(self):
+        """Whether the installed SDK's Messages API has a temperature parameter."""
+        try:
+            anthropic = self.import_sdk()
+        except ImproperlyInstalled:
+            return True  # nothing can be sent; describe the documented API
+        return "temperature" in inspect.signature(anthropic.resources.Messages.create).parameters
+
+    def build_payload(self, request):
+        """Return the keyword arguments of ``messages.create`` for ``request``."""
+        payload = {
+            "model": request.model,
+            "max_tokens": request.max_output_tokens,
+            "messages": [{"role": "user", "content": request.message}],
+        }
+        if self.takes_temperature:
+            payload["temperature"] = self.native_temperature(request.temperature)
+        if request.prompt:
+            payload["system"] = request.prompt
+        if request.timeout is not None:
+            payload["timeout"] = request.timeout
+        return payload
+
+    def describe_request(self, request):
+        return {
+            "method": "POST",
+            "url": self.redact(f"{self.base_url}/v1/messages"),
+            "headers": {"Content-Type": "application/json", **self._described_headers()},
+            "json": {key: value for key, value in self.build_payload(request).items() if key != "timeout"},
+        }
+
+    def _described_headers(self):
+        """Return the auth, version and custom headers the SDK sends, the key masked."""
+        try:
+            key = self.api_key
+        except ConfigurationError:
+            return {"x-api-key": "(no API key set)", "anthropic-version": ANTHROPIC_VERSION}
+        try:
+            client = self.client
+        except ConfigurationError:  # the SDK is not installed: show the documented headers
+            return {"x-api-key": mask(key), "anthropic-version": ANTHROPIC_VERSION}
+        # SDK versions differ in how they send the key (x-api-key or Authorization: Bearer),
+        # so ask the client rather than assume.
+        names = {*client.auth_headers, "anthropic-version", *(self.options.get("default_headers") or {})}
+        return {
+            name: self.redact(str(value).replace(key, mask(key)))
+            for name, value in client.default_headers.items()
+            if name in names and isinstance(value, str)
+        }
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _client_options(self):
+        return {
+            "api_key": self.api_key,
+            # Always explicit, so that ANTHROPIC_BASE_URL cannot send calls elsewhere than
+            # describe_request() says.
+            "base_url": self.base_url,
+            "timeout": self.options.get("timeout", DEFAULT_TIMEOUT),
+            # llmapp owns retries: the SDK must not retry on its own.
+            "max_retries": 0,
+            "default_headers": self.options.get("default_headers"),
+        }
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._sdk_lock:
+                if self._client is None:
+                    anthropic = self.import_sdk()
+                    self._client = anthropic.Anthropic(**self._client_options())
+        return self._client
+
+    def async_client(self, loop):
+        # An async HTTP client belongs to the event loop it was first used on.
+        client = self._async_clients.get(loop)
+        if client is None:
+            anthropic = self.import_sdk()
+            client = self._async_clients[loop] = anthropic.AsyncAnthropic(**self._client_options())
+        return client
+
+    # -- calls -----------------------------------------------------------------------
+
+    def complete(self, request):
+        payload = self.build_payload(request)
+        try:
+            response = self.client.messages.create(**payload)
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)
+
+    async def acomplete(self, request):
+        import asyncio
+
+        payload = self.build_payload(request)
+        try:
+            client = self.async_client(asyncio.get_running_loop())
+            response = await client.messages.create(**payload)
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)
+
+    def stream(self, request):
+        # The raw events, not the messages.stream() helper: message_start carries the input
+        # tokens, message_delta the stop reason and output tokens, and message_stop says the
+        # answer is whole, on every SDK version.
+        payload = self.build_payload(request)
+        parts, request_id, model = [], None, request.model
+        stop_reason, input_tokens, output_tokens, stopped = None, None, None, False
+        try:
+            stream = self.client.messages.create(**payload, stream=True)
+            request_id = stream.response.headers.get("request-id")
+            with stream:
+                for event in stream:
+                    if event.type == "message_start":
+                        model = event.message.model or model
+                        input_tokens = event.message.usage.input_tokens
+                        output_tokens = event.message.usage.output_tokens
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        if event.delta.text:
+                            parts.append(event.delta.text)
+                            yield event.delta.text
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        # Counts on message_delta are running totals, not increments.
+                        output_tokens = event.usage.output_tokens
+                        input_tokens = getattr(event.usage, "input_tokens", None) or input_tokens
+                    elif event.type == "message_stop":
+                        stopped = True
+        except Exception as exc:
+            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
+            if parts and error.transient:
+                # Text already reached the caller, so this call cannot be retried.
+                error = ProviderUnavailable(
+                    f"the stream was cut after {len(parts)} chunk(s) of text: {error.reason}",
+                    provider=self.alias,
+                    status_code=error.status_code,
+                    request_id=error.request_id,
+                )
+            raise error from None
+        if not stopped:
+            raise ProviderUnavailable(
+                "the stream ended before the server finished its answer",
+                provider=self.alias,
+                request_id=request_id,
+                transient=not parts,
+            )
+        yield Completion(
+            text="".join(parts),
+            usecase=request.usecase,
+            provider=self.alias,
+            model=model,
+            finish_reason=stop_reason,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+        )
+
+    def parse(self, response, request):
+        request_id = getattr(response, "_request_id", None)
+        content = getattr(response, "content", None)
+        if content is None:
+            raise ProviderError(
+                "the server's answer has no content", provider=self.alias, request_id=request_id
+            )
+        usage = getattr(response, "usage", None)
+        return Completion(
+            # Only text blocks: this backend asks for no tools or thinking.
+            text="".join(block.text for block in content if getattr(block, "type", None) == "text"),
+            usecase=request.usecase,
+            provider=self.alias,
+            model=getattr(response, "model", None) or request.model,
+            finish_reason=getattr(response, "stop_reason", None),
+            input_tokens=getattr(usage, "input_tokens", None),
+            output_tokens=getattr(usage, "output_tokens", None),
+            request_id=request_id,
+        )
+
+    # -- errors ----------------------------------------------------------------------
+
+    def translate_error(self, exc, request_id=None, timeout=None):
+        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
+        if isinstance(exc, ProviderError | ConfigurationError):
+            return exc
+        anthropic = self.import_sdk()
+        common = {"provider": self.alias, "request_id": request_id}
+        if isinstance(exc, anthropic.APITimeoutError) or _is_timeout(exc):
+            timeout = timeout if timeout is not None else self.options.get("timeout", DEFAULT_TIMEOUT)
+            return ProviderTimeout(
+                f"no answer from {self.redact(self.base_url)} within {timeout}s", transient=True, **common
+            )
+        if isinstance(exc, anthropic.APIConnectionError):
+            cause = exc.__cause__ or exc
+            reason = self.redact(str(cause)) or type(cause).__name__
+            return ProviderUnavailable(
+                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
+            )
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            if status < 400:
+                # An error event inside a stream that began with 200.
+                error_type = _error_type(exc.body)
+                status = ERROR_TYPE_STATUS.get(error_type, 500)
+            detail = _error_message(exc.body) or exc.response.reason_phrase or "error"
+            hint = _HINTS.get(status)
+            message = self.redact(f"{detail}; {hint}" if hint else detail)
+            common["request_id"] = exc.response.headers.get("request-id") or request_id
+            return ProviderError(
+                message,
+                status_code=status,
+                transient=status in TRANSIENT_STATUSES,
+                retry_after=_retry_after(exc.response.headers),
+                **common,
+            )
+        if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
+            return ProviderError("the server's answer is not valid JSON for this API", **common)
+        # Transport errors raised while reading a stream are not wrapped by the SDK.
+        return ProviderUnavailable(
+            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
+            transient=True,
+            **common,
+        )
+
+
+def _error_type(body):
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"].get("type")
+    return None
+
+
+def _is_timeout(exc):
+    # The SDK does not wrap a read timeout in the middle of a stream, and its HTTP library
+    # (httpx, or httpx2 in newer SDKs) is not ours to import: go by the class name.
+    return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)

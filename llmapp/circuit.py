@@ -9,7 +9,7 @@ sends calls straight to the fallbacks while open, lets one probe through after
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.core.cache import caches
 
@@ -19,11 +19,15 @@ DEFAULTS = {"FAILURES": 5, "COOLDOWN": 30.0}
 OPENED_METRIC = "circuit.opened"
 
 
-@dataclass(frozen=True)
+@dataclass
 class CircuitBreaker:
+    """One call's view of a provider's circuit; built per call, its state in the cache."""
+
     alias: str
     failures: int
     cooldown: float
+    #: Whether the cache may hold failures to clear on success; allow() finds out.
+    _dirty: bool = field(default=True, repr=False)
 
     @classmethod
     def for_provider(cls, alias, config):
@@ -45,8 +49,13 @@ class CircuitBreaker:
         return self.cache.get(self._key("opened"))
 
     def allow(self):
-        """Say whether a call may go to this provider now (a probe, when half-open)."""
-        opened = self.opened_at()
+        """Say whether a call may go to this provider now (a probe, when half-open).
+
+        One cache round trip on the common path: a closed circuit with no failures.
+        """
+        state = self.cache.get_many([self._key("failures"), self._key("opened")])
+        self._dirty = bool(state)
+        opened = state.get(self._key("opened"))
         if opened is None:
             return True
         if time.time() - opened < self.cooldown:
@@ -59,10 +68,13 @@ class CircuitBreaker:
         return 0.0 if opened is None else max(0.0, self.cooldown - (time.time() - opened))
 
     def record_success(self):
-        self.cache.delete_many([self._key("failures"), self._key("opened"), self._key("probe")])
+        if self._dirty:
+            self.cache.delete_many([self._key("failures"), self._key("opened"), self._key("probe")])
+            self._dirty = False
 
     def record_failure(self):
         """Count a transient failure; open the circuit at the threshold (or after a failed probe)."""
+        self._dirty = True
         cache, key = self.cache, self._key("failures")
         cache.add(key, 0, timeout=None)
         try:

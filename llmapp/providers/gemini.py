@@ -1,0 +1,520 @@
+"""Google Gemini, through the Gemini Developer API or Vertex AI.
+
+The ``google-genai`` SDK is imported on first use, never at start-up. The
+Developer API takes an API key; Vertex AI (``vertexai: True``) takes a project
+and location and finds credentials as Google's SDKs do (Application Default
+Credentials), or an API key alone in Vertex AI express mode.
+"""
+
+import json
+import math
+import os
+import sys
+import weakref
+
+from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
+from ..redaction import mask, redact
+from ..types import Completion
+from .base import BaseProvider
+from .openai import TRANSIENT_STATUSES, _retry_after
+
+GEMINI_URL = "https://generativelanguage.googleapis.com"
+VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"
+# Pinned so the URLs do not move with the SDK's default (v1beta before 3.x, v1 since).
+DEVELOPER_API_VERSION = "v1beta"
+VERTEX_API_VERSION = "v1beta1"
+DEFAULT_MODEL = "gemini-2.5-flash"
+# Seconds. Gemini 2.5 models think before they answer, so allow more than a chat model needs.
+DEFAULT_TIMEOUT = 60
+# Looked up in this order, as the SDK does: GOOGLE_API_KEY wins when both are set.
+API_KEY_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+PROJECT_VARIABLE = "GOOGLE_CLOUD_PROJECT"
+LOCATION_VARIABLE = "GOOGLE_CLOUD_LOCATION"
+# Vertex AI's multi-region locations have their own hosts.
+MULTI_REGIONS = frozenset({"us", "eu"})
+VERTEX_ONLY_OPTIONS = ("project", "location", "credentials")
+NO_KEY = "no-key"
+_HINTS = {
+    401: "check the provider's credentials",
+    403: "the key or credentials may not use this model or project (is the API enabled?)",
+    404: "check the model name, the location and the base_url",
+    429: "rate limited or out of quota",
+}
+# Transport exceptions by "module.Class"; matched only when their module is already
+# imported (whichever HTTP library the SDK used is), so nothing is imported to check.
+_TIMEOUT_ERRORS = ("httpx.TimeoutException", "httpx2.TimeoutException")
+_CONNECTION_ERRORS = (
+    "httpx.TransportError",
+    "httpx2.TransportError",
+    "aiohttp.ClientError",
+    "google.auth.exceptions.TransportError",
+)
+
+
+class GeminiProvider(BaseProvider):
+    """generateContent through the official ``google-genai`` SDK."""
+
+    option_names = frozenset(
+        {
+            "api_key",
+            "vertexai",
+            "project",
+            "location",
+            # A google.auth.credentials.Credentials for Vertex AI; default: Application Default Credentials.
+            "credentials",
+            "base_url",
+            "api_version",
+            "model",
+            "timeout",
+        }
+    )
+    max_temperature = 2.0
+    default_model = DEFAULT_MODEL
+    package = "google.genai"
+    extra = "gemini"
+
+    def __init__(self, alias, *, options=None, models=None):
+        super().__init__(alias, options=options, models=models)
+        self._client = None
+        self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def is_vertex(self):
+        return bool(self.options.get("vertexai"))
+
+    @property
+    def timeout(self):
+        """Seconds an attempt may take when the request does not say."""
+        return self.options.get("timeout") or DEFAULT_TIMEOUT
+
+    @property
+    def api_version(self):
+        return self.options.get("api_version") or (
+            VERTEX_API_VERSION if self.is_vertex else DEVELOPER_API_VERSION
+        )
+
+    def connection(self):
+        """Return how to reach the API: the Client's keyword arguments, bar http_options.
+
+        Reads only the options and the environment (no SDK, no network), so checks
+        and --dry-run can use it; raises ConfigurationError naming what to set.
+        """
+        where = f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']"
+        if not self.is_vertex:
+            misplaced = [name for name in VERTEX_ONLY_OPTIONS if self.options.get(name)]
+            if misplaced:
+                raise ConfigurationError(
+                    f"{where} sets {', '.join(misplaced)}, which only Vertex AI uses: "
+                    f"add 'vertexai': True or remove them."
+                )
+            key = self.options.get("api_key") or _first_variable(API_KEY_VARIABLES)
+            if not key:
+                if not self.options.get("base_url"):
+                    raise ConfigurationError(
+                        f"provider {self.alias!r} has no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) "
+                        f"in the environment or .env, or {where}['api_key']."
+                    )
+                # A proxy at base_url may take no key, but the SDK insists on one.
+                key = NO_KEY
+            return {"vertexai": False, "api_key": key}
+
+        key = self.options.get("api_key")
+        if key and self.options.get("credentials"):
+            raise ConfigurationError(f"{where} sets both api_key and credentials: keep one of them.")
+        project = self.options.get("project")
+        if key and not project:
+            # Vertex AI express mode: an API key and no project.
+            return {"vertexai": True, "api_key": key}
+        project = project or os.environ.get(PROJECT_VARIABLE)
+        if not project:
+            raise ConfigurationError(
+                f"provider {self.alias!r} uses Vertex AI but has no project: set {where}['project'] "
+                f"(or {PROJECT_VARIABLE}), or {where}['api_key'] for Vertex AI express mode."
+            )
+        location = self.options.get("location") or os.environ.get(LOCATION_VARIABLE) or "global"
+        return {
+            "vertexai": True,
+            "api_key": key or None,
+            "project": project,
+            "location": location,
+            # None: the SDK finds Application Default Credentials on the first call.
+            "credentials": self.options.get("credentials"),
+        }
+
+    def base_url_for(self, connection):
+        if self.options.get("base_url"):
+            return self.options["base_url"].rstrip("/")
+        if not connection.get("vertexai"):
+            return GEMINI_URL
+        location = connection.get("location")
+        if not location or location == "global":
+            return VERTEX_GLOBAL_URL
+        if location in MULTI_REGIONS:
+            return f"https://aiplatform.{location}.rep.googleapis.com"
+        return f"https://{location}-aiplatform.googleapis.com"
+
+    @property
+    def base_url(self):
+        try:
+            return self.base_url_for(self.connection())
+        except ConfigurationError:
+            return self.base_url_for({"vertexai": self.is_vertex})
+
+    def secrets(self):
+        secrets = super().secrets()
+        secrets += [os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)]
+        token = getattr(self.options.get("credentials"), "token", None)
+        if token:
+            secrets.append(str(token))
+        return secrets
+
+    def check(self):
+        from django.core import checks
+
+        try:
+            self.connection()
+        except ConfigurationError as exc:
+            return [
+                checks.Warning(
+                    str(exc),
+                    hint="Calls to this provider will fail until it is configured.",
+                    id="llmapp.W003",
+                )
+            ]
+        return []
+
+    # -- building the call ---------------------------------------------------------
+
+    def build_body(self, request):
+        """Return the REST request body: what the SDK sends for ``arguments()``."""
+        body = {"contents": [{"parts": [{"text": request.message}], "role": "user"}]}
+        if request.prompt:
+            body["systemInstruction"] = {"parts": [{"text": request.prompt}], "role": "user"}
+        body["generationConfig"] = {
+            "temperature": self.native_temperature(request.temperature),
+            "maxOutputTokens": request.max_output_tokens,
+        }
+        return body
+
+    def arguments(self, request):
+        """Return the keyword arguments of ``models.generate_content`` for ``request``."""
+        types = self.import_sdk().types
+        config = types.GenerateContentConfig(
+            system_instruction=request.prompt or None,
+            temperature=self.native_temperature(request.temperature),
+            max_output_tokens=request.max_output_tokens,
+        )
+        if request.timeout is not None:
+            # What is left of the call's deadline bounds this attempt.
+            config.http_options = types.HttpOptions(timeout=_milliseconds(request.timeout))
+        return {
+            "model": request.model,
+            "contents": [types.Content(role="user", parts=[types.Part(text=request.message)])],
+            "config": config,
+        }
+
+    def model_path(self, model, connection):
+        """Return the URL path of ``model`` after the version, as the SDK builds it."""
+        if not connection.get("vertexai"):
+            return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+        if model.startswith(("projects/", "models/", "publishers/")):
+            path = model
+        elif "/" in model:
+            publisher, name = model.split("/", 1)
+            path = f"publishers/{publisher}/models/{name}"
+        else:
+            path = f"publishers/google/models/{model}"
+        if connection.get("project") and not path.startswith("projects/"):
+            path = f"projects/{connection['project']}/locations/{connection['location']}/{path}"
+        return path
+
+    def describe_request(self, request):
+        headers = {"Content-Type": "application/json"}
+        try:
+            connection = self.connection()
+        except ConfigurationError:
+            if self.is_vertex:
+                connection = {"vertexai": True, "project": "(no project set)", "location": "global"}
+            else:
+                connection = {"vertexai": False, "api_key": NO_KEY}
+        if connection.get("project") and not connection.get("api_key"):
+            headers["Authorization"] = "Bearer (an access token from the Google Cloud credentials)"
+        if connection.get("api_key"):
+            key = connection["api_key"]
+            headers["x-goog-api-key"] = "(no API key set)" if key == NO_KEY else mask(key)
+        path = self.model_path(request.model, connection)
+        url = f"{self.base_url_for(connection)}/{self.api_version}/{path}:generateContent"
+        return {"method": "POST", "url": redact(url), "headers": headers, "json": self.build_body(request)}
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _build_client(self):
+        genai = self.import_sdk()
+        types = genai.types
+        http_options = {
+            "base_url": self.options.get("base_url"),
+            "api_version": self.api_version,
+            # HttpOptions.timeout is in milliseconds; ours are seconds.
+            "timeout": _milliseconds(self.timeout),
+        }
+        if hasattr(types, "HttpRetryOptions"):
+            # llmapp owns retries: one attempt. Setting it also turns off the SDK's
+            # implicit retry of aiohttp connection errors in async calls.
+            http_options["retry_options"] = types.HttpRetryOptions(attempts=1)
+        connection = self.connection()
+        try:
+            return genai.Client(
+                **{name: value for name, value in connection.items() if value is not None},
+                http_options=types.HttpOptions(**http_options),
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the google-genai SDK rejected LLM_PROVIDERS[{self.alias!r}]['OPTIONS']: "
+                f"{self.redact(str(exc))}"
+            ) from None
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._sdk_lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
+
+    def async_client(self, loop):
+        # An async HTTP client belongs to the event loop it was first used on.
+        client = self._async_clients.get(loop)
+        if client is None:
+            with self._sdk_lock:
+                client = self._async_clients.get(loop)
+                if client is None:
+                    client = self._async_clients[loop] = self._build_client()
+        return client.aio
+
+    # -- calls -----------------------------------------------------------------------
+
+    def complete(self, request):
+        try:
+            response = self.client.models.generate_content(**self.arguments(request))
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)
+
+    async def acomplete(self, request):
+        import asyncio
+
+        try:
+            client = self.async_client(asyncio.get_running_loop())
+            response = await client.models.generate_content(**self.arguments(request))
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)
+
+    def stream(self, request):
+        parts, finish_reason, usage, model, request_id = [], None, None, request.model, None
+        chunks = None
+        try:
+            chunks = self.client.models.generate_content_stream(**self.arguments(request))
+            for chunk in chunks:
+                request_id = request_id or _request_id(chunk)
+                model = chunk.model_version or model
+                usage = chunk.usage_metadata or usage
+                self._raise_if_blocked(chunk, request_id)
+                for candidate in (chunk.candidates or [])[:1]:
+                    finish_reason = _finish_reason(candidate) or finish_reason
+                    text = _text(candidate)
+                    if text:
+                        parts.append(text)
+                        yield text
+        except Exception as exc:
+            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
+            if parts and isinstance(error, ProviderUnavailable):
+                error = ProviderUnavailable(
+                    f"the stream was cut after {len(parts)} chunk(s) of text",
+                    provider=self.alias,
+                    request_id=request_id,
+                )
+            elif parts:
+                # Text already reached the caller, so this call cannot be retried.
+                error.transient = False
+            raise error from None
+        finally:
+            if chunks is not None:
+                # Ends the SDK's generator now, also when our caller stopped reading early.
+                chunks.close()
+        if finish_reason is None:
+            raise ProviderUnavailable(
+                "the stream ended before the server finished its answer",
+                provider=self.alias,
+                request_id=request_id,
+                transient=not parts,
+            )
+        input_tokens, output_tokens = _tokens(usage)
+        yield Completion(
+            text="".join(parts),
+            usecase=request.usecase,
+            provider=self.alias,
+            model=model,
+            finish_reason=finish_reason,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+        )
+
+    def parse(self, response, request):
+        request_id = _request_id(response)
+        self._raise_if_blocked(response, request_id)
+        if not response.candidates:
+            raise ProviderError(
+                "the server's answer has no candidates", provider=self.alias, request_id=request_id
+            )
+        candidate = response.candidates[0]
+        input_tokens, output_tokens = _tokens(response.usage_metadata)
+        return Completion(
+            text=_text(candidate),
+            usecase=request.usecase,
+            provider=self.alias,
+            model=response.model_version or request.model,
+            finish_reason=_finish_reason(candidate),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+        )
+
+    def _raise_if_blocked(self, response, request_id):
+        feedback = response.prompt_feedback
+        reason = _enum_name(feedback.block_reason) if feedback else None
+        if reason and not response.candidates:
+            raise ProviderError(
+                f"Gemini blocked the prompt ({reason})", provider=self.alias, request_id=request_id
+            )
+
+    # -- errors ----------------------------------------------------------------------
+
+    def translate_error(self, exc, request_id=None, timeout=None):
+        """Turn an SDK, auth or transport exception into a ProviderError with no secret in it."""
+        if isinstance(exc, ProviderError | ConfigurationError):
+            return exc
+        from google.genai import errors
+
+        common = {"provider": self.alias, "request_id": request_id}
+        if isinstance(exc, errors.APIError):
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            status = exc.code
+            detail = " ".join(str(part) for part in (exc.status, exc.message) if part) or "error"
+            hint = _HINTS.get(status)
+            common["request_id"] = headers.get("x-request-id") or request_id
+            return ProviderError(
+                self.redact(f"{detail}; {hint}" if hint else detail),
+                status_code=status,
+                transient=status in TRANSIENT_STATUSES,
+                retry_after=_retry_after(headers) or _retry_delay(exc.details),
+                **common,
+            )
+        if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):
+            timeout = timeout if timeout is not None else self.timeout
+            return ProviderTimeout(
+                f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s",
+                transient=True,
+                **common,
+            )
+        auth = sys.modules.get("google.auth.exceptions")
+        if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
+            return ConfigurationError(
+                f"provider {self.alias!r} found no Google Cloud credentials for Vertex AI: run "
+                "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or set "
+                f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['credentials'] ({self.redact(str(exc))})."
+            )
+        if auth is not None and isinstance(exc, auth.RefreshError):
+            return ProviderError(
+                f"the Google Cloud credentials could not be refreshed: {self.redact(str(exc))}",
+                transient=bool(getattr(exc, "retryable", False)),
+                **common,
+            )
+        if isinstance(exc, (ConnectionError, *_loaded(_CONNECTION_ERRORS))):
+            reason = self.redact(str(exc)) or type(exc).__name__
+            return ProviderUnavailable(
+                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
+            )
+        # json.loads (generateContent) or the SDK's own parser (streams) or its pydantic models.
+        invalid = (
+            json.JSONDecodeError,
+            errors.UnknownApiResponseError,
+            *_loaded(("pydantic.ValidationError",)),
+        )
+        if isinstance(exc, invalid):
+            return ProviderError("the server's answer is not valid JSON for this API", **common)
+        return ProviderError(
+            f"the google-genai SDK failed: {type(exc).__name__}: {self.redact(str(exc))}", **common
+        )
+
+
+def _first_variable(names):
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _milliseconds(seconds):
+    """Seconds (ours) to whole milliseconds (HttpOptions.timeout), at least 1."""
+    return max(1, math.ceil(float(seconds) * 1000))
+
+
+def _loaded(names):
+    """Return the classes among ``module.Class`` names whose module is already imported."""
+    classes = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        cls = getattr(sys.modules.get(module), attribute, None)
+        if isinstance(cls, type):
+            classes.append(cls)
+    return tuple(classes)
+
+
+def _enum_name(value):
+    """Return an SDK enum (or an unknown raw string) as a lower-case name, or None."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value)).lower() or None
+
+
+def _finish_reason(candidate):
+    return _enum_name(candidate.finish_reason)
+
+
+def _text(candidate):
+    """Return the answer's text: the candidate's text parts, without the model's thoughts."""
+    content = candidate.content
+    parts = (content.parts if content else None) or []
+    return "".join(part.text for part in parts if part.text and not part.thought)
+
+
+def _tokens(usage):
+    """Return (input, output) tokens; output includes thinking tokens, which are billed as output."""
+    if usage is None:
+        return None, None
+    output = usage.candidates_token_count
+    if usage.thoughts_token_count:
+        output = (output or 0) + usage.thoughts_token_count
+    return usage.prompt_token_count, output
+
+
+def _request_id(response):
+    """Return a proxy's x-request-id header, else Gemini's own responseId (it sends no id header)."""
+    http_response = getattr(response, "sdk_http_response", None)
+    headers = (http_response.headers if http_response else None) or {}
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return lowered.get("x-request-id") or response.response_id
+
+
+def _retry_delay(details):
+    """Return the seconds of a google.rpc.RetryInfo detail (``"retryDelay": "7s"``), or None."""
+    error = details.get("error", details) if isinstance(details, dict) else None
+    for detail in (error.get("details") if isinstance(error, dict) else None) or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            try:
+                return max(0.0, float(str(detail.get("retryDelay", "")).removesuffix("s")))
+            except ValueError:
+                return None
+    return None

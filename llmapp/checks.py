@@ -4,7 +4,6 @@
 checks at start-up and, under DEBUG, refuses to start on an error.
 """
 
-import importlib.util
 import numbers
 
 from django.core import checks
@@ -118,7 +117,7 @@ def _check_providers():
                     id="llmapp.E003",
                 )
             )
-        if cls.package and importlib.util.find_spec(cls.package) is None:
+        if not cls.sdk_installed():
             messages.append(
                 checks.Warning(
                     f"{where} needs the {cls.package!r} package, which is not installed.",
@@ -168,7 +167,7 @@ def _check_usecases(backends):
                     checks.Error(
                         f"Use case {name!r} falls back to provider {alias!r} "
                         f"({usecase.origin('FALLBACKS')}), which LLM_PROVIDERS does not configure.",
-                        hint='FALLBACKS lists "provider" or "provider:model" entries of configured providers.',
+                        hint='FALLBACKS lists "provider" or "provider:model" of configured providers.',
                         id="llmapp.E004",
                     )
                 )

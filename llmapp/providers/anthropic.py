@@ -23,8 +23,8 @@ from ..types import Completion
 from .base import BaseProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
-from .openai import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
-from .openai import _error_message, _retry_after
+from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
+from .http import error_message, retry_after
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -312,7 +312,7 @@ class AnthropicProvider(BaseProvider):
                 # An error event inside a stream that began with 200.
                 error_type = _error_type(exc.body)
                 status = ERROR_TYPE_STATUS.get(error_type, 500)
-            detail = _error_message(exc.body) or exc.response.reason_phrase or "error"
+            detail = error_message(exc.body) or exc.response.reason_phrase or "error"
             hint = _HINTS.get(status)
             message = self.redact(f"{detail}; {hint}" if hint else detail)
             common["request_id"] = exc.response.headers.get("request-id") or request_id
@@ -320,7 +320,7 @@ class AnthropicProvider(BaseProvider):
                 message,
                 status_code=status,
                 transient=status in TRANSIENT_STATUSES,
-                retry_after=_retry_after(exc.response.headers),
+                retry_after=retry_after(exc.response.headers),
                 **common,
             )
         if isinstance(exc, anthropic.APIResponseValidationError | ValueError):

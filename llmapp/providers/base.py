@@ -1,6 +1,7 @@
 """The base class every provider backend extends."""
 
 import importlib
+import importlib.util
 import threading
 
 from asgiref.sync import sync_to_async
@@ -59,6 +60,16 @@ class BaseProvider:
 
     def redact(self, text):
         return redact(text, self.secrets())
+
+    @classmethod
+    def sdk_installed(cls):
+        """Say whether the SDK is installed, without importing it (no start-up cost)."""
+        if not cls.package:
+            return True
+        try:
+            return importlib.util.find_spec(cls.package) is not None
+        except (ImportError, ValueError):  # a dotted name whose parent package is missing
+            return False
 
     def import_sdk(self):
         """Import this backend's SDK, or say which pip command installs it."""

@@ -16,7 +16,7 @@ from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, Pro
 from ..redaction import mask, redact
 from ..types import Completion
 from .base import BaseProvider
-from .openai import TRANSIENT_STATUSES, _retry_after
+from .http import TRANSIENT_STATUSES, retry_after
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"
@@ -408,7 +408,7 @@ class GeminiProvider(BaseProvider):
                 self.redact(f"{detail}; {hint}" if hint else detail),
                 status_code=status,
                 transient=status in TRANSIENT_STATUSES,
-                retry_after=_retry_after(headers) or _retry_delay(exc.details),
+                retry_after=retry_after(headers) or _retry_delay(exc.details),
                 **common,
             )
         if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):

@@ -6,15 +6,14 @@ the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version
 
 import os
 import weakref
-from email.utils import parsedate_to_datetime
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
 from ..types import Completion
 from .base import BaseProvider
+from .http import TRANSIENT_STATUSES, error_message, retry_after
 
 OPENAI_URL = "https://api.openai.com/v1"
-TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _HINTS = {
     401: "check the provider's api_key",
     403: "the API key is not allowed to use this model or endpoint",
@@ -290,7 +289,7 @@ class OpenAIProvider(BaseProvider):
             )
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            detail = _error_message(exc.body) or exc.response.reason_phrase or "error"
+            detail = error_message(exc.body) or exc.response.reason_phrase or "error"
             hint = _HINTS.get(status)
             message = self.redact(f"{detail}; {hint}" if hint else detail)
             common["request_id"] = exc.request_id or request_id
@@ -298,7 +297,7 @@ class OpenAIProvider(BaseProvider):
                 message,
                 status_code=status,
                 transient=status in TRANSIENT_STATUSES,
-                retry_after=_retry_after(exc.response.headers),
+                retry_after=retry_after(exc.response.headers),
                 **common,
             )
         if isinstance(exc, openai.APIResponseValidationError | ValueError):
@@ -309,35 +308,3 @@ class OpenAIProvider(BaseProvider):
             transient=True,
             **common,
         )
-
-
-def _error_message(body):
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict):
-            return error.get("message")
-        return str(error)
-    return str(body) if body else None
-
-
-def _retry_after(headers):
-    """Return Retry-After in seconds (it may be seconds or an HTTP date), or None."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from datetime import UTC, datetime
-
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None

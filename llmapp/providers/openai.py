@@ -46,12 +46,15 @@ class OpenAIProvider(BaseProvider):
     default_model = "gpt-4o-mini"
     package = "openai"
     extra = "openai"
-    api_key_variable = "OPENAI_API_KEY"
 
     def __init__(self, alias, *, options=None, models=None):
         super().__init__(alias, options=options, models=models)
         self._client = None
         self._async_clients = weakref.WeakKeyDictionary()
+
+    @property
+    def api_key_variable(self):
+        return "AZURE_OPENAI_API_KEY" if self.is_azure else "OPENAI_API_KEY"
 
     @property
     def is_azure(self):

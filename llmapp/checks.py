@@ -117,14 +117,6 @@ def _check_providers():
                     id="llmapp.E003",
                 )
             )
-        if not cls.sdk_installed():
-            messages.append(
-                checks.Warning(
-                    f"{where} needs the {cls.package!r} package, which is not installed.",
-                    hint=f'Run pip install "llmapp[{cls.extra}]".',
-                    id="llmapp.W002",
-                )
-            )
     return backends, messages
 
 
@@ -185,8 +177,19 @@ def _check_usecases(backends):
                     id="llmapp.E005",
                 )
             )
+    # A provider no use case relies on may lack its SDK or key without harm.
     for alias in sorted(providers_used):
-        messages += backends[alias].check()
+        backend = backends[alias]
+        if not backend.sdk_installed():
+            messages.append(
+                checks.Warning(
+                    f"LLM_PROVIDERS[{alias!r}] needs the {backend.package!r} package, "
+                    "which is not installed.",
+                    hint=f'Run pip install "llmapp[{backend.extra}]".',
+                    id="llmapp.W002",
+                )
+            )
+        messages += backend.check()
     return messages
 
 

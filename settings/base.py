@@ -85,6 +85,24 @@ LLM_PROVIDERS = {
         },
         "MODELS": env.list("OPENAI_MODELS", default=[]),
     },
+    "anthropic": {
+        "BACKEND": "llmapp.providers.anthropic.AnthropicProvider",
+        "OPTIONS": {
+            "api_key": env("ANTHROPIC_API_KEY", default=""),
+            "base_url": env("ANTHROPIC_BASE_URL", default=None),
+            "model": env("ANTHROPIC_MODEL", default="claude-sonnet-5-5"),
+        },
+    },
+    "gemini": {
+        "BACKEND": "llmapp.providers.gemini.GeminiProvider",
+        "OPTIONS": {
+            "api_key": env("GEMINI_API_KEY", default=""),
+            "vertexai": env.bool("GEMINI_VERTEXAI", default=False),
+            "project": env("GOOGLE_CLOUD_PROJECT", default=None),
+            "location": env("GOOGLE_CLOUD_LOCATION", default=None),
+            "model": env("GEMINI_MODEL", default="gemini-2.5-flash"),
+        },
+    },
 }
 
 # Use cases: override a built-in (summarize, example) or add your own. Any field can

@@ -13,6 +13,8 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from django.db import close_old_connections
+
 from .exceptions import LLMError
 from .service import complete_prompt
 
@@ -72,6 +74,14 @@ def run_item(usecase, item):
     except LLMError as exc:
         return error_record(item.id, type(exc).__name__, str(exc))
     return completion_record(item.id, completion)
+
+
+def _run_in_worker(usecase, item):
+    try:
+        return run_item(usecase, item)
+    finally:
+        # Each item is like a request: the worker thread's connection follows CONN_MAX_AGE.
+        close_old_connections()
 
 
 def completion_record(item_id, completion):
@@ -152,7 +162,7 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
             if item.id in skip:
                 stats.skipped += 1
                 continue
-            pending.append(executor.submit(run_item, usecase, item))
+            pending.append(executor.submit(_run_in_worker, usecase, item))
             while pending and pending[0].done():
                 emit(pending.popleft())
             running = sum(1 for future in pending if not future.done())

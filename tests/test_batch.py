@@ -16,7 +16,9 @@ from llmapp.exceptions import ProviderError
 from llmapp.providers import locmem
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.django_db
+# Worker threads write usage events through connections of their own, outside a test
+# transaction: only a transactional test cleans them up.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def write_lines(path, lines):

@@ -3,7 +3,10 @@
 import re
 
 MASK = "••••"
-SECRET_NAME = re.compile(r"(api[_-]?key|secret|token|password|passwd|authorization|credential|dsn)", re.I)
+# "token" but not "tokens": max_tokens and input_tokens are counts, not secrets.
+SECRET_NAME = re.compile(
+    r"(api[_-]?key|secret|token(?!s)|password|passwd|authorization|credential|dsn)", re.I
+)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
 # Bearer tokens and the common provider key shapes, in case a server echoes one back.
 _KEY_SHAPES = re.compile(

@@ -38,3 +38,90 @@ class CompletionEvent(models.Model):
 
     def __str__(self):
         return f"{self.usecase} via {self.provider} ({self.status}) at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class UseCase(models.Model):  # noqa: DJ008 (never instantiated, so never printed)
+    """A placeholder with no table, so that use cases (defined in code) get an admin page.
+
+    Its migration only registers the content type and the permissions below; the admin
+    renders the registry (``llmapp.usecases``) and nothing ever queries this model.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        permissions = [("test_usecase", "Can send test prompts to use cases")]
+        verbose_name = "use case"
+
+
+class Batch(models.Model):
+    """A use case run over many inputs by Django's Tasks framework, one task per item.
+
+    ``manage.py llm USECASE --input FILE --enqueue`` creates it; ``manage.py llm_batch``
+    follows it and collects its results.
+    """
+
+    usecase = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    total = models.PositiveIntegerField(default=0, help_text="How many items the input had.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self):
+        return f"batch {self.pk} of {self.usecase} ({self.total} items)"
+
+    def counts(self):
+        """Return {status: number of items} for every BatchItem status, in lifecycle order."""
+        counts = dict.fromkeys(BatchItem.Status.values, 0)
+        rows = self.items.order_by().values_list("status").annotate(n=models.Count("pk"))
+        counts.update(dict(rows))
+        return counts
+
+    @staticmethod
+    def finished(counts):
+        """How many items of ``counts`` have their record: done or failed."""
+        return counts[BatchItem.Status.DONE] + counts[BatchItem.Status.FAILED]
+
+
+class BatchItem(models.Model):
+    """One input of a Batch: what to send, where its task is, and its output record.
+
+    The message and its overrides are stored because a worker, possibly on another
+    machine, runs the item later; the answer is kept in ``result`` until collected.
+    So unlike CompletionEvent (which keeps content only with LLM_LOG_CONTENT), a batch
+    holds its inputs and answers, which may be personal data: delete a batch once it is
+    collected (its items go with it).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField(help_text="The item's place in the input, from 0.")
+    item_id = models.TextField(help_text="The input's id, or its line number.")
+    message = models.TextField(blank=True)
+    overrides = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    # The item's output line, exactly as a local run writes it (JSON text, because
+    # PostgreSQL's jsonb would reorder the keys): an answer, or {"id", "error"}.
+    result = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="How many times a task for this item was delivered; it runs only once."
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["batch", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "position"], name="llmapp_batchitem_position"),
+        ]
+        indexes = [models.Index(fields=["batch", "status"], name="llmapp_batchitem_status")]
+
+    def __str__(self):
+        return f"item {self.item_id} of batch {self.batch_id} ({self.status})"

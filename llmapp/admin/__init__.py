@@ -1,0 +1,11 @@
+"""llmapp in the Django admin: the use-case registry and the completion log.
+
+Use cases live in code, settings and the environment, not in a table: they are
+shown the way django-rq shows its queues, through an unmanaged placeholder model
+whose ModelAdmin renders the registry. Completions are ordinary rows, read-only.
+"""
+
+from .completions import CompletionEventAdmin
+from .usecases import UseCaseAdmin
+
+__all__ = ["CompletionEventAdmin", "UseCaseAdmin"]

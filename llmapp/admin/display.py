@@ -1,0 +1,48 @@
+"""Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
+
+from ..sdk.scrubbing import scrub, secret_values
+
+NO_VALUE = "—"
+
+
+def safe(value):
+    """Return ``value`` with every secret this process knows masked, at any depth.
+
+    Stored events are scrubbed when recorded; this scrubs again when shown, so a
+    key configured after an event was recorded still never reaches a page.
+    """
+    return scrub(value, secret_values())
+
+
+def milliseconds(value):
+    # A no-break space keeps "618.2 ms" on one line in narrow columns.
+    return NO_VALUE if value is None else f"{value:,.1f}\u00a0ms"
+
+
+def count(value):
+    return NO_VALUE if value is None else f"{value:,}"
+
+
+def percent(value):
+    return f"{value:.1%}"
+
+
+def usage_cells(summary):
+    """Return the usage figures of one use case as display strings."""
+    if summary is None:
+        return {
+            "calls": "0",
+            "error_rate": NO_VALUE,
+            "p50": NO_VALUE,
+            "p95": NO_VALUE,
+            "input_tokens": "0",
+            "output_tokens": "0",
+        }
+    return {
+        "calls": count(summary.calls),
+        "error_rate": percent(summary.error_rate),
+        "p50": milliseconds(summary.p50_ms),
+        "p95": milliseconds(summary.p95_ms),
+        "input_tokens": count(summary.input_tokens),
+        "output_tokens": count(summary.output_tokens),
+    }

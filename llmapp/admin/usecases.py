@@ -1,0 +1,236 @@
+"""The Use cases pages: the registry, each use case's health and usage, and a test form."""
+
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.exceptions import NotRegistered
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from ..exceptions import ConfigurationError, InvalidUsecaseError, LLMError
+from ..health import ProviderHealth, provider_health
+from ..models import CompletionEvent, UseCase
+from ..service import complete_prompt
+from ..tsdb import get_tsdb
+from ..usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
+from ..usecases import UseCase as UseCaseConfig
+from .display import NO_VALUE, count, milliseconds, safe, usage_cells
+
+TEST_PERMISSION = "test_usecase"
+# Shown with their own headings on the detail page, not in the configuration table.
+OWN_SECTIONS = ("DESCRIPTION", "PROMPT")
+
+
+class TestPromptForm(forms.Form):
+    message = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
+        max_length=20_000,
+        help_text="Sent to the use case like any other call, and recorded in the completion log.",
+    )
+
+
+@dataclass(frozen=True)
+class UseCaseRow:
+    """One use case as the list and the detail page show it."""
+
+    usecase: UseCaseConfig
+    health: ProviderHealth
+    model: str
+    model_source: str
+    #: Display strings of the usage over the last 24 hours, or None when the TSDB keeps none.
+    usage: dict | None
+
+    @property
+    def name(self):
+        return self.usecase.name
+
+    @property
+    def sources(self):
+        """Where each field's value comes from: built-in, code, settings or environment."""
+        return {field: self.usecase.source(field) for field in FIELDS}
+
+
+@admin.register(UseCase)
+class UseCaseAdmin(admin.ModelAdmin):
+    """Render the use-case registry; the placeholder model's table is never queried."""
+
+    list_template = "admin/llmapp/usecase/list.html"
+    detail_template = "admin/llmapp/usecase/detail.html"
+    recent_calls = 10
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_test_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.{TEST_PERMISSION}")
+
+    def get_urls(self):
+        # Only these two: the default change, delete and history views would query
+        # the placeholder's table, which does not exist.
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("", self.admin_site.admin_view(self.changelist_view), name="{}_{}_changelist".format(*info)),
+            path(
+                "<str:name>/", self.admin_site.admin_view(self.detail_view), name="{}_{}_detail".format(*info)
+            ),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = self.context(request, title="Use cases")
+        try:
+            usecases = list(get_usecases().values())
+        except ConfigurationError as exc:
+            usecases, context["config_error"] = [], str(exc)
+        usage, context["usage_note"] = self.usage([usecase.name for usecase in usecases])
+        context["rows"] = self.rows(usecases, usage)
+        context.update(extra_context or {})
+        return TemplateResponse(request, self.list_template, context)
+
+    def detail_view(self, request, name):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            usecase = get_usecase(name)
+        except InvalidUsecaseError:
+            raise Http404(f"No use case named {name!r}.") from None
+        can_test = self.has_test_permission(request)
+        if request.method == "POST" and not can_test:
+            raise PermissionDenied
+        form, result, error = self.test_prompt(request, usecase)
+        usage, usage_note = self.usage([usecase.name])
+        [row] = self.rows([usecase], usage)
+        context = self.context(request, title=f"Use case: {usecase.name}")
+        context |= {
+            "row": row,
+            "configuration": configuration(row),
+            "prompt": safe(usecase.prompt),
+            "description": safe(usecase.description),
+            "usage_note": usage_note,
+            "can_test": can_test,
+            "form": form,
+            "result": result and completion_display(result),
+            "error": safe(error),
+            **self.recent(request, usecase.name),
+        }
+        return TemplateResponse(request, self.detail_template, context)
+
+    def test_prompt(self, request, usecase):
+        """Run the use case on a POSTed message; return the form, the Completion and the error."""
+        if request.method != "POST":
+            return TestPromptForm(), None, None
+        form = TestPromptForm(request.POST)
+        if not form.is_valid():
+            return form, None, None
+        try:
+            return form, complete_prompt(usecase.name, form.cleaned_data["message"]), None
+        except LLMError as exc:
+            # llmapp's errors are redacted when raised.
+            return form, None, f"{type(exc).__name__}: {exc}"
+
+    # -- building the pages ---------------------------------------------------------
+
+    def context(self, request, **extra):
+        request.current_app = self.admin_site.name
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "has_view_permission": True,
+            **extra,
+        }
+
+    def usage(self, names):
+        """Return ({name: usage figures} or None when no usage is kept, and a note saying why)."""
+        try:
+            store = get_tsdb()
+        except ConfigurationError as exc:
+            return None, f"No data: {exc}"
+        if not store.has_data:
+            return None, "No data: LLM_TSDB is 'null', so usage is not kept."
+        return store.get_usage(usecases=names), ""
+
+    def rows(self, usecases, usage):
+        health = {}
+        rows = []
+        for usecase in usecases:
+            if usecase.provider not in health:
+                health[usecase.provider] = provider_health(usecase.provider)
+            provider = health[usecase.provider]
+            if usecase.model:
+                model, model_source = usecase.model, usecase.source("MODEL")
+            else:
+                model, model_source = provider.default_model or NO_VALUE, PROVIDER_DEFAULT
+            figures = None if usage is None else usage_cells(usage.get(usecase.name))
+            rows.append(UseCaseRow(usecase, provider, model, model_source, figures))
+        return rows
+
+    def recent(self, request, name):
+        """Return the recent calls of use case ``name``, if this user may read the log."""
+        try:
+            log_admin = self.admin_site.get_model_admin(CompletionEvent)
+        except NotRegistered:
+            return {"recent_calls": None}
+        if not log_admin.has_view_permission(request):
+            return {"recent_calls": None}
+        events = CompletionEvent.objects.filter(usecase=name).order_by("-created_at")[: self.recent_calls]
+        site = self.admin_site.name
+        calls = [
+            {
+                "event": event,
+                "url": reverse("admin:llmapp_completionevent_change", args=[event.pk], current_app=site),
+                "latency": milliseconds(event.latency_ms),
+                "error": safe(event.error_message),
+            }
+            for event in events
+        ]
+        log_url = reverse("admin:llmapp_completionevent_changelist", current_app=site)
+        return {"recent_calls": calls, "log_url": f"{log_url}?usecase__exact={name}"}
+
+
+def configuration(row):
+    """Return (field, value, where it comes from) for each field of the use case but its texts."""
+    usecase = row.usecase
+    lines = [
+        (
+            "Provider",
+            f"{usecase.provider} ({row.health.backend or 'not configured'})",
+            usecase.origin("PROVIDER"),
+        )
+    ]
+    for field in FIELDS:
+        if field in OWN_SECTIONS or field == "PROVIDER":
+            continue
+        label = field.replace("_", " ").capitalize()
+        if field == "MODEL" and not usecase.model:
+            lines.append((label, row.model, f"from the {PROVIDER_DEFAULT} of {usecase.provider!r}"))
+            continue
+        value = getattr(usecase, field.lower(), None)
+        if isinstance(value, list | tuple):
+            value = ", ".join(map(str, value)) or NO_VALUE
+        lines.append((label, safe(str(value)), usecase.origin(field)))
+    return lines
+
+
+def completion_display(completion):
+    return {
+        "text": safe(completion.text),
+        "provider": completion.provider,
+        "model": completion.model,
+        "finish_reason": completion.finish_reason or NO_VALUE,
+        "input_tokens": count(completion.input_tokens),
+        "output_tokens": count(completion.output_tokens),
+        "latency": milliseconds(completion.latency_ms),
+        "attempts": completion.attempts,
+        "request_id": completion.request_id or NO_VALUE,
+    }

@@ -1,0 +1,115 @@
+"""The admin end to end in a real browser: Debian's Chromium, headless, through Selenium.
+
+Skipped with a reason where Chromium or chromedriver is missing, unless
+LLM_REQUIRE_BROWSER=1 (as in CI), which turns the skip into a failure.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "artifacts" / "screenshots" / "usecases.png"
+PASSWORD = "browser-test-password"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these Chromium phones home at start-up, which a locked-down network refuses.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+)
+MESSAGE = "Checkout timed out for Canadian customers since Tuesday's deploy. A rollback fixed it."
+
+
+def find_executable(path, name):
+    return path if os.access(path, os.X_OK) else shutil.which(name)
+
+
+def unavailable(reason):
+    """Skip, or fail when LLM_REQUIRE_BROWSER=1 says the browser must be there."""
+    if os.environ.get("LLM_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"LLM_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(f"{reason}; install it with: apt-get install chromium chromium-driver")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    try:
+        from selenium import webdriver
+    except ImportError:
+        unavailable("selenium is not installed (pip install selenium)")
+    chromium = find_executable("/usr/bin/chromium", "chromium")
+    chromedriver = find_executable("/usr/bin/chromedriver", "chromedriver")
+    if not chromium or not chromedriver:
+        unavailable("Chromium or chromedriver is not installed")
+
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operator_sends_a_test_prompt_and_finds_it_in_the_log(browser, live_server, django_user_model):
+    from selenium.webdriver.common.by import By
+
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+
+    # Log in: the admin sends an anonymous visitor to its login page.
+    browser.get(f"{live_server.url}/admin/llmapp/usecase/")
+    assert "/admin/login/" in browser.current_url
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+    # Use cases: summarize, on the offline preview provider.
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Use cases"
+    row = browser.find_element(By.ID, "usecase-summarize").text
+    assert "summarize" in row
+    assert "default" in row and "llmapp.providers.preview.PreviewProvider" in row
+    assert "preview" in row and "provider default" in row
+
+    # Send a test prompt and read the answer.
+    browser.find_element(By.LINK_TEXT, "summarize").click()
+    browser.find_element(By.ID, "id_message").send_keys(MESSAGE)
+    browser.find_element(By.CSS_SELECTOR, "#test-prompt input[type=submit]").click()
+    result = browser.find_element(By.ID, "test-result").text
+    assert "[preview answer" in result
+    assert "Checkout timed out for Canadian customers" in result
+    assert "preview" in result  # the model
+
+    # The use-case page now counts the call; keep a picture of it.
+    browser.find_element(By.LINK_TEXT, "Use cases").click()
+    assert browser.find_element(By.CSS_SELECTOR, "#usecase-summarize td:nth-of-type(7)").text == "1"
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))
+
+    # The completion log shows the call.
+    browser.find_element(By.LINK_TEXT, "LLM").click()
+    browser.find_element(By.LINK_TEXT, "Completion log").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 1
+    assert all(text in rows[0].text for text in ("summarize", "default", "preview", "OK"))
+
+
+def test_a_missing_browser_skips_unless_it_is_required(monkeypatch):
+    monkeypatch.delenv("LLM_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        unavailable("Chromium or chromedriver is not installed")
+    monkeypatch.setenv("LLM_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="LLM_REQUIRE_BROWSER=1 but Chromium"):
+        unavailable("Chromium or chromedriver is not installed")

@@ -140,3 +140,22 @@ if "SENTRY_SEND_DEFAULT_PII" in env:
     # Also attaches prompts and answers to the gen_ai spans.
     SENTRY_SDK_CONFIG["send_default_pii"] = env.bool("SENTRY_SEND_DEFAULT_PII")
 SENTRY_SDK_UPSTREAM_METRICS_ENABLED = env.bool("SENTRY_SDK_UPSTREAM_METRICS_ENABLED", default=False)
+
+# Batch tasks: where `manage.py llm USECASE --input FILE --enqueue` runs its items.
+# immediate (the default): in the enqueuing process, no worker needed. rq: RQ workers on
+# Redis (pip install "llmapp[rq]"). database: workers polling this database
+# (pip install "llmapp[tasks-db]"). On Django 6 the framework is built in (django.tasks).
+TASKS_MODE = env("TASKS_MODE", default="immediate")
+if TASKS_MODE == "rq":
+    INSTALLED_APPS += ["django_tasks", "django_rq", "django_tasks_rq"]
+    RQ_QUEUES = {
+        # Seconds a job may run: longer than the slowest use case's TIMEOUT.
+        "default": {"URL": env("REDIS_URL", default="redis://127.0.0.1:6379/0"), "DEFAULT_TIMEOUT": 360},
+    }
+    RQ = {"JOB_CLASS": "django_tasks_rq.Job"}  # so that a plain `manage.py rqworker` runs Django tasks
+    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
+elif TASKS_MODE == "database":
+    INSTALLED_APPS += ["django_tasks", "django_tasks_db"]
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+# A queue of its own for LLM batches: set LLM_BATCH_QUEUE and add it to QUEUES (and RQ_QUEUES).
+LLM_BATCH_QUEUE = env("LLM_BATCH_QUEUE", default="default")

@@ -2,8 +2,9 @@ import asyncio
 import logging
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from llmapp import acomplete_prompt, complete_prompt, metrics, stream_prompt
 from llmapp.eventstream.base import EventStream
@@ -88,7 +89,15 @@ def test_the_caller_waits_for_one_insert_only(django_assert_num_queries):
 
 @pytest.mark.django_db(transaction=True)
 def test_async_calls_are_recorded():
-    asyncio.run(acomplete_prompt("summarize", "hi", provider="test"))
+    async def call():
+        try:
+            await acomplete_prompt("summarize", "hi", provider="test")
+        finally:
+            # The event was written from asgiref's worker thread: close its connection,
+            # as Django does at the end of a request.
+            await sync_to_async(connections.close_all)()
+
+    asyncio.run(call())
     assert CompletionEvent.objects.get().status == "ok"
 
 

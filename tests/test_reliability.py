@@ -137,7 +137,9 @@ def test_retry_after_longer_than_the_deadline_ends_the_call_at_once(primary):
 
 
 def test_primary_failing_falls_back_and_the_event_says_so(primary, settings):
-    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 1, "FALLBACKS": ["test:backup-model"]}}
+    settings.LLM_USECASES = {
+        "summarize": {"PROVIDER": "openai", "RETRIES": 1, "FALLBACKS": ["test:backup-model"]}
+    }
     primary.reply_error(503, "down")
     primary.reply_error(503, "still down")
     locmem.queue("from the fallback")
@@ -189,7 +191,9 @@ def test_cli_timeout_retries_and_no_fallback(primary, settings):
     primary.reply_error(500, "down")
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(Exception, match="HTTP 500"):
-        call_command("llm", "summarize", "-m", "hi", "--retries", "0", "--no-fallback", stdout=out, stderr=err)
+        call_command(
+            "llm", "summarize", "-m", "hi", "--retries", "0", "--no-fallback", stdout=out, stderr=err
+        )
     assert len(primary.requests) == 1 and locmem.outbox == []
 
     primary.hang(10)

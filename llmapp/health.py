@@ -5,7 +5,6 @@ calling the provider or importing its SDK: can the backend be imported, is the
 SDK's extra installed, is there a key. Secrets are only ever shown masked.
 """
 
-import importlib.util
 from dataclasses import dataclass, field
 
 from .exceptions import ConfigurationError, ImproperlyInstalled
@@ -64,8 +63,7 @@ def provider_health(alias):
         return ProviderHealth(alias=alias, backend=backend_path, importable=False, problems=[str(exc)])
 
     problems = []
-    # find_spec locates the SDK without importing it, as the system checks do.
-    extra_installed = cls.package is None or importlib.util.find_spec(cls.package) is not None
+    extra_installed = cls.sdk_installed()
     if not extra_installed:
         problems.append(str(ImproperlyInstalled(alias, cls.package, cls.extra)))
     try:
@@ -86,7 +84,7 @@ def provider_health(alias):
         package=cls.package,
         extra=cls.extra,
         extra_installed=extra_installed,
-        needs_key=bool(cls.secret_options & cls.option_names),
+        needs_key=bool(backend.api_key_variables) if backend is not None else False,
         key_present=bool(secrets),
         masked_key=mask(secrets[0]) if secrets else "",
         default_model=backend.model if backend is not None else None,

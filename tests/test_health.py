@@ -76,7 +76,7 @@ def test_a_missing_key_is_a_problem(settings, monkeypatch):
     assert (health.key_present, health.masked_key) == (False, "")
     [problem] = health.problems
     assert "has no API key: set OPENAI_API_KEY" in problem
-    assert "Calls to this provider will fail until it has a key." in problem  # the check's hint
+    assert "Calls to this provider will fail until this is fixed." in problem  # the check's hint
 
 
 def test_a_local_server_needs_no_key(settings, monkeypatch):

@@ -8,7 +8,6 @@ only if the installed SDK's ``messages.create`` takes one: the 2.x SDKs (API ver
 
 import functools
 import inspect
-import os
 import weakref
 
 from ..exceptions import (
@@ -63,7 +62,7 @@ class AnthropicProvider(BaseProvider):
     default_model = DEFAULT_MODEL
     package = "anthropic"
     extra = "anthropic"
-    api_key_variable = "ANTHROPIC_API_KEY"
+    api_key_variables = ("ANTHROPIC_API_KEY",)
 
     def __init__(self, alias, *, options=None, models=None):
         super().__init__(alias, options=options, models=models)
@@ -73,38 +72,6 @@ class AnthropicProvider(BaseProvider):
     @property
     def base_url(self):
         return (self.options.get("base_url") or ANTHROPIC_URL).rstrip("/")
-
-    @property
-    def api_key(self):
-        key = self.options.get("api_key") or os.environ.get(self.api_key_variable)
-        if key:
-            return key
-        if self.options.get("base_url"):
-            # A proxy or gateway may take no key, but the SDK insists on one.
-            return "no-key"
-        raise ConfigurationError(
-            f"provider {self.alias!r} has no API key: set {self.api_key_variable} in the "
-            f"environment or .env, or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
-        )
-
-    def secrets(self):
-        secrets = super().secrets()
-        if os.environ.get(self.api_key_variable):
-            secrets.append(os.environ[self.api_key_variable])
-        return secrets
-
-    def check(self):
-        from django.core import checks
-
-        try:
-            self.api_key  # noqa: B018 (raises when there is none)
-        except ConfigurationError as exc:
-            return [
-                checks.Warning(
-                    str(exc), hint="Calls to this provider will fail until it has a key.", id="llmapp.W003"
-                )
-            ]
-        return []
 
     # -- building the call ---------------------------------------------------------
 

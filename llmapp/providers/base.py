@@ -2,12 +2,16 @@
 
 import importlib
 import importlib.util
+import os
 import threading
 
 from asgiref.sync import sync_to_async
 
 from ..exceptions import ConfigurationError, ImproperlyInstalled
 from ..redaction import redact
+
+#: What the SDKs are given as a key for servers that take none.
+NO_KEY = "no-key"
 
 
 class BaseProvider:
@@ -55,8 +59,38 @@ class BaseProvider:
         """Map a provider-neutral 0-1 temperature onto this provider's range."""
         return round(temperature * self.max_temperature, 4)
 
+    #: Environment variables an API key falls back to, in order; empty for backends with no key.
+    api_key_variables = ()
+
+    @property
+    def api_key(self):
+        """OPTIONS["api_key"], else the first key variable set; a placeholder behind a base_url.
+
+        Raises ConfigurationError naming what to set when there is none.
+        """
+        key = self.options.get("api_key") or next(
+            (os.environ[name] for name in self.api_key_variables if os.environ.get(name)), None
+        )
+        if key:
+            return key
+        if self.options.get("base_url"):
+            # A local server or gateway may take no key, but the SDKs insist on one.
+            return NO_KEY
+        variables = " or ".join(self.api_key_variables) or "an API key"
+        raise ConfigurationError(
+            f"provider {self.alias!r} has no API key: set {variables} in the environment or .env, "
+            f"or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
+        )
+
     def secrets(self):
-        return [str(self.options[name]) for name in self.secret_options if self.options.get(name)]
+        """Every secret this backend may hold: its secret OPTIONS and its key variables."""
+        secrets = [str(self.options[name]) for name in self.secret_options if self.options.get(name)]
+        return secrets + [os.environ[name] for name in self.api_key_variables if os.environ.get(name)]
+
+    def check_connection(self):
+        """Raise ConfigurationError when calls cannot work as configured (no key...); no network."""
+        if self.api_key_variables:
+            self.api_key  # noqa: B018 (raises when there is none)
 
     def redact(self, text):
         return redact(text, self.secrets())
@@ -98,4 +132,14 @@ class BaseProvider:
 
     def check(self):
         """Return Django check messages about this backend's configuration."""
+        from django.core import checks
+
+        try:
+            self.check_connection()
+        except ConfigurationError as exc:
+            return [
+                checks.Warning(
+                    str(exc), hint="Calls to this provider will fail until this is fixed.", id="llmapp.W003"
+                )
+            ]
         return []

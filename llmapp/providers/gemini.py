@@ -15,7 +15,7 @@ import weakref
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
 from ..types import Completion
-from .base import BaseProvider
+from .base import NO_KEY, BaseProvider
 from .http import TRANSIENT_STATUSES, retry_after
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
@@ -33,7 +33,6 @@ LOCATION_VARIABLE = "GOOGLE_CLOUD_LOCATION"
 # Vertex AI's multi-region locations have their own hosts.
 MULTI_REGIONS = frozenset({"us", "eu"})
 VERTEX_ONLY_OPTIONS = ("project", "location", "credentials")
-NO_KEY = "no-key"
 _HINTS = {
     401: "check the provider's credentials",
     403: "the key or credentials may not use this model or project (is the API enabled?)",
@@ -83,6 +82,11 @@ class GeminiProvider(BaseProvider):
         return bool(self.options.get("vertexai"))
 
     @property
+    def api_key_variables(self):
+        # Vertex AI authenticates with credentials; a key there comes from OPTIONS only.
+        return () if self.is_vertex else API_KEY_VARIABLES
+
+    @property
     def timeout(self):
         """Seconds an attempt may take when the request does not say."""
         return self.options.get("timeout") or DEFAULT_TIMEOUT
@@ -107,7 +111,7 @@ class GeminiProvider(BaseProvider):
                     f"{where} sets {', '.join(misplaced)}, which only Vertex AI uses: "
                     f"add 'vertexai': True or remove them."
                 )
-            key = self.options.get("api_key") or _first_variable(API_KEY_VARIABLES)
+            key = self.options.get("api_key") or _first_variable(self.api_key_variables)
             if not key:
                 if not self.options.get("base_url"):
                     raise ConfigurationError(
@@ -153,35 +157,20 @@ class GeminiProvider(BaseProvider):
             return f"https://aiplatform.{location}.rep.googleapis.com"
         return f"https://{location}-aiplatform.googleapis.com"
 
+    def secrets(self):
+        secrets = super().secrets()
+        token = getattr(self.options.get("credentials"), "token", None)
+        return [*secrets, str(token)] if token else secrets
+
+    def check_connection(self):
+        self.connection()
+
     @property
     def base_url(self):
         try:
             return self.base_url_for(self.connection())
         except ConfigurationError:
             return self.base_url_for({"vertexai": self.is_vertex})
-
-    def secrets(self):
-        secrets = super().secrets()
-        secrets += [os.environ[name] for name in API_KEY_VARIABLES if os.environ.get(name)]
-        token = getattr(self.options.get("credentials"), "token", None)
-        if token:
-            secrets.append(str(token))
-        return secrets
-
-    def check(self):
-        from django.core import checks
-
-        try:
-            self.connection()
-        except ConfigurationError as exc:
-            return [
-                checks.Warning(
-                    str(exc),
-                    hint="Calls to this provider will fail until it is configured.",
-                    id="llmapp.W003",
-                )
-            ]
-        return []
 
     # -- building the call ---------------------------------------------------------
 

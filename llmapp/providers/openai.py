@@ -4,7 +4,6 @@ The ``openai`` SDK is imported on first use, never at start-up. Azure OpenAI is
 the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version``.
 """
 
-import os
 import weakref
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
@@ -53,8 +52,8 @@ class OpenAIProvider(BaseProvider):
         self._async_clients = weakref.WeakKeyDictionary()
 
     @property
-    def api_key_variable(self):
-        return "AZURE_OPENAI_API_KEY" if self.is_azure else "OPENAI_API_KEY"
+    def api_key_variables(self):
+        return ("AZURE_OPENAI_API_KEY",) if self.is_azure else ("OPENAI_API_KEY",)
 
     @property
     def is_azure(self):
@@ -66,38 +65,6 @@ class OpenAIProvider(BaseProvider):
             endpoint = self.options["azure_endpoint"].rstrip("/")
             return f"{endpoint}/openai"
         return (self.options.get("base_url") or OPENAI_URL).rstrip("/")
-
-    @property
-    def api_key(self):
-        key = self.options.get("api_key") or os.environ.get(self.api_key_variable)
-        if key:
-            return key
-        if self.options.get("base_url"):
-            # Local OpenAI-compatible servers take no key, but the SDK insists on one.
-            return "no-key"
-        raise ConfigurationError(
-            f"provider {self.alias!r} has no API key: set {self.api_key_variable} in the "
-            f"environment or .env, or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
-        )
-
-    def secrets(self):
-        secrets = super().secrets()
-        if os.environ.get(self.api_key_variable):
-            secrets.append(os.environ[self.api_key_variable])
-        return secrets
-
-    def check(self):
-        from django.core import checks
-
-        try:
-            self.api_key  # noqa: B018 (raises when there is none)
-        except ConfigurationError as exc:
-            return [
-                checks.Warning(
-                    str(exc), hint="Calls to this provider will fail until it has a key.", id="llmapp.W003"
-                )
-            ]
-        return []
 
     # -- building the call ---------------------------------------------------------
 

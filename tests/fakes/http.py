@@ -1,0 +1,447 @@
+"""The HTTP machinery the fake LLM provider servers share: real sockets, recording, scripted replies.
+
+A provider fake subclasses ``FakeHTTPServer`` and supplies only what differs: its routes
+(``_direct_answer``, ``_streams``), its JSON shapes (``_completion``), its event stream
+(``_events``) and its error shape (its own ``reply_error``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple, Self
+
+__all__ = [
+    "Events",
+    "FakeHTTPServer",
+    "HTTPListener",
+    "RawReply",
+    "RecordedRequest",
+    "RequestHandler",
+    "StreamReply",
+    "TextReply",
+    "message_text",
+    "sse",
+    "word_chunks",
+    "words",
+]
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+# Replies are keyword-only so that providers can add their own fields in subclasses.
+
+
+@dataclass(kw_only=True)
+class RawReply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(kw_only=True)
+class TextReply:
+    text: str | None  # None: the default "Fake answer to: ..." text
+    finish_reason: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(kw_only=True)
+class StreamReply:
+    chunks: list[str]
+    finish_reason: str | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cut_after: int | None = None
+    delay_between: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class Events(NamedTuple):
+    """A stream's encoded events; ``pieces`` carry the answer, and a cut stream never sends ``tail``."""
+
+    head: list[bytes]
+    pieces: list[bytes]
+    tail: list[bytes]
+
+
+def words(text: str) -> int:
+    """Count whitespace-split words, at least 1, as the fake's token count."""
+    return max(1, len(text.split()))
+
+
+def word_chunks(text: str) -> list[str]:
+    """Split text into word pieces that concatenate back to the exact text."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def message_text(content: Any) -> str:
+    """Return the text of a chat message content, plain or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def sse(data: Any, *, event: str | None = None, newline: str = "\n") -> bytes:
+    """Encode one Server-Sent Event carrying a JSON payload (or a raw string)."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}{newline}" if event is not None else ""
+    return f"{head}data: {text}{newline}{newline}".encode()
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    # HTTP/1.1 so the SDK's pooled keep-alive connections and chunked streams work.
+    protocol_version = "HTTP/1.1"
+    server: HTTPListener
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests should not print access logs."""
+
+    def setup(self) -> None:
+        """Track the connection so stop() can close it."""
+        super().setup()
+        self.server.fake._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        """Untrack the connection."""
+        self.server.fake._track(self.connection, add=False)
+        with contextlib.suppress(OSError):  # the client (or stop()) already closed it
+            super().finish()
+
+    def do_GET(self) -> None:
+        """Route a GET request."""
+        self._handle()
+
+    def do_POST(self) -> None:
+        """Route a POST request."""
+        self._handle()
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _handle(self) -> None:
+        """Record the request and answer it, ignoring clients that went away."""
+        try:
+            self.server.fake._serve(self)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+
+    def read_body(self) -> dict[str, Any] | None:
+        """Read the request body as a JSON object, or None."""
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    def send_head(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """Send the status line and these headers, in order."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.flush()
+
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str]) -> None:
+        """Send a complete response with a Content-Length."""
+        self.send_head(
+            status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers.items()]
+        )
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def send_json(self, status: int, payload: Any, content_type: str, headers: dict[str, str]) -> None:
+        """Send a complete JSON response."""
+        self.send_bytes(status, json.dumps(payload).encode(), content_type, headers)
+
+    def send_chunk(self, data: bytes) -> None:
+        """Send one chunk of a chunked response and flush it."""
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def cut(self) -> None:
+        """Drop the connection mid-response, without the terminating chunk."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class HTTPListener(ThreadingHTTPServer):
+    daemon_threads = True
+    # Don't join handler threads on close: a hanging reply must not delay stop().
+    block_on_close = False
+    fake: FakeHTTPServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore clients that hung up; print anything else, since it is a bug in the fake."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class FakeHTTPServer:
+    """Serve scripted replies on 127.0.0.1 over real sockets; a subclass speaks one provider's API."""
+
+    thread_name = "fake-http-server"
+    url_path = ""  # appended to http://host:port to make base_url
+    request_id_header: str | None = None
+    json_content_type = "application/json"
+    stream_headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    default_finish_reason: str | None = None
+    # Providers with extra reply fields name their subclasses here, for the default
+    # reply and for a text reply streamed word by word.
+    text_reply_type: type[TextReply] = TextReply
+    stream_reply_type: type[StreamReply] = StreamReply
+
+    def __init__(self) -> None:
+        self.base_url: str | None = None
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._replies: deque[RawReply | TextReply | StreamReply] = deque()
+        self._counter = 0
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._httpd: HTTPListener | None = None
+        self._thread: threading.Thread | None = None
+
+    # Lifecycle
+
+    def start(self) -> Self:
+        """Bind a free port on 127.0.0.1 and serve in a daemon thread."""
+        self._stopping.clear()
+        self._httpd = HTTPListener(("127.0.0.1", 0), RequestHandler)
+        self._httpd.fake = self
+        host, port = self._httpd.server_address[:2]
+        self.base_url = f"http://{host}:{port}{self.url_path}"
+        self._thread = threading.Thread(
+            # A short poll interval keeps shutdown() (and so stop()) quick.
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name=self.thread_name,
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, wake hanging replies and close open connections."""
+        if self._httpd is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # Inspection
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Return a snapshot of the recorded requests, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def reset(self) -> None:
+        """Forget recorded requests and queued replies."""
+        with self._lock:
+            self._requests.clear()
+            self._replies.clear()
+
+    # Scripting replies (FIFO; the default reply is used when the queue is empty)
+
+    def reply_raw(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Queue a response with exactly this status and body, e.g. malformed JSON."""
+        self._enqueue(
+            RawReply(
+                status=status, body=body, content_type=content_type, headers=dict(headers or {}), delay=delay
+            )
+        )
+
+    def hang(self, seconds: float) -> None:
+        """Queue a default reply that is sent only after sleeping (woken early by stop())."""
+        self._enqueue(self._default_reply(delay=seconds))
+
+    def _enqueue(self, reply: RawReply | TextReply | StreamReply) -> None:
+        with self._lock:
+            self._replies.append(reply)
+
+    def _enqueue_json(self, status: int, payload: Any, headers: dict[str, str] | None, delay: float) -> None:
+        """Queue a JSON response, such as a provider's error."""
+        body = json.dumps(payload).encode()
+        self.reply_raw(status, body, content_type=self.json_content_type, headers=headers, delay=delay)
+
+    def _default_reply(self, delay: float = 0.0) -> TextReply:
+        return self.text_reply_type(text=None, finish_reason=self.default_finish_reason, delay=delay)
+
+    # Provider hooks
+
+    def _record(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: dict[str, Any] | None
+    ) -> RecordedRequest:
+        """Build the record of one request."""
+        return RecordedRequest(method, path, headers, body)
+
+    def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
+        """Return (status, JSON) for a request the reply queue does not answer, e.g. a 404."""
+        return None
+
+    def _streams(self, request: RecordedRequest, body: dict[str, Any]) -> bool:
+        """Return whether the request asks for an event stream."""
+        return bool(body.get("stream"))
+
+    def _last_user_text(self, body: dict[str, Any]) -> str:
+        """Return the text of the last user message of a chat ``messages`` list."""
+        messages = body.get("messages") or []
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        return message_text(users[-1].get("content")) if users else ""
+
+    def _completion(
+        self, reply: TextReply, request: RecordedRequest, body: dict[str, Any], n: int
+    ) -> dict[str, Any]:
+        """Build the JSON answer to request number n."""
+        raise NotImplementedError
+
+    def _events(self, reply: StreamReply, request: RecordedRequest, body: dict[str, Any], n: int) -> Events:
+        """Encode the event stream answering request number n."""
+        raise NotImplementedError
+
+    # Request handling (runs in handler threads)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        """Add or remove an open client connection."""
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _serve(self, handler: RequestHandler) -> None:
+        """Record one request and send the matching reply."""
+        path, _, query = handler.path.partition("?")
+        body = handler.read_body()
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        with self._lock:
+            request = self._record(handler.command, path, query, headers, body)
+            self._requests.append(request)
+            self._counter += 1
+            n = self._counter
+
+        direct = self._direct_answer(request)
+        if direct is not None:
+            status, payload = direct
+            handler.send_json(status, payload, self.json_content_type, self._headers(n))
+            return
+
+        with self._lock:
+            reply = self._replies.popleft() if self._replies else self._default_reply()
+        if not self._pause(reply.delay):
+            handler.cut()  # stop() was called while a reply was hanging
+            return
+
+        body = body or {}
+        headers = self._headers(n, reply.headers)
+        if isinstance(reply, RawReply):
+            handler.send_bytes(reply.status, reply.body, reply.content_type, headers)
+            return
+        if isinstance(reply, TextReply):
+            if not self._streams(request, body):
+                completion = self._completion(reply, request, body, n)
+                handler.send_json(200, completion, self.json_content_type, headers)
+                return
+            reply = self.stream_reply_type(
+                chunks=word_chunks(self._text(reply, body)),
+                finish_reason=reply.finish_reason,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                headers=reply.headers,
+            )
+        self._send_stream(handler, reply, self._events(reply, request, body, n), headers)
+
+    def _headers(self, n: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Return the response headers for request number n: its request id, then the reply's own."""
+        extra = extra or {}
+        if self.request_id_header is None:
+            return dict(extra)
+        # Lower-cased so a test's own request id replaces the default one.
+        return {self.request_id_header: f"req_fake_{n}", **{k.lower(): v for k, v in extra.items()}}
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep unless the server stops first; return whether it is still running."""
+        if seconds > 0:
+            return not self._stopping.wait(seconds)
+        return not self._stopping.is_set()
+
+    def _text(self, reply: TextReply, body: dict[str, Any]) -> str:
+        """Return the reply text, or the default answer echoing the last user message."""
+        if reply.text is not None:
+            return reply.text
+        return f"Fake answer to: {self._last_user_text(body)}"
+
+    def _send_stream(
+        self, handler: RequestHandler, reply: StreamReply, events: Events, headers: dict[str, str]
+    ) -> None:
+        """Send the events chunked, pausing between pieces, or cut them after `cut_after` pieces."""
+        # Chunked encoding lets a cut stream look like a truncated body to the client,
+        # unlike Connection: close, where an early close is a normal end of body.
+        handler.send_head(
+            200, [*self.stream_headers.items(), ("Transfer-Encoding", "chunked"), *headers.items()]
+        )
+        for event in events.head:
+            handler.send_chunk(event)
+        pieces = events.pieces if reply.cut_after is None else events.pieces[: reply.cut_after]
+        for i, event in enumerate(pieces):
+            if i and not self._pause(reply.delay_between):
+                handler.cut()  # stop() was called mid-stream
+                return
+            handler.send_chunk(event)
+        if reply.cut_after is not None:
+            handler.cut()
+            return
+        for event in events.tail:
+            handler.send_chunk(event)
+        handler.send_chunk(b"")  # the zero-length chunk ends the body cleanly

@@ -40,9 +40,13 @@ def capture_exception(error, request):
 
 
 def _withhold(data, contents):
-    contents = [text for text in contents if text and len(text) >= 4]
-    # The text itself, and as it appears inside a repr (quotes escaped, newlines as \n).
-    needles = [(needle, WITHHELD) for text in contents for needle in {text, repr(text)[1:-1]}]
+    needles = []
+    for text in filter(None, contents):
+        # Quoted, as a repr or JSON shows it: specific enough for a short text like "hi".
+        needles += [(repr(text), repr(WITHHELD)), (json.dumps(text), json.dumps(WITHHELD))]
+        if len(text) >= 4:
+            # Bare, and as it appears inside a repr (quotes escaped, newlines as \n).
+            needles += [(text, WITHHELD), (repr(text)[1:-1], WITHHELD)]
     needles.sort(key=lambda pair: len(pair[0]), reverse=True)
 
     def walk(value):

@@ -8,15 +8,20 @@ to be written in order.
 
 import contextlib
 import json
+import logging
 import os
+import threading
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from django.db import close_old_connections
 
 from .exceptions import LLMError
+from .redaction import redact
 from .service import complete_prompt
+
+logger = logging.getLogger("llmapp.batch")
 
 #: Keys an input object may carry besides ``id`` and ``message``.
 ITEM_OVERRIDES = frozenset(
@@ -73,6 +78,10 @@ def run_item(usecase, item):
         completion = complete_prompt(usecase, item.message, **item.overrides)
     except LLMError as exc:
         return error_record(item.id, type(exc).__name__, str(exc))
+    except Exception as exc:
+        # A bug met by one item must not end a batch of thousands: record it and go on.
+        logger.exception("Item %r of a batch of use case %r failed", item.id, usecase)
+        return error_record(item.id, type(exc).__name__, redact(str(exc)))
     return completion_record(item.id, completion)
 
 
@@ -156,18 +165,23 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
         if progress is not None:
             progress(record)
 
+    # A slot per running call: taking one waits for any call to finish, with no scan of
+    # the pending futures per item.
+    slots = threading.Semaphore(concurrency)
+
+    def free_slot(future):
+        slots.release()
+
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm-batch")
     try:
         for item in items:
             if item.id in skip:
                 stats.skipped += 1
                 continue
-            pending.append(executor.submit(_run_in_worker, usecase, item))
-            while pending and pending[0].done():
-                emit(pending.popleft())
-            running = sum(1 for future in pending if not future.done())
-            if running >= concurrency:
-                wait([future for future in pending if not future.done()], return_when=FIRST_COMPLETED)
+            slots.acquire()
+            future = executor.submit(_run_in_worker, usecase, item)
+            future.add_done_callback(free_slot)
+            pending.append(future)
             if len(pending) >= window:
                 emit(pending.popleft())  # blocks on the oldest item, which bounds memory
             while pending and pending[0].done():

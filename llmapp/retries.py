@@ -8,7 +8,7 @@ Callers drive it the same way whether they complete, stream or await:
         except ProviderError as exc:
             time.sleep(attempts.failed(exc))  # raises when the call must end now
             continue
-        return attempts.succeeded(completion)
+        return attempts.succeeded(completion)  # it took attempts.count attempts
 """
 
 import dataclasses
@@ -121,9 +121,10 @@ class Attempts:
         return delay
 
     def succeeded(self, completion):
+        """Record the success on the route's circuit; return the completion as it is."""
         if self._route.breaker is not None:
             self._route.breaker.record_success()
-        return dataclasses.replace(completion, attempts=self.count)
+        return completion
 
     def _deadline_passed(self):
         route = self._route or self.routes[0]

@@ -132,7 +132,7 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
             except ProviderError as exc:
                 time.sleep(attempts.failed(exc))
                 continue
-            return call.succeeded(attempts.succeeded(completion))
+            return call.succeeded(attempts.succeeded(completion), attempts=attempts.count)
     except Exception as exc:
         call.failed(exc, attempts=attempts.count)
         raise
@@ -153,7 +153,7 @@ def stream_prompt(usecase, message, **overrides):
             try:
                 for item in backend.stream(attempt):
                     if isinstance(item, Completion):
-                        yield call.succeeded(attempts.succeeded(item))
+                        yield call.succeeded(attempts.succeeded(item), attempts=attempts.count)
                         return
                     yield item
             except ProviderError as exc:
@@ -177,7 +177,9 @@ async def acomplete_prompt(usecase, message, **overrides) -> Completion:
             except ProviderError as exc:
                 await asyncio.sleep(attempts.failed(exc))
                 continue
-            return await sync_to_async(call.succeeded)(attempts.succeeded(completion))
+            return await sync_to_async(call.succeeded)(
+                attempts.succeeded(completion), attempts=attempts.count
+            )
     except Exception as exc:
         await sync_to_async(call.failed)(exc, attempts=attempts.count)
         raise

@@ -13,8 +13,10 @@ from .exceptions import InvalidRequestError
 
 
 def sentry_active():
-    sdk = sys.modules.get("sentry_sdk")
-    return sdk is not None and sdk.get_client().is_active()
+    # Another thread may be importing sentry_sdk right now (frames.capture_exception does
+    # on a call's first failure): a module still half-initialised has no get_client yet.
+    get_client = getattr(sys.modules.get("sentry_sdk"), "get_client", None)
+    return get_client is not None and get_client().is_active()
 
 
 def start_span(request, *, streaming=False):

@@ -29,12 +29,13 @@ class Call:
     def _latency_ms(self):
         return (time.perf_counter() - self.started) * 1000
 
-    def succeeded(self, completion):
-        """Record the completion; return it with its latency filled in."""
-        completion = dataclasses.replace(completion, latency_ms=self._latency_ms())
+    def succeeded(self, completion, attempts=1):
+        """Record the completion; return it with its latency and attempts filled in."""
+        completion = dataclasses.replace(completion, latency_ms=self._latency_ms(), attempts=attempts)
         tracing.finish_span(self.span, completion=completion)
         self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
-        eventstream.record(build_event(self.request, completion.latency_ms, completion=completion))
+        if eventstream.keeps_events():
+            eventstream.record(build_event(self.request, completion.latency_ms, completion=completion))
         return completion
 
     def failed(self, error, attempts=1):

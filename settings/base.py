@@ -58,6 +58,18 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Every call inserts a usage event, from many threads in a batch run. WAL lets
+    # readers and a writer work at once, synchronous=NORMAL skips the fsync of each
+    # commit (WAL stays consistent; a power cut may lose the last commits), and
+    # IMMEDIATE takes the write lock up front, so that writers queue rather than fail.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        **DATABASES["default"].get("OPTIONS", {}),
+    }
+# Keep connections between requests and batch items rather than reconnecting each time.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}

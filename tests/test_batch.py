@@ -217,3 +217,14 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(manage, tmp_path, fake_openai)
     assert sorted(int(record["id"]) for record in records) == list(range(1, 41))
     # Interrupted calls may have reached the server without being written; nothing is lost.
     assert len(fake_openai.requests) >= 40
+
+
+def test_an_unexpected_error_in_one_item_is_recorded_and_the_batch_goes_on(tmp_path):
+    locmem.queue("first", RuntimeError("a bug in a plugin"), "third")
+    source = write_lines(tmp_path / "in.jsonl", ['{"message": "m", "provider": "test"}'] * 3)
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(CommandError, match="2 done, 1 failed"):
+        run_batch("summarize", "--input", str(source), "--output", str(output))
+    records = read_records(output)
+    assert [record.get("text") for record in records] == ["first", None, "third"]
+    assert records[1]["error"] == {"type": "RuntimeError", "message": "a bug in a plugin"}

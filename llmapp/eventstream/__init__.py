@@ -27,6 +27,11 @@ def get_eventstream():
     return backend_class("LLM_EVENTSTREAM", ALIASES)()
 
 
+def keeps_events():
+    """Say whether the configured stream keeps events (``null`` does not): else build none."""
+    return not get_eventstream().discards_events
+
+
 def record(event):
     """Send ``event`` to the configured stream; log and count any failure."""
     try:

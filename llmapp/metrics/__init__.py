@@ -16,7 +16,6 @@ import os
 import threading
 from collections.abc import Mapping
 from logging import getLogger
-from queue import Full
 from random import random
 
 from django.utils.module_loading import import_string
@@ -82,9 +81,7 @@ def _put(item):
     q = _queue
     if q is None:
         q = _start()
-    try:
-        q.put_nowait(item)
-    except Full:
+    if not q.offer(item):
         global _dropped
         with _dropped_lock:
             _dropped += 1

@@ -116,6 +116,9 @@ def sse(data: Any, *, event: str | None = None, newline: str = "\n") -> bytes:
 class RequestHandler(BaseHTTPRequestHandler):
     # HTTP/1.1 so the SDK's pooled keep-alive connections and chunked streams work.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate sends: without this, Nagle holds each reply
+    # on a keep-alive connection for ~40 ms.
+    disable_nagle_algorithm = True
     server: HTTPListener
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -195,6 +198,8 @@ class HTTPListener(ThreadingHTTPServer):
     daemon_threads = True
     # Don't join handler threads on close: a hanging reply must not delay stop().
     block_on_close = False
+    # Batch tests open dozens of connections at once; socketserver's backlog is 5.
+    request_queue_size = 128
     fake: FakeHTTPServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -1,0 +1,80 @@
+"""python -m bench [--quick] [startup] [percall] [metrics] [batch]"""
+
+import argparse
+import sys
+import time
+import traceback
+
+from . import batch, metrics, percall, report, startup
+from .harness import ROOT, Workspace
+
+BENCHMARKS = {module.NAME: module for module in (startup, percall, metrics, batch)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark llmapp; print a table and write bench/results/latest.json. "
+        "A missed target is reported, not an error: the exit status stays 0.",
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"Benchmarks to run, of: {', '.join(BENCHMARKS)} (default: all).",
+    )
+    parser.add_argument("--quick", action="store_true", help="Fewer rounds and items: faster, noisier.")
+    parser.add_argument(
+        "--markdown", action="store_true", help="Also print the table in Markdown, for the README."
+    )
+    options = parser.parse_args(argv)
+    unknown = [name for name in options.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    # Always in this order: the in-process ones share one Django set-up.
+    names = [name for name in BENCHMARKS if name in options.names or not options.names]
+
+    info = report.machine()
+    print(f"Machine: {report.machine_line(info)}{' (quick run)' if options.quick else ''}", flush=True)
+    started = time.perf_counter()
+    results, failed = [], []
+    workspace = Workspace()
+    try:
+        for name in names:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            begun = time.perf_counter()
+            try:
+                found = BENCHMARKS[name].bench(workspace, quick=options.quick)
+            except Exception:
+                traceback.print_exc()
+                failed.append(name)
+                continue
+            print(f"  {name}: {time.perf_counter() - begun:.1f} s", file=sys.stderr, flush=True)
+            results.extend(found)
+    finally:
+        workspace.close()
+    elapsed = time.perf_counter() - started
+
+    print()
+    print(report.table(results))
+    print()
+    print(report.notes(results))
+    if options.markdown:
+        print()
+        print(report.table(results, markdown=True))
+    missed = [result for result in results if result.status == report.MISSED]
+    print()
+    for result in missed:
+        print(f"MISSED: {result.benchmark}: {result.name}")
+    for name in failed:
+        print(f"FAILED TO RUN: {name} (see the traceback above)")
+    if not missed and not failed:
+        print("Every target met.")
+    path = report.write(results, info, quick=options.quick, elapsed=elapsed)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"{len(results)} results in {elapsed:.0f} s, written to {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

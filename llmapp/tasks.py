@@ -18,6 +18,7 @@ from django.utils import timezone
 from . import batch, conf
 from .exceptions import ConfigurationError, LLMError
 from .models import Batch, BatchItem
+from .redaction import redact
 
 try:  # Django 6
     from django.tasks import task
@@ -162,7 +163,7 @@ def enqueue_pending(owner, queued=None):
             except Exception as exc:
                 raise LLMError(
                     f"batch {owner.pk} is stored, but enqueuing its tasks failed after {count} "
-                    f"({type(exc).__name__}: {exc}); once the tasks backend works again, "
+                    f"({type(exc).__name__}: {redact(str(exc))}); once the tasks backend works again, "
                     f"run `manage.py llm_batch resume {owner.pk}`."
                 ) from exc
             count += 1

@@ -43,14 +43,15 @@ class Call:
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
         self._count(ERROR, provider, self.request.model, latency_ms)
-        event = build_event(
-            self.request,
-            latency_ms,
-            error=error,
-            exception=_capture(error, self.request),
-            attempts=attempts,
-        )
-        eventstream.record(event)
+        if eventstream.keeps_events():
+            event = build_event(
+                self.request,
+                latency_ms,
+                error=error,
+                exception=_capture(error, self.request),
+                attempts=attempts,
+            )
+            eventstream.record(event)
 
     def _count(self, status, provider, model, latency_ms, completion=None):
         tags = {"usecase": self.request.usecase, "provider": provider, "model": model, "status": status}

@@ -8,7 +8,6 @@ only if the installed SDK's ``messages.create`` takes one: the 2.x SDKs (API ver
 
 import functools
 import inspect
-import weakref
 
 from ..exceptions import (
     ConfigurationError,
@@ -63,11 +62,6 @@ class AnthropicProvider(BaseProvider):
     package = "anthropic"
     extra = "anthropic"
     api_key_variables = ("ANTHROPIC_API_KEY",)
-
-    def __init__(self, alias, *, options=None, models=None):
-        super().__init__(alias, options=options, models=models)
-        self._client = None
-        self._async_clients = weakref.WeakKeyDictionary()
 
     @property
     def base_url(self):
@@ -128,6 +122,11 @@ class AnthropicProvider(BaseProvider):
 
     # -- clients ---------------------------------------------------------------------
 
+    def build_client(self, asynchronous=False):
+        anthropic = self.import_sdk()
+        cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
+        return cls(**self._client_options())
+
     def _client_options(self):
         return {
             "api_key": self.api_key,
@@ -140,23 +139,6 @@ class AnthropicProvider(BaseProvider):
             "default_headers": self.options.get("default_headers"),
         }
 
-    @property
-    def client(self):
-        if self._client is None:
-            with self._sdk_lock:
-                if self._client is None:
-                    anthropic = self.import_sdk()
-                    self._client = anthropic.Anthropic(**self._client_options())
-        return self._client
-
-    def async_client(self, loop):
-        # An async HTTP client belongs to the event loop it was first used on.
-        client = self._async_clients.get(loop)
-        if client is None:
-            anthropic = self.import_sdk()
-            client = self._async_clients[loop] = anthropic.AsyncAnthropic(**self._client_options())
-        return client
-
     # -- calls -----------------------------------------------------------------------
 
     def complete(self, request):
@@ -168,11 +150,9 @@ class AnthropicProvider(BaseProvider):
         return self.parse(response, request)
 
     async def acomplete(self, request):
-        import asyncio
-
         payload = self.build_payload(request)
         try:
-            client = self.async_client(asyncio.get_running_loop())
+            client = self.async_client()
             response = await client.messages.create(**payload)
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None

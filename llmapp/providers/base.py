@@ -1,9 +1,11 @@
 """The base class every provider backend extends."""
 
+import asyncio
 import importlib
 import importlib.util
 import os
 import threading
+import weakref
 
 from asgiref.sync import sync_to_async
 
@@ -45,6 +47,8 @@ class BaseProvider:
             )
         self.models = list(models) if models else []
         self._sdk_lock = threading.Lock()
+        self._client = None
+        self._async_clients = weakref.WeakKeyDictionary()
 
     def __repr__(self):
         # Never the options: they hold the API key.
@@ -111,6 +115,31 @@ class BaseProvider:
             return importlib.import_module(self.package)
         except ImportError:
             raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
+
+    def build_client(self, asynchronous=False):
+        """Return a new SDK client, an async one when asked; backends with an SDK implement it."""
+        raise NotImplementedError
+
+    @property
+    def client(self):
+        """The SDK client: built on first use, then shared by every thread."""
+        if self._client is None:
+            with self._sdk_lock:
+                if self._client is None:
+                    self._client = self.build_client()
+        return self._client
+
+    def async_client(self):
+        """The async SDK client of the running event loop."""
+        # An async HTTP client belongs to the event loop it was first used on.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            with self._sdk_lock:
+                client = self._async_clients.get(loop)
+                if client is None:
+                    client = self._async_clients[loop] = self.build_client(asynchronous=True)
+        return client
 
     def complete(self, request):
         """Return a Completion for ``request``; raise ProviderError on failure."""

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import weakref
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
@@ -71,11 +70,6 @@ class GeminiProvider(BaseProvider):
     default_model = DEFAULT_MODEL
     package = "google.genai"
     extra = "gemini"
-
-    def __init__(self, alias, *, options=None, models=None):
-        super().__init__(alias, options=options, models=models)
-        self._client = None
-        self._async_clients = weakref.WeakKeyDictionary()
 
     @property
     def is_vertex(self):
@@ -237,7 +231,7 @@ class GeminiProvider(BaseProvider):
 
     # -- clients ---------------------------------------------------------------------
 
-    def _build_client(self):
+    def build_client(self, asynchronous=False):
         genai = self.import_sdk()
         types = genai.types
         http_options = {
@@ -252,7 +246,7 @@ class GeminiProvider(BaseProvider):
             http_options["retry_options"] = types.HttpRetryOptions(attempts=1)
         connection = self.connection()
         try:
-            return genai.Client(
+            client = genai.Client(
                 **{name: value for name, value in connection.items() if value is not None},
                 http_options=types.HttpOptions(**http_options),
             )
@@ -261,24 +255,7 @@ class GeminiProvider(BaseProvider):
                 f"the google-genai SDK rejected LLM_PROVIDERS[{self.alias!r}]['OPTIONS']: "
                 f"{self.redact(str(exc))}"
             ) from None
-
-    @property
-    def client(self):
-        if self._client is None:
-            with self._sdk_lock:
-                if self._client is None:
-                    self._client = self._build_client()
-        return self._client
-
-    def async_client(self, loop):
-        # An async HTTP client belongs to the event loop it was first used on.
-        client = self._async_clients.get(loop)
-        if client is None:
-            with self._sdk_lock:
-                client = self._async_clients.get(loop)
-                if client is None:
-                    client = self._async_clients[loop] = self._build_client()
-        return client.aio
+        return client.aio if asynchronous else client
 
     # -- calls -----------------------------------------------------------------------
 
@@ -290,10 +267,8 @@ class GeminiProvider(BaseProvider):
         return self.parse(response, request)
 
     async def acomplete(self, request):
-        import asyncio
-
         try:
-            client = self.async_client(asyncio.get_running_loop())
+            client = self.async_client()
             response = await client.models.generate_content(**self.arguments(request))
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None

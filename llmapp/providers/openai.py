@@ -4,8 +4,6 @@ The ``openai`` SDK is imported on first use, never at start-up. Azure OpenAI is
 the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version``.
 """
 
-import weakref
-
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
 from ..types import Completion
@@ -45,11 +43,6 @@ class OpenAIProvider(BaseProvider):
     default_model = "gpt-4o-mini"
     package = "openai"
     extra = "openai"
-
-    def __init__(self, alias, *, options=None, models=None):
-        super().__init__(alias, options=options, models=models)
-        self._client = None
-        self._async_clients = weakref.WeakKeyDictionary()
 
     @property
     def api_key_variables(self):
@@ -108,6 +101,14 @@ class OpenAIProvider(BaseProvider):
 
     # -- clients ---------------------------------------------------------------------
 
+    def build_client(self, asynchronous=False):
+        openai = self.import_sdk()
+        if self.is_azure:
+            cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        else:
+            cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return cls(**self._client_options())
+
     def _client_options(self):
         options = {
             "api_key": self.api_key,
@@ -130,25 +131,6 @@ class OpenAIProvider(BaseProvider):
             }
         return options
 
-    @property
-    def client(self):
-        if self._client is None:
-            with self._sdk_lock:
-                if self._client is None:
-                    openai = self.import_sdk()
-                    cls = openai.AzureOpenAI if self.is_azure else openai.OpenAI
-                    self._client = cls(**self._client_options())
-        return self._client
-
-    def async_client(self, loop):
-        # An async HTTP client belongs to the event loop it was first used on.
-        client = self._async_clients.get(loop)
-        if client is None:
-            openai = self.import_sdk()
-            cls = openai.AsyncAzureOpenAI if self.is_azure else openai.AsyncOpenAI
-            client = self._async_clients[loop] = cls(**self._client_options())
-        return client
-
     # -- calls -----------------------------------------------------------------------
 
     def complete(self, request):
@@ -160,11 +142,9 @@ class OpenAIProvider(BaseProvider):
         return self.parse(response, request)
 
     async def acomplete(self, request):
-        import asyncio
-
         payload = self.build_payload(request)
         try:
-            client = self.async_client(asyncio.get_running_loop())
+            client = self.async_client()
             response = await client.chat.completions.create(**payload)
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None

@@ -21,8 +21,8 @@ from ..types import Completion
 from .base import BaseProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
+from .http import HINTS, error_message, malformed_answer, retry_after, status_error
 from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
-from .http import error_message, retry_after
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -44,13 +44,7 @@ ERROR_TYPE_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-_HINTS = {
-    401: "check the provider's api_key",
-    403: "the API key is not allowed to use this model or endpoint",
-    404: "check the model name and the base_url",
-    429: "rate limited or out of quota",
-    529: "Anthropic is overloaded; try again shortly",
-}
+_HINTS = HINTS | {529: "Anthropic is overloaded; try again shortly"}
 
 
 class AnthropicProvider(BaseProvider):
@@ -259,19 +253,17 @@ class AnthropicProvider(BaseProvider):
                 # An error event inside a stream that began with 200.
                 error_type = _error_type(exc.body)
                 status = ERROR_TYPE_STATUS.get(error_type, 500)
-            detail = error_message(exc.body) or exc.response.reason_phrase or "error"
-            hint = _HINTS.get(status)
-            message = self.redact(f"{detail}; {hint}" if hint else detail)
-            common["request_id"] = exc.response.headers.get("request-id") or request_id
-            return ProviderError(
-                message,
-                status_code=status,
-                transient=status in TRANSIENT_STATUSES,
+            return status_error(
+                self,
+                status,
+                error_message(exc.body) or exc.response.reason_phrase or "error",
+                request_id=exc.response.headers.get("request-id") or request_id,
                 retry_after=retry_after(exc.response.headers),
-                **common,
+                hints=_HINTS,
+                transient=TRANSIENT_STATUSES,
             )
         if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
-            return ProviderError("the server's answer is not valid JSON for this API", **common)
+            return malformed_answer(self, request_id)
         # Transport errors raised while reading a stream are not wrapped by the SDK.
         return ProviderUnavailable(
             f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",

@@ -15,7 +15,7 @@ from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, Pro
 from ..redaction import mask, redact
 from ..types import Completion
 from .base import NO_KEY, BaseProvider
-from .http import TRANSIENT_STATUSES, retry_after
+from .http import malformed_answer, retry_after, status_error
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"
@@ -364,16 +364,13 @@ class GeminiProvider(BaseProvider):
         common = {"provider": self.alias, "request_id": request_id}
         if isinstance(exc, errors.APIError):
             headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-            status = exc.code
-            detail = " ".join(str(part) for part in (exc.status, exc.message) if part) or "error"
-            hint = _HINTS.get(status)
-            common["request_id"] = headers.get("x-request-id") or request_id
-            return ProviderError(
-                self.redact(f"{detail}; {hint}" if hint else detail),
-                status_code=status,
-                transient=status in TRANSIENT_STATUSES,
+            return status_error(
+                self,
+                exc.code,
+                " ".join(str(part) for part in (exc.status, exc.message) if part) or "error",
+                request_id=headers.get("x-request-id") or request_id,
                 retry_after=retry_after(headers) or _retry_delay(exc.details),
-                **common,
+                hints=_HINTS,
             )
         if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):
             timeout = timeout if timeout is not None else self.timeout
@@ -407,7 +404,7 @@ class GeminiProvider(BaseProvider):
             *_loaded(("pydantic.ValidationError",)),
         )
         if isinstance(exc, invalid):
-            return ProviderError("the server's answer is not valid JSON for this API", **common)
+            return malformed_answer(self, request_id)
         return ProviderError(
             f"the google-genai SDK failed: {type(exc).__name__}: {self.redact(str(exc))}", **common
         )

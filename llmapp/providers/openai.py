@@ -8,15 +8,9 @@ from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, Pro
 from ..redaction import mask, redact
 from ..types import Completion
 from .base import BaseProvider
-from .http import TRANSIENT_STATUSES, error_message, retry_after
+from .http import error_message, malformed_answer, retry_after, status_error
 
 OPENAI_URL = "https://api.openai.com/v1"
-_HINTS = {
-    401: "check the provider's api_key",
-    403: "the API key is not allowed to use this model or endpoint",
-    404: "check the model name and the base_url",
-    429: "rate limited or out of quota",
-}
 
 
 class OpenAIProvider(BaseProvider):
@@ -238,20 +232,15 @@ class OpenAIProvider(BaseProvider):
                 f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
             )
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            detail = error_message(exc.body) or exc.response.reason_phrase or "error"
-            hint = _HINTS.get(status)
-            message = self.redact(f"{detail}; {hint}" if hint else detail)
-            common["request_id"] = exc.request_id or request_id
-            return ProviderError(
-                message,
-                status_code=status,
-                transient=status in TRANSIENT_STATUSES,
+            return status_error(
+                self,
+                exc.status_code,
+                error_message(exc.body) or exc.response.reason_phrase or "error",
+                request_id=exc.request_id or request_id,
                 retry_after=retry_after(exc.response.headers),
-                **common,
             )
         if isinstance(exc, openai.APIResponseValidationError | ValueError):
-            return ProviderError("the server's answer is not valid JSON for this API", **common)
+            return malformed_answer(self, request_id)
         # httpx errors raised while reading a stream are not wrapped by the SDK.
         return ProviderUnavailable(
             f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",

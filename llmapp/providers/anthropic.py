@@ -181,22 +181,9 @@ class AnthropicProvider(BaseProvider):
                         stopped = True
         except Exception as exc:
             error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            if parts and error.transient:
-                # Text already reached the caller, so this call cannot be retried.
-                error = ProviderUnavailable(
-                    f"the stream was cut after {len(parts)} chunk(s) of text: {error.reason}",
-                    provider=self.alias,
-                    status_code=error.status_code,
-                    request_id=error.request_id,
-                )
-            raise error from None
+            raise self.stream_failed(error, len(parts), request_id) from None
         if not stopped:
-            raise ProviderUnavailable(
-                "the stream ended before the server finished its answer",
-                provider=self.alias,
-                request_id=request_id,
-                transient=not parts,
-            )
+            raise self.stream_unfinished(len(parts), request_id)
         yield Completion(
             text="".join(parts),
             usecase=request.usecase,

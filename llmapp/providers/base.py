@@ -9,7 +9,7 @@ import weakref
 
 from asgiref.sync import sync_to_async
 
-from ..exceptions import ConfigurationError, ImproperlyInstalled
+from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderUnavailable
 from ..redaction import redact
 
 #: What the SDKs are given as a key for servers that take none.
@@ -154,6 +154,32 @@ class BaseProvider:
 
     async def acomplete(self, request):
         return await sync_to_async(self.complete, thread_sensitive=False)(request)
+
+    def stream_failed(self, error, chunks, request_id=None):
+        """Return ``error`` as a stream's failure after ``chunks`` chunks of text.
+
+        Once text has reached the caller the call cannot be retried, whatever failed.
+        """
+        if not chunks:
+            return error
+        if isinstance(error, ProviderUnavailable) or error.transient:
+            return ProviderUnavailable(
+                f"the stream was cut after {chunks} chunk(s) of text: {error.reason}",
+                provider=self.alias,
+                status_code=error.status_code,
+                request_id=request_id or error.request_id,
+            )
+        error.transient = False
+        return error
+
+    def stream_unfinished(self, chunks, request_id=None):
+        """The error of a stream that ended without the server's end of answer."""
+        return ProviderUnavailable(
+            "the stream ended before the server finished its answer",
+            provider=self.alias,
+            request_id=request_id,
+            transient=not chunks,
+        )
 
     def describe_request(self, request):
         """Return the request that would be sent, secrets masked (for --dry-run)."""

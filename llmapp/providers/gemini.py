@@ -292,27 +292,13 @@ class GeminiProvider(BaseProvider):
                         yield text
         except Exception as exc:
             error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            if parts and isinstance(error, ProviderUnavailable):
-                error = ProviderUnavailable(
-                    f"the stream was cut after {len(parts)} chunk(s) of text",
-                    provider=self.alias,
-                    request_id=request_id,
-                )
-            elif parts:
-                # Text already reached the caller, so this call cannot be retried.
-                error.transient = False
-            raise error from None
+            raise self.stream_failed(error, len(parts), request_id) from None
         finally:
             if chunks is not None:
                 # Ends the SDK's generator now, also when our caller stopped reading early.
                 chunks.close()
         if finish_reason is None:
-            raise ProviderUnavailable(
-                "the stream ended before the server finished its answer",
-                provider=self.alias,
-                request_id=request_id,
-                transient=not parts,
-            )
+            raise self.stream_unfinished(len(parts), request_id)
         input_tokens, output_tokens = _tokens(usage)
         yield Completion(
             text="".join(parts),

@@ -164,21 +164,9 @@ class OpenAIProvider(BaseProvider):
                             yield text
         except Exception as exc:
             error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            if parts and isinstance(error, ProviderUnavailable):
-                # Text already reached the caller, so this call cannot be retried.
-                error = ProviderUnavailable(
-                    f"the stream was cut after {len(parts)} chunk(s) of text",
-                    provider=self.alias,
-                    request_id=request_id,
-                )
-            raise error from None
+            raise self.stream_failed(error, len(parts), request_id) from None
         if finish_reason is None:
-            raise ProviderUnavailable(
-                "the stream ended before the server finished its answer",
-                provider=self.alias,
-                request_id=request_id,
-                transient=not parts,
-            )
+            raise self.stream_unfinished(len(parts), request_id)
         yield Completion(
             text="".join(parts),
             usecase=request.usecase,

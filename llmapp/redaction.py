@@ -7,10 +7,13 @@ MASK = "••••"
 SECRET_NAME = re.compile(
     r"(api[_-]?key|secret|token(?!s)|password|passwd|authorization|credential|dsn)", re.I
 )
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@", re.I)
+# Everything up to the authority's last "@": an empty user (redis://:pw@) or an "@" in
+# the password must not leave part of the secret behind.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s]*@", re.I)
 # Bearer tokens and the common provider key shapes, in case a server echoes one back.
 _KEY_SHAPES = re.compile(
-    r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|sk-proj|sk-ant|AIza)[-_][A-Za-z0-9_-]{8,}", re.I
+    r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|sk-proj|sk-ant)[-_][A-Za-z0-9_-]{8,}|\bAIza[0-9A-Za-z_-]{35}",
+    re.I,
 )
 
 

@@ -314,7 +314,10 @@ def test_missing_extra_names_the_pip_command(settings, monkeypatch):
 def test_dry_run_describes_what_is_sent_with_the_key_masked(anthropic_provider, settings):
     from llmapp.service import prepare_request
 
-    settings.LLM_PROVIDERS["anthropic"]["OPTIONS"]["default_headers"] = {"X-Team": "support"}
+    settings.LLM_PROVIDERS["anthropic"]["OPTIONS"]["default_headers"] = {
+        "X-Team": "support",
+        "X-Gateway-Token": "gwsecret123456",
+    }
     request, backend = prepare_request("summarize", "hi", provider="anthropic", max_output_tokens=50)
     described = backend.describe_request(request)
     assert anthropic_provider.requests == []
@@ -323,6 +326,7 @@ def test_dry_run_describes_what_is_sent_with_the_key_masked(anthropic_provider, 
     assert described["json"]["max_tokens"] == 50 and described["json"]["messages"][0]["content"] == "hi"
     text = json.dumps(described, ensure_ascii=False)
     assert API_KEY not in text and "••••CRET" in text
+    assert "gwsecret123456" not in text and "••••3456" in text
 
     # The same auth and version headers as the SDK really sends.
     complete_prompt("summarize", "hi", provider="anthropic", max_output_tokens=50)

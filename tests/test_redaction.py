@@ -41,3 +41,16 @@ def test_redact_mapping_masks_by_key_and_keeps_counts():
         "OPTIONS": {"api_key": "••••6789", "max_tokens": 400},
         "headers": [{"Authorization": "••••"}],
     }
+
+
+def test_url_credentials_without_a_user_or_with_an_at_sign_are_masked_whole():
+    assert redact("http://:tok3nsecret@127.0.0.1:9/v1") == "http://••••@127.0.0.1:9/v1"
+    assert redact("https://user:pa@ss@host/x") == "https://••••@host/x"
+    assert (
+        redact("redis://:pw@h:6379/0 then mail@example.com") == "redis://••••@h:6379/0 then mail@example.com"
+    )
+
+
+def test_google_api_keys_are_key_shaped():
+    key = "AIza" + "SyA1234567890abcdefghijklmnopqrstuv"
+    assert redact(f"key={key} rejected") == "key=•••• rejected"

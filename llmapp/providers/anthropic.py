@@ -16,7 +16,7 @@ from ..exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from ..redaction import mask
+from ..redaction import is_secret_name, mask
 from ..types import Completion
 from .base import BaseProvider
 
@@ -109,7 +109,11 @@ class AnthropicProvider(BaseProvider):
         # so ask the client rather than assume.
         names = {*client.auth_headers, "anthropic-version", *(self.options.get("default_headers") or {})}
         return {
-            name: self.redact(str(value).replace(key, mask(key)))
+            # The key shows masked in place; any other header named like a secret (a
+            # gateway token) is masked whole.
+            name: mask(value)
+            if is_secret_name(name) and key not in value
+            else self.redact(value.replace(key, mask(key)))
             for name, value in client.default_headers.items()
             if name in names and isinstance(value, str)
         }

@@ -89,7 +89,10 @@ class CircuitBreaker:
             self._dirty = False
 
     def record_failure(self):
-        """Count a transient failure; open the circuit at the threshold (or after a failed probe)."""
+        """Count a transient failure; open the circuit at the threshold (or after a failed probe).
+
+        Return whether the circuit is open now.
+        """
         _closed_until.pop(self.alias, None)
         self._dirty = True
         cache, key = self.cache, self._key("failures")
@@ -103,6 +106,8 @@ class CircuitBreaker:
             cache.set(self._key("opened"), time.time(), timeout=None)
             cache.delete(self._key("probe"))
             metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
+            return True
+        return False
 
 
 conf.on_change(_closed_until.clear)

@@ -8,7 +8,8 @@ Callers drive it the same way whether they complete, stream or await:
         except ProviderError as exc:
             time.sleep(attempts.failed(exc))  # raises when the call must end now
             continue
-        return attempts.succeeded(completion)  # it took attempts.count attempts
+        attempts.succeeded()  # it took attempts.count attempts
+        break
 """
 
 import dataclasses
@@ -93,9 +94,11 @@ class Attempts:
         route = self._route
         if not isinstance(error, ProviderError) or not error.transient:
             raise error
-        if route.breaker is not None:
-            route.breaker.record_failure()
         self.last_error = error
+        if route.breaker is not None and route.breaker.record_failure():
+            # This failure opened the circuit (or a probe failed): retry elsewhere, not here.
+            self._give_up_route = True
+            return 0.0
         if self._retry >= self.retries:
             self._give_up_route = True
             return 0.0
@@ -120,11 +123,17 @@ class Attempts:
         metrics.incr(RETRIES_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias})
         return delay
 
-    def succeeded(self, completion):
-        """Record the success on the route's circuit; return the completion as it is."""
+    def succeeded(self):
+        """Record the success on the route's circuit."""
         if self._route.breaker is not None:
             self._route.breaker.record_success()
-        return completion
+
+    def check_deadline(self):
+        """Raise once the deadline has passed: a stream must not outlive it chunk by chunk."""
+        if self.left() <= 0:
+            error = self._deadline_passed()
+            error.transient = False
+            raise error
 
     def _deadline_passed(self):
         route = self._route or self.routes[0]

@@ -1,6 +1,7 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
 import asyncio
+import contextlib
 import numbers
 import time
 
@@ -132,11 +133,12 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
             except ProviderError as exc:
                 time.sleep(attempts.failed(exc))
                 continue
-            return call.succeeded(attempts.succeeded(completion), attempts=attempts.count)
-    except Exception as exc:
+            attempts.succeeded()
+            break
+    except BaseException as exc:  # an interrupted call is recorded too
         call.failed(exc, attempts=attempts.count)
         raise
-    raise AssertionError("unreachable: Attempts raises when it runs out")
+    return call.succeeded(completion, attempts=attempts.count)
 
 
 def stream_prompt(usecase, message, **overrides):
@@ -144,46 +146,59 @@ def stream_prompt(usecase, message, **overrides):
 
     Takes the same arguments as :func:`complete_prompt`. A transient failure before
     any text arrived is retried like any call; once text has reached the caller, a
-    failure ends the stream.
+    failure ends the stream. The deadline holds while text flows, too.
     """
     request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request, streaming=True)
+    completion = None
     try:
         for backend, attempt in attempts:
             try:
-                for item in backend.stream(attempt):
-                    if isinstance(item, Completion):
-                        yield call.succeeded(attempts.succeeded(item), attempts=attempts.count)
-                        return
-                    yield item
+                with contextlib.closing(backend.stream(attempt)) as items:
+                    for item in items:
+                        if isinstance(item, Completion):
+                            completion = item
+                            break
+                        yield item
+                        attempts.check_deadline()
             except ProviderError as exc:
                 time.sleep(attempts.failed(exc))
+                continue
+            attempts.succeeded()
+            break
     except GeneratorExit:
         call.failed(StreamAbandoned("the caller stopped reading the stream"), attempts=attempts.count)
         raise
     except BaseException as exc:
         call.failed(exc, attempts=attempts.count)
         raise
+    # Recorded outside the try: closing the stream after its Completion abandons nothing.
+    yield call.succeeded(completion, attempts=attempts.count)
 
 
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
-    """The async twin of :func:`complete_prompt`, for ASGI views."""
+    """The async twin of :func:`complete_prompt`, for ASGI views.
+
+    The retry loop's bookkeeping (the circuit breaker's cache) runs off the event loop,
+    since a cache may be a database.
+    """
     request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request)
+    steps = iter(attempts)
     try:
-        for backend, attempt in attempts:
+        while True:
+            backend, attempt = await sync_to_async(next)(steps)
             try:
                 completion = await backend.acomplete(attempt)
             except ProviderError as exc:
-                await asyncio.sleep(attempts.failed(exc))
+                await asyncio.sleep(await sync_to_async(attempts.failed)(exc))
                 continue
-            return await sync_to_async(call.succeeded)(
-                attempts.succeeded(completion), attempts=attempts.count
-            )
-    except Exception as exc:
+            await sync_to_async(attempts.succeeded)()
+            break
+    except BaseException as exc:  # a cancelled call (the client went away) is recorded too
         await sync_to_async(call.failed)(exc, attempts=attempts.count)
         raise
-    raise AssertionError("unreachable: Attempts raises when it runs out")
+    return await sync_to_async(call.succeeded)(completion, attempts=attempts.count)
 
 
 def _route(alias, backend, model):

@@ -158,3 +158,21 @@ def test_each_call_emits_count_latency_and_tokens(metrics_sent):
     assert [kind for kind, key, _, tags in sent if key == "llmapp.complete_prompt.latency_ms"] == [
         "timing"
     ] * 2
+
+
+@pytest.mark.django_db
+def test_closing_a_stream_after_its_completion_records_one_success():
+    stream = stream_prompt("summarize", "hi", provider="test")
+    for item in stream:
+        if not isinstance(item, str):
+            break
+    stream.close()
+    assert list(CompletionEvent.objects.values_list("status", flat=True)) == ["ok"]
+
+
+@pytest.mark.django_db
+def test_an_interrupted_call_is_recorded():
+    locmem.queue(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        complete_prompt("summarize", "hi", provider="test")
+    assert CompletionEvent.objects.get().error_type == "KeyboardInterrupt"

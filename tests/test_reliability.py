@@ -10,7 +10,7 @@ import time
 import pytest
 from django.core.management import call_command
 
-from llmapp import complete_prompt, stream_prompt
+from llmapp import acomplete_prompt, complete_prompt, stream_prompt
 from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
@@ -200,3 +200,45 @@ def test_cli_timeout_retries_and_no_fallback(primary, settings):
     with Stopwatch() as clock, pytest.raises(Exception, match="deadline"):
         call_command("llm", "summarize", "-m", "hi", "--timeout", "0.5", "--no-fallback", stdout=out)
     assert clock.elapsed < 1.5
+
+
+def test_the_deadline_holds_while_a_stream_trickles(primary, settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "TIMEOUT": 1, "RETRIES": 0}}
+    primary.reply_stream(["one ", "two ", "three ", "four ", "five ", "six"], delay_between=0.5)
+    received = []
+    with Stopwatch() as clock, pytest.raises(ProviderTimeout, match="1s deadline of use case 'summarize'"):
+        received.extend(stream_prompt("summarize", "hi"))
+    assert clock.elapsed < 2
+    assert 1 <= len(received) < 6
+
+
+def test_a_circuit_that_opens_mid_call_sends_the_call_to_the_fallback(primary, settings):
+    settings.LLM_PROVIDERS["openai"]["CIRCUIT_BREAKER"] = {"FAILURES": 2, "COOLDOWN": 30}
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 5, "FALLBACKS": ["test"]}}
+    for _ in range(6):
+        primary.reply_error(503, "down")
+    completion = complete_prompt("summarize", "hi")
+    assert len(primary.requests) == 2  # the second failure opened the circuit: no more retries there
+    assert (completion.provider, completion.attempts) == ("test", 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_calls_work_with_a_database_cache(settings):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "llm_cache"}
+    }
+    call_command("createcachetable", verbosity=0)
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "test"}}
+
+    async def call():
+        try:
+            return await acomplete_prompt("summarize", "hi")
+        finally:
+            await sync_to_async(connections.close_all)()
+
+    assert asyncio.run(call()).text == "locmem answer to: hi"

@@ -1,4 +1,5 @@
 import asyncio
+import os
 import threading
 
 import pytest
@@ -152,3 +153,13 @@ def test_misconfigured_provider_names_the_setting(settings, config, text):
     settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "bad": config}
     with pytest.raises(ConfigurationError, match=text):
         complete_prompt("summarize", "hi", provider="bad")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_builds_its_own_providers():
+    parent = providers["test"]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it got a provider of its own
+        os._exit(0 if providers["test"] is not parent else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -4,6 +4,7 @@
 change to any ``LLM_*`` setting drops the built ones so they are rebuilt.
 """
 
+import os
 import threading
 
 from django.utils.module_loading import import_string
@@ -79,3 +80,5 @@ class ProviderHandler:
 
 providers = ProviderHandler()
 conf.on_change(providers.reset)
+# A forked child must not share its parent's SDK clients and their open sockets.
+os.register_at_fork(after_in_child=providers.reset)

@@ -139,6 +139,17 @@ def _row(owner, position, item):
     return row
 
 
+def release_stale(owner, started_before):
+    """Make pending again the items of ``owner`` claimed before ``started_before`` and never finished.
+
+    For items whose worker died mid-call (killed, out of memory, a deploy): without
+    this they would stay running forever. Returns how many were released.
+    """
+    return BatchItem.objects.filter(batch=owner, status=RUNNING, started_at__lt=started_before).update(
+        status=PENDING, started_at=None
+    )
+
+
 def enqueue_pending(owner, queued=None):
     """Enqueue a task for every pending item of ``owner``, in input order; return how many.
 

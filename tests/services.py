@@ -23,9 +23,16 @@ def reachable(host, port, timeout=0.5):
 def require_redis():
     """Return the Redis URL of the machine's server, or skip (fail in CI) when there is none."""
     if not reachable(REDIS_HOST, REDIS_PORT):
-        reason = f"needs Redis on {REDIS_HOST}:{REDIS_PORT} (start redis-server)"
-        if os.environ.get("LLM_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"LLM_REQUIRE_SERVICES=1 but the test {reason}")
-        pytest.skip(reason)
-    pytest.importorskip("redis", reason='needs the redis package: pip install -e ".[test]"')
+        missing(f"needs Redis on {REDIS_HOST}:{REDIS_PORT} (start redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing('needs the redis package: pip install -e ".[test]"')
     return f"redis://{REDIS_HOST}:{REDIS_PORT}"
+
+
+def missing(reason):
+    """Skip the test for ``reason``, or fail it where LLM_REQUIRE_SERVICES=1 (CI)."""
+    if os.environ.get("LLM_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"LLM_REQUIRE_SERVICES=1 but the test {reason}")
+    pytest.skip(reason)

@@ -252,3 +252,31 @@ def test_a_tasks_backend_that_is_down_leaves_the_batch_to_resume(tmp_path, immed
     out, _ = command("llm_batch", "resume", str(created.pk))
     assert out == f"Enqueued 2 pending item(s) of batch {created.pk} again.\n"
     assert created.counts()["done"] == 2
+
+
+def test_resume_stale_after_runs_again_what_a_dead_worker_left_running(tmp_path, dummy):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    batch_id = enqueue(write_lines(tmp_path / "in.jsonl", ['"one"', '"two"']))
+    # A worker claimed both items; one died two hours ago, the other is still busy.
+    BatchItem.objects.filter(batch_id=batch_id, position=0).update(
+        status=BatchItem.Status.RUNNING, started_at=timezone.now() - timedelta(hours=2)
+    )
+    BatchItem.objects.filter(batch_id=batch_id, position=1).update(
+        status=BatchItem.Status.RUNNING, started_at=timezone.now()
+    )
+    dummy.clear()
+    out, _ = command("llm_batch", "resume", str(batch_id), "--stale-after", "1h")
+    assert out.splitlines() == [
+        "1 item(s) running for over 1h are pending again.",
+        f"Enqueued 1 pending item(s) of batch {batch_id} again.",
+    ]
+    [result] = dummy
+    assert result.args == [BatchItem.objects.get(batch_id=batch_id, position=0).pk]
+
+    with pytest.raises(CommandError, match="--stale-after must be a whole number followed by m"):
+        command("llm_batch", "resume", str(batch_id), "--stale-after", "soon")
+    with pytest.raises(CommandError, match="--stale-after goes with resume"):
+        command("llm_batch", "status", str(batch_id), "--stale-after", "1h")

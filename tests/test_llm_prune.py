@@ -5,7 +5,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from llmapp.management.commands.llm_prune import parse_age
+from llmapp.management.durations import parse_age
 from llmapp.models import CompletionEvent
 
 
@@ -42,14 +42,14 @@ def prune(*args):
     ],
 )
 def test_ages(text, expected):
-    assert parse_age(text) == expected
+    assert parse_age(text, "--older-than") == expected
 
 
 @pytest.mark.parametrize("text", ["30", "d", "30x", "-1d", "0d", "1.5h", "30 days", ""])
 def test_bad_ages_name_the_format(text):
     expected = r"--older-than must be .*m \(minutes\), h \(hours\), d \(days\) or w \(weeks\)"
     with pytest.raises(CommandError, match=expected):
-        parse_age(text)
+        parse_age(text, "--older-than")
 
 
 @pytest.mark.django_db

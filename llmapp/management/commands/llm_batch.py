@@ -1,8 +1,10 @@
 import contextlib
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from llmapp.exceptions import LLMError
+from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.models import Batch, BatchItem
 
 FINISHED = (BatchItem.Status.DONE, BatchItem.Status.FAILED)
@@ -13,7 +15,8 @@ ACTIONS = {
     "collect": "write the records to --output as JSON Lines in input order, as a local run does, "
     "and exit non-zero if any item failed or is not finished",
     "resume": "enqueue a task again for every pending item, after the tasks backend was down, say "
-    "(no item runs twice)",
+    "(no item runs twice); with --stale-after, also for items left running that long by a worker "
+    "that died",
 }
 
 
@@ -37,6 +40,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--output", metavar="FILE", help="Where collect writes the records; '-' for standard output."
         )
+        parser.add_argument(
+            "--stale-after",
+            metavar="AGE",
+            help=f"With resume: run again the items running for longer than this ({AGE_FORMAT}); "
+            "make it longer than any call may take.",
+        )
 
     def handle(self, *args, **options):
         action = options["action"]
@@ -44,6 +53,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "collect needs --output FILE." if action == "collect" else "--output goes with collect."
             )
+        if options["stale_after"] and action != "resume":
+            raise CommandError("--stale-after goes with resume.")
         owner = self.get_batch(options["batch_id"])
         getattr(self, action)(owner, options)
 
@@ -100,9 +111,14 @@ class Command(BaseCommand):
             self.stderr.write(self.style.SUCCESS(f"Wrote {written} record(s) to {where}."))
 
     def resume(self, owner, options):
+        stale = options["stale_after"]
         try:
-            from llmapp.tasks import enqueue_pending
+            from llmapp.tasks import enqueue_pending, release_stale
 
+            if stale:
+                released = release_stale(owner, timezone.now() - parse_age(stale, "--stale-after"))
+                if options["verbosity"] >= 1:
+                    self.stdout.write(f"{released} item(s) running for over {stale} are pending again.")
             count = enqueue_pending(owner)
         except LLMError as exc:
             raise CommandError(str(exc)) from exc

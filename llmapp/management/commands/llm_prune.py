@@ -1,22 +1,8 @@
-import re
-from datetime import timedelta
-
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.models import CompletionEvent
-
-UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-AGE_FORMAT = "a whole number followed by m (minutes), h (hours), d (days) or w (weeks), e.g. 30d"
-_AGE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.I)
-
-
-def parse_age(text):
-    """Return the timedelta that ``30d``, ``12h``, ``90m`` or ``2w`` stands for."""
-    match = _AGE.match(text or "")
-    if not match or int(match.group(1)) < 1:
-        raise CommandError(f"--older-than must be {AGE_FORMAT}; got {text!r}.")
-    return timedelta(**{UNITS[match.group(2).lower()]: int(match.group(1))})
 
 
 class Command(BaseCommand):
@@ -34,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         age = options["older_than"]
-        cutoff = timezone.now() - parse_age(age)
+        cutoff = timezone.now() - parse_age(age, "--older-than")
         removed, _ = CompletionEvent.objects.filter(created_at__lt=cutoff).delete()
         if options["verbosity"] >= 1:
             self.stdout.write(

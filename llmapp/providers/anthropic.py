@@ -18,7 +18,7 @@ from ..exceptions import (
 )
 from ..redaction import is_secret_name, mask
 from ..types import Completion
-from .base import BaseProvider
+from .base import SDKProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
 from .http import HINTS, error_message, malformed_answer, retry_after, status_error
@@ -47,7 +47,7 @@ ERROR_TYPE_STATUS = {
 _HINTS = HINTS | {529: "Anthropic is overloaded; try again shortly"}
 
 
-class AnthropicProvider(BaseProvider):
+class AnthropicProvider(SDKProvider):
     """Messages through the official ``anthropic`` SDK."""
 
     option_names = frozenset({"api_key", "base_url", "model", "timeout", "default_headers"})
@@ -139,22 +139,8 @@ class AnthropicProvider(BaseProvider):
 
     # -- calls -----------------------------------------------------------------------
 
-    def complete(self, request):
-        payload = self.build_payload(request)
-        try:
-            response = self.client.messages.create(**payload)
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
-
-    async def acomplete(self, request):
-        payload = self.build_payload(request)
-        try:
-            client = self.async_client()
-            response = await client.messages.create(**payload)
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
+    def send(self, client, payload):
+        return client.messages.create(**payload)
 
     def stream(self, request):
         # The raw events, not the messages.stream() helper: message_start carries the input

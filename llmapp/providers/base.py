@@ -46,9 +46,6 @@ class BaseProvider:
                 f"for {type(self).__name__}; known: {known}."
             )
         self.models = list(models) if models else []
-        self._sdk_lock = threading.Lock()
-        self._client = None
-        self._async_clients = weakref.WeakKeyDictionary()
 
     def __repr__(self):
         # Never the options: they hold the API key.
@@ -116,31 +113,6 @@ class BaseProvider:
         except ImportError:
             raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
 
-    def build_client(self, asynchronous=False):
-        """Return a new SDK client, an async one when asked; backends with an SDK implement it."""
-        raise NotImplementedError
-
-    @property
-    def client(self):
-        """The SDK client: built on first use, then shared by every thread."""
-        if self._client is None:
-            with self._sdk_lock:
-                if self._client is None:
-                    self._client = self.build_client()
-        return self._client
-
-    def async_client(self):
-        """The async SDK client of the running event loop."""
-        # An async HTTP client belongs to the event loop it was first used on.
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            with self._sdk_lock:
-                client = self._async_clients.get(loop)
-                if client is None:
-                    client = self._async_clients[loop] = self.build_client(asynchronous=True)
-        return client
-
     def complete(self, request):
         """Return a Completion for ``request``; raise ProviderError on failure."""
         raise NotImplementedError
@@ -198,3 +170,75 @@ class BaseProvider:
                 )
             ]
         return []
+
+
+class SDKProvider(BaseProvider):
+    """A provider called through its vendor's SDK: build payload, send, parse.
+
+    Subclasses set ``package``/``extra`` and implement ``build_client()``,
+    ``build_payload()``, ``send()``, ``parse()`` and ``translate_error()``; the client
+    is built on first use and shared, and ``complete``/``acomplete`` need no code.
+    """
+
+    def __init__(self, alias, *, options=None, models=None):
+        super().__init__(alias, options=options, models=models)
+        self._sdk_lock = threading.Lock()
+        self._client = None
+        self._async_clients = weakref.WeakKeyDictionary()
+
+    def build_client(self, asynchronous=False):
+        """Return a new SDK client, an async one when asked; backends with an SDK implement it."""
+        raise NotImplementedError
+
+    @property
+    def client(self):
+        """The SDK client: built on first use, then shared by every thread."""
+        if self._client is None:
+            with self._sdk_lock:
+                if self._client is None:
+                    self._client = self.build_client()
+        return self._client
+
+    def async_client(self):
+        """The async SDK client of the running event loop."""
+        # An async HTTP client belongs to the event loop it was first used on.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            with self._sdk_lock:
+                client = self._async_clients.get(loop)
+                if client is None:
+                    client = self._async_clients[loop] = self.build_client(asynchronous=True)
+        return client
+
+    def build_payload(self, request):
+        """Return the keyword arguments of the SDK call for ``request``."""
+        raise NotImplementedError
+
+    def send(self, client, payload):
+        """Make the SDK call with ``payload``; with an async client, return its coroutine."""
+        raise NotImplementedError
+
+    def parse(self, response, request):
+        """Return the Completion of the SDK's ``response``."""
+        raise NotImplementedError
+
+    def translate_error(self, exc, request_id=None, timeout=None):
+        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
+        raise NotImplementedError
+
+    def complete(self, request):
+        payload = self.build_payload(request)
+        try:
+            response = self.send(self.client, payload)
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)
+
+    async def acomplete(self, request):
+        payload = self.build_payload(request)
+        try:
+            response = await self.send(self.async_client(), payload)
+        except Exception as exc:
+            raise self.translate_error(exc, timeout=request.timeout) from None
+        return self.parse(response, request)

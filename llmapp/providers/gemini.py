@@ -14,7 +14,7 @@ import sys
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
 from ..types import Completion
-from .base import NO_KEY, BaseProvider
+from .base import NO_KEY, SDKProvider
 from .http import malformed_answer, retry_after, status_error
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
@@ -49,7 +49,7 @@ _CONNECTION_ERRORS = (
 )
 
 
-class GeminiProvider(BaseProvider):
+class GeminiProvider(SDKProvider):
     """generateContent through the official ``google-genai`` SDK."""
 
     option_names = frozenset(
@@ -169,7 +169,7 @@ class GeminiProvider(BaseProvider):
     # -- building the call ---------------------------------------------------------
 
     def build_body(self, request):
-        """Return the REST request body: what the SDK sends for ``arguments()``."""
+        """Return the REST request body: what the SDK sends for ``build_payload()``."""
         body = {"contents": [{"parts": [{"text": request.message}], "role": "user"}]}
         if request.prompt:
             body["systemInstruction"] = {"parts": [{"text": request.prompt}], "role": "user"}
@@ -179,7 +179,7 @@ class GeminiProvider(BaseProvider):
         }
         return body
 
-    def arguments(self, request):
+    def build_payload(self, request):
         """Return the keyword arguments of ``models.generate_content`` for ``request``."""
         types = self.import_sdk().types
         config = types.GenerateContentConfig(
@@ -259,26 +259,14 @@ class GeminiProvider(BaseProvider):
 
     # -- calls -----------------------------------------------------------------------
 
-    def complete(self, request):
-        try:
-            response = self.client.models.generate_content(**self.arguments(request))
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
-
-    async def acomplete(self, request):
-        try:
-            client = self.async_client()
-            response = await client.models.generate_content(**self.arguments(request))
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
+    def send(self, client, payload):
+        return client.models.generate_content(**payload)
 
     def stream(self, request):
         parts, finish_reason, usage, model, request_id = [], None, None, request.model, None
         chunks = None
         try:
-            chunks = self.client.models.generate_content_stream(**self.arguments(request))
+            chunks = self.client.models.generate_content_stream(**self.build_payload(request))
             for chunk in chunks:
                 request_id = request_id or _request_id(chunk)
                 model = chunk.model_version or model

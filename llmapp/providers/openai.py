@@ -7,13 +7,13 @@ the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask, redact
 from ..types import Completion
-from .base import BaseProvider
+from .base import SDKProvider
 from .http import error_message, malformed_answer, retry_after, status_error
 
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-class OpenAIProvider(BaseProvider):
+class OpenAIProvider(SDKProvider):
     """Chat Completions through the official ``openai`` SDK."""
 
     option_names = frozenset(
@@ -127,22 +127,8 @@ class OpenAIProvider(BaseProvider):
 
     # -- calls -----------------------------------------------------------------------
 
-    def complete(self, request):
-        payload = self.build_payload(request)
-        try:
-            response = self.client.chat.completions.create(**payload)
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
-
-    async def acomplete(self, request):
-        payload = self.build_payload(request)
-        try:
-            client = self.async_client()
-            response = await client.chat.completions.create(**payload)
-        except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
+    def send(self, client, payload):
+        return client.chat.completions.create(**payload)
 
     def stream(self, request):
         payload = self.build_payload(request)

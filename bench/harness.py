@@ -12,22 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.environment import ISOLATED_VARIABLES, isolated_environ
+
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = ROOT / "manage.py"
-
-# A developer's own configuration must reach no benchmark (same list as tests/conftest.py).
-ISOLATED_VARIABLES = (
-    "LLM_",
-    "OPENAI_",
-    "ANTHROPIC_",
-    "GEMINI_",
-    "GOOGLE_",
-    "SENTRY_",
-    "DJANGO_",
-    "DATABASE_URL",
-    "CACHE_URL",
-    "STATSD_",
-)
 
 
 class Workspace:
@@ -44,7 +32,7 @@ class Workspace:
 
     def env(self, database=None, **variables):
         """The environment of a manage.py child: isolated, on ``database`` (a migrated copy)."""
-        env = {key: value for key, value in os.environ.items() if not key.startswith(ISOLATED_VARIABLES)}
+        env = isolated_environ()
         env |= {
             "LLM_ENV_FILE": str(self.env_file),
             "DATABASE_URL": f"sqlite:///{database or self.migrated()}",

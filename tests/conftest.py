@@ -1,4 +1,3 @@
-import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import pytest
 from django.core.cache import caches
 
 from llmapp.providers import locmem
+from tests.environment import isolated_environ
 from tests.fakes.openai_server import fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 
@@ -43,22 +43,9 @@ def openai_provider(settings, fake_openai):  # noqa: F811
     return fake_openai
 
 
-# A developer's own configuration must not reach the manage.py the tests run.
-ISOLATED_VARIABLES = (
-    "LLM_",
-    "OPENAI_",
-    "ANTHROPIC_",
-    "GEMINI_",
-    "GOOGLE_",
-    "SENTRY_",
-    "DJANGO_",
-    "DATABASE_URL",
-)
-
-
 def manage_env(database, env_file, env=None):
     """The environment of a manage.py subprocess, isolated from the developer's shell and .env."""
-    full_env = {key: value for key, value in os.environ.items() if not key.startswith(ISOLATED_VARIABLES)}
+    full_env = isolated_environ()
     full_env |= {"LLM_ENV_FILE": str(env_file), "DATABASE_URL": f"sqlite:///{database}"}
     return full_env | (env or {})
 

@@ -4,6 +4,8 @@ The public API is imported lazily so that importing ``llmapp`` (as manage.py doe
 before Django starts) costs nothing.
 """
 
+__version__ = "0.2.0"
+
 _EXPORTS = {
     "complete_prompt": "llmapp.service",
     "stream_prompt": "llmapp.service",

@@ -1,7 +1,10 @@
 """System checks for llmapp's configuration, in the spirit of Sentry's validate_snuba.
 
-``manage.py check`` lists every problem at once; ``initialize_app`` runs the same
-checks at start-up and, under DEBUG, refuses to start on an error.
+``manage.py check`` lists every problem at once, and fails on an error. Other
+commands list the same problems as warnings and go on: a mistake in an LLM setting
+must not stop ``migrate``, ``makemigrations`` or ``runserver``, and each call of a
+misconfigured use case fails with its own one-line error. ``initialize_app`` logs
+the errors at start-up in servers, where no command lists them.
 """
 
 import numbers
@@ -14,6 +17,7 @@ from .exceptions import ConfigurationError
 from .metrics.checks import check_metrics
 from .providers import PROVIDER_KEYS, providers
 from .service import is_valid_max_output_tokens, is_valid_temperature
+from .startup import called_from
 from .usecases import BUILTIN_USECASES, _code_usecases, _resolve
 
 PROVIDER_HINT = (
@@ -23,7 +27,23 @@ PROVIDER_HINT = (
 
 def check_llmapp(app_configs=None, **kwargs):
     """Run every llmapp check; registered with Django's check framework."""
-    return validate_options() + validate_backends()
+    problems = validate_options() + validate_backends()
+    if running_check_command():
+        return problems
+    return [as_warning(problem) for problem in problems]
+
+
+def as_warning(problem):
+    if problem.level <= checks.WARNING:
+        return problem
+    return checks.Warning(problem.msg, hint=problem.hint, obj=problem.obj, id=problem.id)
+
+
+def running_check_command():
+    """Say whether `manage.py check` (or call_command("check")) is what runs the checks now."""
+    from django.core.management.commands.check import Command
+
+    return called_from(Command.handle)
 
 
 def validate_options():

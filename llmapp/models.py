@@ -40,15 +40,27 @@ class CompletionEvent(models.Model):
         return f"{self.usecase} via {self.provider} ({self.status}) at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
+class NoRows(models.Manager):
+    """The manager of a model with no table: every queryset is empty and sends no query."""
+
+    def get_queryset(self):
+        return super().get_queryset().none()
+
+
 class UseCase(models.Model):  # noqa: DJ008 (never instantiated, so never printed)
     """A placeholder with no table, so that use cases (defined in code) get an admin page.
 
     Its migration only registers the content type and the permissions below; the admin
-    renders the registry (``llmapp.usecases``) and nothing ever queries this model.
+    renders the registry (``llmapp.usecases``). Both managers return nothing without a
+    query, so that whole-project tools (``dumpdata``, ``loaddata``, serialized test
+    databases) pass over it rather than fail on the missing table.
     """
+
+    objects = NoRows()
 
     class Meta:
         managed = False
+        base_manager_name = "objects"
         default_permissions = ("view",)
         permissions = [("test_usecase", "Can send test prompts to use cases")]
         verbose_name = "use case"

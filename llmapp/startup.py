@@ -2,15 +2,14 @@
 
 The order follows Sentry's own start-up: options, logging, validation of options
 and backends, the SDK, then services. Nothing here touches the database or the
-network, so it behaves the same under manage.py, WSGI, ASGI and the tests.
+network, and nothing raises: a misconfiguration is reported the way Django reports
+its own checks, and calls of a misconfigured use case fail with one line.
 """
 
 import contextlib
 import logging
 import os
 import sys
-
-from django.conf import settings
 
 from . import conf
 
@@ -20,32 +19,24 @@ _initialized = False
 
 
 def initialize_app():
-    """Bring up llmapp once per process; under DEBUG, refuse to start misconfigured."""
+    """Bring up llmapp once per process; report its configuration problems, never raise."""
     global _initialized
     if _initialized:
         return
     _initialized = True
-    from .checks import validate_backends, validate_options
-
     bootstrap_options()
     configure_logging()
-    problems = validate_options()
-    if not skip_backend_validation():
-        problems += validate_backends()
-    errors = [problem for problem in problems if problem.is_serious()]
-    if errors and not _running_check_command():
-        if settings.DEBUG:
-            from .exceptions import ConfigurationError
-
-            listed = "; ".join(f"({error.id}) {error.msg} {error.hint or ''}".strip() for error in errors)
-            raise ConfigurationError(f"llmapp is misconfigured: {listed}")
-        for error in errors:
-            logger.error("%s: %s %s", error.id, error.msg, error.hint or "")
+    # manage.py commands run the system checks themselves (runserver and migrate list
+    # them and stop on errors), or are there to inspect and repair (check, shell,
+    # showmigrations): only servers and scripts need the start-up report.
+    report = not in_management_command()
+    if report:
+        report_problems()
 
     from .sdk import configure_sdk
 
     configure_sdk()
-    setup_services()
+    setup_services(report)
 
 
 def bootstrap_options():
@@ -53,7 +44,7 @@ def bootstrap_options():
     from .exceptions import ConfigurationError
     from .usecases import get_usecases
 
-    # A bad value is reported by validate_options(), with a hint.
+    # A bad value is reported by the checks, with a hint.
     with contextlib.suppress(ConfigurationError):
         get_usecases()
 
@@ -69,7 +60,21 @@ def skip_backend_validation():
     return flag.lower() in {"1", "true", "yes", "on"} or bool(conf.get_setting("LLM_SKIP_BACKEND_VALIDATION"))
 
 
-def setup_services():
+def report_problems():
+    """Log each error-level problem that SILENCED_SYSTEM_CHECKS does not silence, one line each."""
+    from .checks import validate_backends, validate_options
+
+    problems = validate_options()
+    if not skip_backend_validation():
+        problems += validate_backends()
+    errors = [problem for problem in problems if problem.is_serious() and not problem.is_silenced()]
+    for error in errors:
+        hint = f" HINT: {error.hint}" if error.hint else ""
+        logger.error("(%s) %s%s", error.id, error.msg, hint)
+    return errors
+
+
+def setup_services(report=True):
     """Build the metrics backend, the event stream and the TSDB, so a bad one shows now."""
     from . import eventstream, metrics, tsdb
     from .exceptions import ConfigurationError
@@ -78,9 +83,23 @@ def setup_services():
         try:
             build()
         except ConfigurationError as exc:
-            logger.error("%s", exc)
+            if report:
+                logger.error("%s", exc)
 
 
-def _running_check_command():
-    # `manage.py check` must list every problem rather than stop at start-up.
-    return len(sys.argv) > 1 and sys.argv[1] == "check"
+def in_management_command():
+    """Say whether this process is running a manage.py (or django-admin) command."""
+    from django.core.management import ManagementUtility
+
+    return called_from(ManagementUtility.execute)
+
+
+def called_from(function):
+    """Say whether ``function`` is on the current call stack."""
+    code = function.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from django.core.cache import caches
 
-from llmapp.providers import locmem
 from tests.environment import isolated_environ
 from tests.fakes.openai_server import fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
@@ -14,13 +13,6 @@ from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 ROOT = Path(__file__).resolve().parent.parent
 # Shaped like a real key so that key-shaped redaction is exercised too.
 API_KEY = "sk-test-9f8e7d6c5b4a39281706SECRET"
-
-
-@pytest.fixture(autouse=True)
-def _empty_locmem():
-    locmem.reset()
-    yield
-    locmem.reset()
 
 
 @pytest.fixture(autouse=True)

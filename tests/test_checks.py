@@ -8,6 +8,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+# Django 6.1's `check` asks the database whether it supports JSONField.
+pytestmark = pytest.mark.django_db
+
 OPENAI = "llmapp.providers.openai.OpenAIProvider"
 LOCMEM = "llmapp.providers.locmem.LocmemProvider"
 

@@ -8,7 +8,6 @@ import warnings
 import pytest
 
 from llmapp import runner, startup
-from llmapp.exceptions import ConfigurationError
 from tests.conftest import ROOT
 
 
@@ -62,53 +61,47 @@ def test_initialize_app_touches_no_database_and_runs_once(monkeypatch):
     # No django_db mark: any query here would fail the test.
     calls = []
     monkeypatch.setattr(startup, "_initialized", False)
-    monkeypatch.setattr(startup, "setup_services", lambda: calls.append("services"))
+    monkeypatch.setattr(startup, "setup_services", lambda report: calls.append("services"))
     startup.initialize_app()
     startup.initialize_app()
     assert calls == ["services"]
 
 
-def test_debug_refuses_an_error_level_problem(settings, monkeypatch):
+@pytest.mark.parametrize("debug", [True, False])
+def test_start_up_logs_each_error_once_and_raises_nothing(settings, monkeypatch, caplog, debug):
     monkeypatch.setattr(startup, "_initialized", False)
-    settings.DEBUG = True
+    settings.DEBUG = debug
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "nope"}}
     settings.LLM_EVENTSTREAM = "logging"
     settings.LLM_TSDB = "database"
-    with pytest.raises(ConfigurationError, match=r"\(llmapp.E008\) LLM_TSDB reads usage from the database"):
-        startup.initialize_app()
+    startup.initialize_app()
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 2
+    assert errors[0].startswith("(llmapp.E004) Use case 'summarize' names provider 'nope'")
+    assert "HINT: Use one of 'default', 'test'" in errors[0]
+    assert errors[1].startswith("(llmapp.E008) LLM_TSDB reads usage from the database")
 
 
-def test_skip_backend_validation(settings, monkeypatch):
+def test_silenced_checks_and_skipped_backend_validation_are_not_logged(settings, monkeypatch, caplog):
     monkeypatch.setattr(startup, "_initialized", False)
     monkeypatch.setenv("LLM_SKIP_BACKEND_VALIDATION", "1")
-    settings.DEBUG = True
+    settings.SILENCED_SYSTEM_CHECKS = ["llmapp.E004"]
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "nope"}}
     settings.LLM_EVENTSTREAM = "logging"
     settings.LLM_TSDB = "database"
     startup.initialize_app()
+    assert "llmapp.E0" not in caplog.text
 
 
-def test_without_debug_problems_are_logged_not_raised(settings, monkeypatch, caplog):
-    monkeypatch.setattr(startup, "_initialized", False)
-    settings.DEBUG = False
-    settings.LLM_USECASES = {"summarize": {"PROVIDER": "nope"}}
-    startup.initialize_app()
-    assert "llmapp.E004: Use case 'summarize' names provider 'nope'" in caplog.text
-
-
-def test_dev_server_refuses_to_start_misconfigured_with_one_line(manage):
-    result = manage(
-        "llm", "summarize", "-m", "hi", env={"LLM_EVENTSTREAM": "logging", "LLM_TSDB": "database"}
-    )
-    assert result.returncode == 1
-    assert result.stderr.startswith("ConfigurationError: llmapp is misconfigured: (llmapp.E008)")
-    assert result.stderr.count("\n") == 1
-    result = manage(
-        "llm",
-        "summarize",
-        "-m",
-        "hi",
-        env={"LLM_EVENTSTREAM": "logging", "LLM_TSDB": "database", "LLM_SKIP_BACKEND_VALIDATION": "1"},
-    )
+def test_a_misconfigured_backend_stops_no_command(manage):
+    env = {"LLM_EVENTSTREAM": "logging", "LLM_TSDB": "database"}
+    result = manage("llm", "summarize", "-m", "hi", env=env)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[preview answer")
+    result = manage("check", env=env)
+    assert result.returncode == 1
+    assert "(llmapp.E008) LLM_TSDB reads usage from the database" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("module", ["llmproject.wsgi", "llmproject.asgi"])

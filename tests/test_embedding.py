@@ -1,7 +1,11 @@
 """llmapp in a fresh `django-admin startproject`: a misconfiguration is listed, never a traceback."""
 
+import re
+import textwrap
+
 import pytest
 
+from tests.conftest import ROOT
 from tests.startproject import Project
 
 PREVIEW = "llmapp.providers.preview.PreviewProvider"
@@ -94,3 +98,53 @@ def test_a_server_logs_the_problems_at_start_up_and_serves(project):
     assert result.stdout.strip() == "200"
     assert "(llmapp.E003) LLM_PROVIDERS['spare']['OPTIONS'] has unknown key(s) modle" in result.stderr
     assert_no_traceback(result)
+
+
+def readme_snippets():
+    """Return {name: code} of the README's code blocks marked ``<!-- snippet: name -->``."""
+    text = (ROOT / "README.md").read_text()
+    pattern = r"<!-- snippet: (?P<name>[^>]+?) -->\s*```python\n(?P<code>.*?)```"
+    return {match["name"]: textwrap.dedent(match["code"]) for match in re.finditer(pattern, text, flags=re.S)}
+
+
+def test_the_readme_embedding_snippets_run_as_written(tmp_path):
+    snippets = readme_snippets()
+    assert set(snippets) == {
+        "settings",
+        "tickets/views.py",
+        "mysite/urls.py",
+        "test settings",
+        "tickets/tests.py",
+    }
+    project = Project(tmp_path)
+    project.settings.write_text(project.settings.read_text().replace('INSTALLED_APPS += ["llmapp"]', ""))
+    result = project.manage("startapp", "tickets")
+    assert result.returncode == 0, result.stderr
+    project.add_settings(snippets["settings"])
+    for name in ("tickets/views.py", "mysite/urls.py", "tickets/tests.py"):
+        (project.root / name).write_text(snippets[name])
+
+    result = project.manage("check")
+    assert result.returncode == 0, result.stderr
+    result = project.manage("migrate", "-v0")
+    assert result.returncode == 0, result.stderr
+    result = project.manage("llm", "triage", "-m", "The export button crashes.")
+    assert result.returncode == 0, result.stderr
+    code = (
+        "from django.test import Client; client = Client(HTTP_HOST='localhost');"
+        "print(client.post('/triage/', {'ticket': 'Refund please'}).json()['provider']);"
+        "print(client.get('/summary/', {'text': 'One. Two.'}).json()['summary'].splitlines()[-1])"
+    )
+    result = project.manage("shell", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-3:-1] == ["default", "One. Two."]
+
+    project.add_settings(snippets["test settings"])
+    result = project.manage("test", "tickets", "-v", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Ran 2 tests" in result.stderr
+    result = project.run(
+        "-m", "pytest", "-p", "no:cacheprovider", "--ds", "mysite.settings", "tickets/tests.py"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

@@ -4,7 +4,7 @@
 import sys
 from pathlib import Path
 
-from llmapp.runner import configure
+from llmproject.runner import configure
 
 
 def main():

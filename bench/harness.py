@@ -82,7 +82,7 @@ def setup_django(workspace):
     }
     import django
 
-    from llmapp.runner import configure
+    from llmproject.runner import configure
 
     configure(default_settings="bench.settings", root=ROOT)
     django.setup()

@@ -17,7 +17,7 @@ TARGET = 1.3
 SDKS = ("openai", "anthropic", "google.genai")
 
 FLOOR = (
-    "import django; from llmapp.runner import configure; "
+    "import django; from llmproject.runner import configure; "
     f"configure(default_settings='settings.dev', root={str(MANAGE.parent)!r}); django.setup()"
 )
 

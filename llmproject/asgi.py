@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llmapp.runner import configure
+from llmproject.runner import configure
 
 configure(default_settings="settings.prod", root=Path(__file__).resolve().parent.parent)
 

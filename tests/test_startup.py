@@ -7,17 +7,27 @@ import warnings
 
 import pytest
 
-from llmapp import runner, startup
+from llmapp import startup
+from llmproject import runner
 from tests.conftest import ROOT
 
 
-def test_missing_env_file_stops_with_one_line_naming_it(manage, tmp_path):
-    missing = tmp_path / "nope.env"
-    result = manage("llm", "--list", env={"LLM_ENV_FILE": str(missing)})
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda path: None, "does not exist"),
+        (lambda path: path.mkdir(), "is a directory, not a file"),
+        (lambda path: path.write_bytes(b"LLM_X=\xff\n"), "is not UTF-8 text"),
+    ],
+)
+def test_an_env_file_that_cannot_be_read_stops_with_one_line_naming_it(manage, tmp_path, make, problem):
+    named = tmp_path / "named.env"
+    make(named)
+    result = manage("llm", "--list", env={"LLM_ENV_FILE": str(named)})
     assert result.returncode == 1
     assert result.stderr == (
-        f"llmapp: LLM_ENV_FILE names {missing}, which does not exist; "
-        "create that file or unset LLM_ENV_FILE.\n"
+        f"llmapp: LLM_ENV_FILE names {named}, which {problem}; "
+        "point LLM_ENV_FILE at a readable file or unset it.\n"
     )
 
 

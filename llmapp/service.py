@@ -20,19 +20,58 @@ from .exceptions import (
     StreamAbandoned,
 )
 from .providers import providers
+from .redaction import redact
 from .retries import Attempts, Route
 from .tracking import Call
 from .types import Completion, CompletionRequest
 from .usecases import get_usecase
 
+# A day: far beyond any call, far below what a socket timeout can hold (about 1e9 seconds).
+MAX_TIMEOUT = 24 * 60 * 60
+
 
 def is_valid_temperature(value):
-    """A provider-neutral temperature: a real number from 0 to 1."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1
+    """A provider-neutral temperature: a real number from 0 to 1 (NaN fails the comparison)."""
+    return _is_number(value) and 0 <= value <= 1
 
 
 def is_valid_max_output_tokens(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """A positive whole number of tokens."""
+    return _is_whole_number(value) and value >= 1
+
+
+def is_valid_timeout(value):
+    """Seconds over all attempts: a number above 0 and at most MAX_TIMEOUT.
+
+    NaN slips past a ``value <= 0`` test, and infinity or a huge number overflows the HTTP
+    client's socket timeout; the failure would then be blamed on the server.
+    """
+    return _is_number(value) and 0 < value <= MAX_TIMEOUT
+
+
+def is_valid_retries(value):
+    """How often to retry a transient failure: a whole number from 0 up."""
+    return _is_whole_number(value) and value >= 0
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole_number(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value):
+    """Show a value as it is, but a long string only by its length: it may be a misplaced key."""
+    if isinstance(value, str) and len(value) > 10:
+        return f"a {len(value)}-character str"
+    return repr(value)
+
+
+def _origin(config, field, given):
+    """Say where a value the caller did not give came from: the fix belongs there."""
+    return "" if given else f" (use case {config.name!r}, {config.origin(field)})"
 
 
 def prepare_request(
@@ -47,54 +86,81 @@ def prepare_request(
 ):
     """Resolve and validate one call; return the request and the backend that would serve it.
 
-    Nothing is sent: every error here is raised before any network call.
+    Nothing is sent: every error here is raised before any network call. Messages name
+    what is wrong, never how a particular caller (the CLI, a view) should pass it.
     """
     config = get_usecase(usecase)
     if not isinstance(message, str) or not message.strip():
-        raise InvalidMessageError("the message is empty: pass --message TEXT or pipe text on stdin.")
+        raise InvalidMessageError("the message is empty")
+    prompt = config.prompt if prompt is None else prompt
+    _check_encodable("message", message)
+    if isinstance(prompt, str):
+        _check_encodable("prompt", prompt)
 
-    alias = provider or config.provider
-    if alias not in providers:
-        where = "" if provider else f" (use case {usecase!r}, {config.origin('PROVIDER')})"
+    alias = config.provider if provider is None else provider
+    if not isinstance(alias, str) or alias not in providers:
+        # redact(): a key pasted into LLM_<USECASE>_PROVIDER must not be echoed.
         raise InvalidProviderError(
-            f"unknown provider {alias!r}{where}; LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+            redact(
+                f"unknown provider {alias!r}{_origin(config, 'PROVIDER', provider is not None)}; "
+                f"LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+            )
         )
     backend = providers[alias]
 
-    model = model or config.model or backend.model
-    if not model:
-        raise ConfigurationError(
-            f"no model for use case {usecase!r}: set its MODEL or OPTIONS['model'] of provider {alias!r}."
-        )
+    if model is None:
+        model = config.model or backend.model
+        if not model:
+            raise ConfigurationError(
+                f"no model for use case {usecase!r}: set its MODEL or OPTIONS['model'] of provider {alias!r}."
+            )
+    elif not isinstance(model, str) or not model.strip():
+        raise InvalidModelError(f"the model must be a model name, got {_shown(model)}.")
     if backend.models and model not in backend.models:
         raise InvalidModelError(
-            f"model {model!r} is not allowed for provider {alias!r}; "
-            f"its MODELS allow: {', '.join(backend.models)}."
+            redact(
+                f"model {model!r} is not allowed for provider {alias!r}; "
+                f"its MODELS allow: {', '.join(backend.models)}."
+            )
         )
 
-    temperature = config.temperature if temperature is None else temperature
+    given = temperature is not None
+    temperature = temperature if given else config.temperature
     if not is_valid_temperature(temperature):
         raise InvalidTemperature(
-            f"temperature must be a number from 0 to 1, got {temperature!r} "
-            "(llmapp maps 0-1 onto each provider's own range)."
+            f"temperature must be a number from 0 to 1, got {_shown(temperature)}"
+            f"{_origin(config, 'TEMPERATURE', given)} (llmapp maps 0-1 onto each provider's own range)."
         )
 
-    max_output_tokens = config.max_output_tokens if max_output_tokens is None else max_output_tokens
+    given = max_output_tokens is not None
+    max_output_tokens = max_output_tokens if given else config.max_output_tokens
     if not is_valid_max_output_tokens(max_output_tokens):
         raise InvalidMaxOutputTokens(
-            f"max_output_tokens must be a positive whole number, got {max_output_tokens!r}."
+            f"max_output_tokens must be a positive whole number, got {_shown(max_output_tokens)}"
+            f"{_origin(config, 'MAX_OUTPUT_TOKENS', given)}."
         )
 
     request = CompletionRequest(
         usecase=config.name,
         message=message,
-        prompt=config.prompt if prompt is None else prompt,
+        prompt=prompt,
         provider=alias,
         model=model,
         temperature=float(temperature),
         max_output_tokens=max_output_tokens,
     )
     return request, backend
+
+
+def _check_encodable(what, text):
+    # Bytes that were not UTF-8 become lone surrogates when read into a str, which no
+    # provider can send: the SDK would fail while encoding and blame the server.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessageError(
+            f"the {what} holds bytes that are not UTF-8 text (a lone surrogate at character {exc.start})"
+        ) from None
 
 
 def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, **overrides):
@@ -105,12 +171,20 @@ def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, *
     """
     request, backend = prepare_request(usecase, message, **overrides)
     config = get_usecase(usecase)
-    timeout = config.timeout if timeout is None else timeout
-    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
-        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-    retries = config.retries if retries is None else retries
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise InvalidRequestError(f"retries must be a whole number from 0 up, got {retries!r}.")
+    given = timeout is not None
+    timeout = timeout if given else config.timeout
+    if not is_valid_timeout(timeout):
+        raise InvalidRequestError(
+            f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT}, got {_shown(timeout)}"
+            f"{_origin(config, 'TIMEOUT', given)}."
+        )
+    given = retries is not None
+    retries = retries if given else config.retries
+    if not is_valid_retries(retries):
+        raise InvalidRequestError(
+            f"retries must be a whole number from 0 up, got {_shown(retries)}"
+            f"{_origin(config, 'RETRIES', given)}."
+        )
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
@@ -209,14 +283,18 @@ def _fallback_route(config, spec):
     alias, _, model = str(spec).partition(":")
     if alias not in providers:
         raise InvalidProviderError(
-            f"use case {config.name!r} falls back to unknown provider {alias!r} "
-            f"({config.origin('FALLBACKS')}); LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+            redact(
+                f"use case {config.name!r} falls back to unknown provider {alias!r} "
+                f"({config.origin('FALLBACKS')}); LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+            )
         )
     backend = providers[alias]
     model = model or backend.model
     if backend.models and model not in backend.models:
         raise InvalidModelError(
-            f"fallback model {model!r} is not allowed for provider {alias!r}; "
-            f"its MODELS allow: {', '.join(backend.models)}."
+            redact(
+                f"fallback model {model!r} is not allowed for provider {alias!r}; "
+                f"its MODELS allow: {', '.join(backend.models)}."
+            )
         )
     return _route(alias, backend, model)

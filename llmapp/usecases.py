@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import conf
 from .exceptions import ConfigurationError, InvalidUsecaseError
+from .redaction import mask
 
 BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
     "built-in",
@@ -44,16 +45,28 @@ def comma_list(text):
 
 comma_list.__name__ = "comma-separated list"
 
+
+def number(text):
+    """Parse "0.3"; whether the number fits its field is for service.py's validators to say."""
+    return float(text)
+
+
+def whole_number(text):
+    return int(text)
+
+
+whole_number.__name__ = "whole number"
+
 # Field name -> parser for values given as text (environment variables).
 FIELDS = {
     "DESCRIPTION": str,
     "PROMPT": str,
     "PROVIDER": str,
     "MODEL": str,
-    "TEMPERATURE": float,
-    "MAX_OUTPUT_TOKENS": int,
-    "TIMEOUT": float,
-    "RETRIES": int,
+    "TEMPERATURE": number,
+    "MAX_OUTPUT_TOKENS": whole_number,
+    "TIMEOUT": number,
+    "RETRIES": whole_number,
     "FALLBACKS": comma_list,
 }
 
@@ -142,18 +155,22 @@ def register_usecase(name, **fields):
     _check_fields(upper, f"register_usecase({name!r})")
     with _lock:
         _code_usecases.setdefault(name, {}).update(upper)
-    get_usecases.cache_clear()
+    _registry.cache_clear()
 
 
 def unregister_usecase(name):
     with _lock:
         _code_usecases.pop(name, None)
-    get_usecases.cache_clear()
+    _registry.cache_clear()
 
 
 @functools.cache
-def get_usecases():
-    """Return every use case by name, resolved through all layers."""
+def _registry():
+    """Resolve every use case: {name: UseCase} and {name: what is wrong with it}.
+
+    A wrong value breaks only its own use case: the others keep working, and
+    get_usecase() raises the broken one's own error rather than a neighbour's.
+    """
     configured = conf.get_setting("LLM_USECASES")
     if not isinstance(configured, dict):
         raise ConfigurationError("LLM_USECASES must be a dict of use-case name to a dict of fields.")
@@ -161,16 +178,35 @@ def get_usecases():
     names += [name for name in _code_usecases if name not in names]
     names += [name for name in configured if name not in names]
     read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
-    return {name: _resolve(name, configured.get(name) or {}, read_env) for name in names}
+    usecases, errors = {}, {}
+    for name in names:
+        try:
+            usecases[name] = _resolve(name, configured.get(name) or {}, read_env)
+        except ConfigurationError as exc:
+            errors[name] = str(exc)
+    return usecases, errors
+
+
+def get_usecases():
+    """Return every use case that resolves, by name; see get_usecase_errors() for the others."""
+    return _registry()[0]
+
+
+def get_usecase_errors():
+    """Return {name: what is wrong} for the use cases that do not resolve."""
+    return _registry()[1]
 
 
 def get_usecase(name):
-    """Return the use case ``name`` or raise InvalidUsecaseError naming the known ones."""
-    usecases = get_usecases()
+    """Return the use case ``name``; raise its ConfigurationError when one of its values is
+    wrong, or InvalidUsecaseError naming the known ones when there is no such use case."""
+    usecases, errors = _registry()
+    if name in errors:
+        raise ConfigurationError(errors[name])
     try:
         return usecases[name]
     except KeyError:
-        known = ", ".join(sorted(usecases))
+        known = ", ".join(sorted([*usecases, *errors]))
         raise InvalidUsecaseError(
             f"unknown use case {name!r}; known use cases: {known}. "
             "Add it to LLM_USECASES or register it with llmapp.register_usecase()."
@@ -204,8 +240,10 @@ def _resolve(name, from_settings, read_env):
             try:
                 values[field] = parse(raw)
             except ValueError:
+                # Masked: this may be a key pasted into the wrong variable.
                 raise ConfigurationError(
-                    f"{variable}={raw!r} is not a valid {parse.__name__}; fix or unset it."
+                    f"{variable} must be a {parse.__name__}, not {mask(raw)} (shown masked, as it "
+                    "may be a secret); fix or unset it."
                 ) from None
             sources[field] = ENVIRONMENT
     return UseCase(
@@ -246,4 +284,4 @@ def _check_fields(fields, where):
         )
 
 
-conf.on_change(get_usecases.cache_clear)
+conf.on_change(_registry.cache_clear)

@@ -1,19 +1,18 @@
 """Settings shared by every environment; values come from the environment or `.env`.
 
-`llmapp.runner.configure()` reads the `.env` file into the environment before
-Django imports this module, so everything here is a plain `env(...)` read.
+`llmproject.runner.configure()` reads the `.env` file into the environment before
+Django imports this module, so everything here is a plain `env(...)` read; a typed
+value goes through `from_env()`, which refuses a malformed one in one line.
 """
 
 from pathlib import Path
 
-import environ
+from llmproject.envvars import cache_url, database_url, env, flag, fraction, from_env, one_of, seconds
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
-
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="django-insecure-llmapp-development-only")
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+DEBUG = from_env("DJANGO_DEBUG", flag, default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -56,7 +55,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": from_env(
+        "DATABASE_URL", database_url, default=database_url(f"sqlite:///{BASE_DIR}/db.sqlite3")
+    ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Every call inserts a usage event, from many threads in a batch run. WAL lets
@@ -69,10 +70,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         **DATABASES["default"].get("OPTIONS", {}),
     }
 # Keep connections between requests and batch items rather than reconnecting each time.
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault(
+    "CONN_MAX_AGE", from_env("CONN_MAX_AGE", int, default=60, expected="a whole number of seconds, e.g. 60")
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+CACHES = {"default": from_env("CACHE_URL", cache_url, default=cache_url("locmemcache://"))}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -93,7 +96,7 @@ LLM_PROVIDERS = {
             "api_key": env("OPENAI_API_KEY", default=""),
             "base_url": env("OPENAI_BASE_URL", default=None),
             "model": env("OPENAI_MODEL", default="gpt-4o-mini"),
-            "timeout": env.float("OPENAI_TIMEOUT", default=30),
+            "timeout": from_env("OPENAI_TIMEOUT", seconds, default=30),
         },
         "MODELS": env.list("OPENAI_MODELS", default=[]),
     },
@@ -109,7 +112,7 @@ LLM_PROVIDERS = {
         "BACKEND": "llmapp.providers.gemini.GeminiProvider",
         "OPTIONS": {
             "api_key": env("GEMINI_API_KEY", default=""),
-            "vertexai": env.bool("GEMINI_VERTEXAI", default=False),
+            "vertexai": from_env("GEMINI_VERTEXAI", flag, default=False),
             "project": env("GOOGLE_CLOUD_PROJECT", default=None),
             "location": env("GOOGLE_CLOUD_LOCATION", default=None),
             "model": env("GEMINI_MODEL", default="gemini-2.5-flash"),
@@ -127,14 +130,14 @@ LLM_USECASES = {}
 # only with LLM_LOG_CONTENT=true: they may hold personal data.
 LLM_EVENTSTREAM = env("LLM_EVENTSTREAM", default="database")
 LLM_TSDB = env("LLM_TSDB", default="database")
-LLM_LOG_CONTENT = env.bool("LLM_LOG_CONTENT", default=False)
+LLM_LOG_CONTENT = from_env("LLM_LOG_CONTENT", flag, default=False)
 
 # Metrics: dummy (default), logging, or DogStatsD over UDP.
 LLM_METRICS_BACKEND = env("LLM_METRICS_BACKEND", default="llmapp.metrics.dummy.DummyMetricsBackend")
 LLM_METRICS_OPTIONS = (
     {
         "host": env("STATSD_HOST", default="127.0.0.1"),
-        "port": env.int("STATSD_PORT", default=8125),
+        "port": from_env("STATSD_PORT", int, default=8125, expected="a port number, e.g. 8125"),
     }
     if LLM_METRICS_BACKEND.endswith("StatsdMetricsBackend")
     else {}
@@ -146,18 +149,19 @@ SENTRY_SDK_CONFIG = {
     "dsn": env("SENTRY_DSN", default=None),
     "relay_dsn": env("SENTRY_RELAY_DSN", default=None),
     "environment": env("SENTRY_ENVIRONMENT", default="development"),
-    "traces_sample_rate": env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    "traces_sample_rate": from_env("SENTRY_TRACES_SAMPLE_RATE", fraction, default=0.0),
 }
-if "SENTRY_SEND_DEFAULT_PII" in env:
+send_default_pii = from_env("SENTRY_SEND_DEFAULT_PII", flag, default=None)
+if send_default_pii is not None:
     # Also attaches prompts and answers to the gen_ai spans.
-    SENTRY_SDK_CONFIG["send_default_pii"] = env.bool("SENTRY_SEND_DEFAULT_PII")
-SENTRY_SDK_UPSTREAM_METRICS_ENABLED = env.bool("SENTRY_SDK_UPSTREAM_METRICS_ENABLED", default=False)
+    SENTRY_SDK_CONFIG["send_default_pii"] = send_default_pii
+SENTRY_SDK_UPSTREAM_METRICS_ENABLED = from_env("SENTRY_SDK_UPSTREAM_METRICS_ENABLED", flag, default=False)
 
 # Batch tasks: where `manage.py llm USECASE --input FILE --enqueue` runs its items.
 # immediate (the default): in the enqueuing process, no worker needed. rq: RQ workers on
 # Redis (pip install "llmapp[rq]"). database: workers polling this database
 # (pip install "llmapp[tasks-db]"). On Django 6 the framework is built in (django.tasks).
-TASKS_MODE = env("TASKS_MODE", default="immediate")
+TASKS_MODE = from_env("TASKS_MODE", one_of("immediate", "rq", "database"), default="immediate")
 if TASKS_MODE == "rq":
     INSTALLED_APPS += ["django_tasks", "django_rq", "django_tasks_rq"]
     RQ_QUEUES = {

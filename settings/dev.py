@@ -1,6 +1,7 @@
 """Local development: the default settings module of manage.py."""
 
-from .base import *  # noqa: F403
-from .base import env
+from llmproject.envvars import flag, from_env
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+from .base import *  # noqa: F403
+
+DEBUG = from_env("DJANGO_DEBUG", flag, default=True)

@@ -1,12 +1,19 @@
 """The test suite's settings: fast, isolated from the developer's shell and .env."""
 
+import os
+
+from llmproject.envvars import database_url, from_env
+
 from .base import *  # noqa: F403
-from .base import env
 
 DEBUG = False
 SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+DATABASES = {"default": from_env("DATABASE_URL", database_url, default=database_url("sqlite://:memory:"))}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    # A test database of this run's own: runs sharing a server (CI jobs, several checkouts)
+    # would otherwise create, use and drop the same test_<NAME>.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 LLM_PROVIDERS = {

@@ -174,10 +174,8 @@ def test_provider_errors_are_one_line_and_non_zero(manage, fake_openai):
 def test_missing_api_key_is_one_line(manage):
     result = manage("llm", "summarize", "-m", "hi", env={"LLM_SUMMARIZE_PROVIDER": "openai"})
     assert result.returncode == 1
-    assert result.stderr == (
-        "CommandError: provider 'openai' has no API key: set OPENAI_API_KEY in the environment or .env, "
-        "or LLM_PROVIDERS['openai']['OPTIONS']['api_key'].\n"
-    )
+    assert result.stderr.startswith("CommandError: provider 'openai' has no API key: set OPENAI_API_KEY")
+    assert result.stderr.count("\n") == 1
 
 
 def test_ctrl_c_while_streaming_exits_130(fake_openai, manage):

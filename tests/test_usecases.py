@@ -8,6 +8,7 @@ from llmapp.usecases import (
     ENVIRONMENT,
     SETTINGS,
     get_usecase,
+    get_usecase_errors,
     get_usecases,
     unregister_usecase,
 )
@@ -69,14 +70,27 @@ def test_environment_overrides_settings_when_enabled(settings, monkeypatch):
 def test_bad_environment_value_names_the_variable(settings, monkeypatch):
     monkeypatch.setenv("LLM_SUMMARIZE_MAX_OUTPUT_TOKENS", "lots")
     settings.LLM_USECASE_ENV_OVERRIDES = True
-    with pytest.raises(ConfigurationError, match="LLM_SUMMARIZE_MAX_OUTPUT_TOKENS='lots'"):
+    with pytest.raises(
+        ConfigurationError, match="LLM_SUMMARIZE_MAX_OUTPUT_TOKENS must be a whole number"
+    ) as raised:
         get_usecase("summarize")
+    assert "lots" not in str(raised.value)  # masked: it may be a misplaced secret
 
 
 def test_unknown_field_in_settings_is_named(settings):
     settings.LLM_USECASES = {"summarize": {"TEMPRATURE": 0.1}}
     with pytest.raises(ConfigurationError, match=r"unknown field\(s\) TEMPRATURE"):
-        get_usecases()
+        get_usecase("summarize")
+
+
+def test_a_broken_usecase_breaks_only_itself(settings, monkeypatch):
+    monkeypatch.setenv("LLM_SUMMARIZE_TIMEOUT", "soon")
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    assert get_usecase("example").name == "example"
+    assert "summarize" not in get_usecases()
+    assert "LLM_SUMMARIZE_TIMEOUT must be a number" in get_usecase_errors()["summarize"]
+    with pytest.raises(ConfigurationError, match="LLM_SUMMARIZE_TIMEOUT"):
+        get_usecase("summarize")
 
 
 def test_unknown_usecase_names_the_known_ones():

@@ -7,12 +7,19 @@ from django.core.management.base import CommandError
 
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 AGE_FORMAT = "a whole number followed by m (minutes), h (hours), d (days) or w (weeks), e.g. 30d"
-_AGE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.I)
+# Far beyond any retention, and far enough from datetime's year 1 that now() - age still works.
+MAX_AGE = timedelta(days=36500)
+_AGE = re.compile(r"^\s*([0-9]+)\s*([mhdw])\s*$", re.I)
 
 
 def parse_age(text, flag):
     """Return the timedelta that ``30d``, ``12h``, ``90m`` or ``2w`` stands for."""
     match = _AGE.match(text or "")
-    if not match or int(match.group(1)) < 1:
+    digits = match.group(1).lstrip("0") if match else ""
+    if not digits:
         raise CommandError(f"{flag} must be {AGE_FORMAT}; got {text!r}.")
-    return timedelta(**{UNITS[match.group(2).lower()]: int(match.group(1))})
+    unit = UNITS[match.group(2).lower()]
+    # Checked before timedelta(), which overflows on a huge count (and int() refuses 4300+ digits).
+    if len(digits) > 9 or int(digits) > MAX_AGE / timedelta(**{unit: 1}):
+        raise CommandError(f"{flag} is too large: at most {MAX_AGE.days}d (100 years); got {text.strip()!r}.")
+    return timedelta(**{unit: int(digits)})

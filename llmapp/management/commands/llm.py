@@ -1,19 +1,21 @@
 import json
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from llmapp.exceptions import LLMError
+from llmapp.exceptions import InvalidMessageError, LLMError
+from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import BatchRun
 from llmapp.providers import providers
-from llmapp.service import complete_prompt, prepare_request, stream_prompt
+from llmapp.redaction import redact
+from llmapp.service import complete_prompt, plan_call, stream_prompt
 from llmapp.tracing import command_transaction
 from llmapp.tsdb import get_tsdb
 from llmapp.types import Completion
-from llmapp.usecases import get_usecases
+from llmapp.usecases import get_usecase_errors, get_usecases
 
 
-class Command(BaseCommand):
+class Command(LLMCommand):
     help = (
         "Run a use case on a message and print the answer. The message comes from --message, "
         "or from standard input when piped or given as '-'."
@@ -86,6 +88,9 @@ class Command(BaseCommand):
                 return
             with command_transaction(f"manage.py llm {options['usecase'] or ''}".strip()):
                 self.run(options)
+        except InvalidMessageError as exc:
+            # The library's message says what is wrong; how to give a message is the CLI's to say.
+            raise CommandError(f"{exc}: pass --message TEXT or pipe UTF-8 text on stdin.") from exc
         except LLMError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
@@ -118,11 +123,13 @@ class Command(BaseCommand):
             "fallbacks": [] if options["no_fallback"] else None,
         }
         usecase = options["usecase"]
+        overrides |= reliability
         if options["dry_run"]:
-            request, backend = prepare_request(usecase, message, **overrides)
+            # plan_call, so that a dry run refuses what the real run would refuse.
+            request, _ = plan_call(usecase, message, **overrides)
+            backend = providers[request.provider]
             self.stdout.write(json.dumps(backend.describe_request(request), indent=2, ensure_ascii=False))
             return
-        overrides |= reliability
         if options["stream"]:
             completion = self.stream(usecase, message, overrides)
         else:
@@ -154,7 +161,17 @@ class Command(BaseCommand):
             raise CommandError(
                 "no message: pass --message TEXT, or pipe text in (echo 'text' | manage.py llm summarize)."
             )
-        return stdin.read()
+        # Decode the bytes as UTF-8 ourselves: in a C or C.UTF-8 locale Python would turn
+        # undecodable bytes into lone surrogates that fail later, as if the server had.
+        raw = getattr(stdin, "buffer", None)
+        try:
+            return raw.read().decode("utf-8") if raw is not None else stdin.read()
+        except UnicodeDecodeError as exc:
+            byte = exc.object[exc.start]
+            raise CommandError(
+                f"standard input is not UTF-8 text (byte {byte:#04x} at offset {exc.start}): "
+                "convert it first, e.g. with iconv -f LATIN1 -t UTF-8."
+            ) from None
 
     def describe(self, completion):
         usage = completion.usage
@@ -170,6 +187,8 @@ class Command(BaseCommand):
             (usecase.name, usecase.provider, _model(usecase), usecase.description)
             for usecase in get_usecases().values()
         ]
+        # A use case with a wrong value is listed too, with what is wrong, rather than left out.
+        rows += [(name, "-", "-", f"MISCONFIGURED: {error}") for name, error in get_usecase_errors().items()]
         self.table(("USE CASE", "PROVIDER", "MODEL", "DESCRIPTION"), rows)
 
     def print_usage(self):
@@ -221,4 +240,4 @@ def _number(value, kind, flag, expected):
     try:
         return kind(value)
     except ValueError:
-        raise CommandError(f"{flag} must be {expected}, got {value!r}.") from None
+        raise CommandError(redact(f"{flag} must be {expected}, got {value!r}.")) from None

@@ -1,11 +1,11 @@
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from llmapp.management.base import LLMCommand
 from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.models import CompletionEvent
 
 
-class Command(BaseCommand):
+class Command(LLMCommand):
     help = "Delete completion log events older than a given age, e.g. --older-than 30d."
     # Meant for cron: the system checks' warnings would only be noise in its mail.
     requires_system_checks = []

@@ -2,15 +2,16 @@
 
 An input line is a JSON string (the message) or an object with ``message`` and
 optionally ``id`` and per-item overrides. Memory stays flat however long the input
-is: lines are read as they are needed, and at most a small window of results waits
-to be written in order.
+is: lines are read as they are needed, at most a small window of results waits to be
+written in order, and what is kept per item is its id and line number.
 """
 
 import contextlib
+import itertools
 import json
 import logging
-import os
 import threading
+from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -63,11 +64,37 @@ def parse_line(line, number):
     return Item(item_id, data["message"], overrides)
 
 
-def read_items(lines):
-    """Yield an Item for each non-blank line."""
+class InputError(ValueError):
+    """An input line that stops the whole batch: it is not UTF-8, or another line has its id."""
+
+
+def read_items(lines, positions=None):
+    """Yield an Item for each non-blank line of ``lines`` (bytes, or str from a text stream).
+
+    ``positions`` maps the ids seen so far to their line numbers. A line whose id another
+    line has already, or that is not UTF-8, raises InputError: a first pass over a file
+    with the same dict checks the whole file before any call is made.
+    """
+    positions = {} if positions is None else positions
     for number, line in enumerate(lines, start=1):
-        if line.strip():
-            yield parse_line(line, number)
+        if isinstance(line, bytes):
+            try:
+                line = line.decode()
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"line {number} is not UTF-8 text (byte {line[exc.start]:#04x} at offset {exc.start}); "
+                    "convert it first, e.g. with iconv -f LATIN1 -t UTF-8"
+                ) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # the byte-order mark some editors write
+        if not line.strip():
+            continue
+        item = parse_line(line, number)
+        first = positions.setdefault(item.id, number)
+        if first != number:
+            # A resume goes by id: two items with one id would pass for each other.
+            raise InputError(f"lines {first} and {number} have the same id {item.id!r}; give each its own")
+        yield item
 
 
 def run_item(usecase, item):
@@ -112,29 +139,55 @@ def dumps(record):
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def completed_ids(path):
-    """Keep only the successful records of a previous run's output; return their ids.
+def _record(line):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None  # a line cut short by a crash
+    return record if isinstance(record, dict) and "id" in record else None
 
-    Failed items are dropped from the file, so that a re-run tries them again and
-    every id appears in the output once.
-    """
-    if not os.path.exists(path):
-        return set()
-    done, kept = set(), []
-    with open(path, encoding="utf-8") as previous:
-        for line in previous:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(record, dict) and "error" not in record and "id" in record:
-                done.add(str(record["id"]))
-                kept.append(line if line.endswith("\n") else line + "\n")
-    temporary = f"{path}.resume"
-    with open(temporary, "w", encoding="utf-8") as compacted:
-        compacted.writelines(kept)
-    os.replace(temporary, path)
+
+def finished_ids(lines):
+    """Return the ids of the successful records among a previous run's output ``lines``."""
+    done = set()
+    for line in lines:
+        record = _record(line)
+        if record is not None and "error" not in record:
+            done.add(str(record["id"]))
     return done
+
+
+def in_input_order(previous, positions):
+    """Yield the lines of a previous output in input order, one record per id.
+
+    ``previous`` is a binary file object that can seek; ``positions`` maps ids to input
+    line numbers. Of an id's records, a success wins over a failure, then the later one.
+    Lines that are not records are dropped; records of ids not in ``positions`` (an input
+    edited since, or read only in part) come last, in their order. Memory is 8 bytes per
+    input line: where each kept record starts, then the records are read in order.
+    """
+    # Each entry is the record's offset times two, plus one for a success; -1 for none.
+    starts = array("q", [-1]) * (max(positions.values(), default=0) + 1)
+    others = {}
+    offset = 0
+    for line in previous:
+        record = _record(line)
+        if record is not None:
+            item_id = str(record["id"])
+            entry = offset * 2 + ("error" not in record)
+            number = positions.get(item_id)
+            kept = starts[number] if number is not None else others.get(item_id, -1)
+            if kept < 0 or entry % 2 or not kept % 2:
+                if number is None:
+                    others[item_id] = entry
+                else:
+                    starts[number] = entry
+        offset += len(line)
+    for entry in itertools.chain(starts, others.values()):
+        if entry >= 0:
+            previous.seek(entry // 2)
+            line = previous.readline()
+            yield line if line.endswith(b"\n") else line + b"\n"
 
 
 @dataclass
@@ -142,21 +195,26 @@ class BatchStats:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    #: Ctrl-C stopped the batch before its end.
+    interrupted: bool = False
+    #: Calls still under way when a second Ctrl-C stopped the wait for them.
+    running: int = 0
 
 
-def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progress=None):
+def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progress=None, waiting=None):
     """Run ``items`` with ``concurrency`` calls at once; ``write(record)`` each result in input order.
 
-    On KeyboardInterrupt, stops taking items, lets the running calls finish (a second
-    interrupt stops waiting), writes every finished result and re-raises.
-    ``progress(record)`` is called once per written record.
+    On KeyboardInterrupt, stops taking items, calls ``waiting(count)`` with the number of
+    calls under way, lets them finish, writes every finished result and returns with
+    ``interrupted`` set. A second interrupt stops the wait; ``running`` then counts the
+    calls left behind. An InputError from ``items`` stops the batch after the items before
+    it, and is raised. ``progress(record)`` is called once per written record.
     """
     stats = BatchStats()
     window = max(4, concurrency * 4)  # results that may wait for an earlier, slower item
     pending = deque()
 
-    def emit(future):
-        record = future.result()
+    def emit(record):
         write(record)
         if "error" in record:
             stats.failed += 1
@@ -173,6 +231,12 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
         slots.release()
 
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm-batch")
+
+    def emit_oldest():
+        record = pending[0].result()  # an interrupt while waiting leaves the item pending
+        pending.popleft()
+        emit(record)
+
     try:
         for item in items:
             if item.id in skip:
@@ -182,21 +246,33 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
             future = executor.submit(_run_in_worker, usecase, item)
             future.add_done_callback(free_slot)
             pending.append(future)
-            if len(pending) >= window:
-                emit(pending.popleft())  # blocks on the oldest item, which bounds memory
-            while pending and pending[0].done():
-                emit(pending.popleft())
+            # Waiting on the oldest item once the window is full bounds memory.
+            while pending and (len(pending) >= window or pending[0].done()):
+                emit_oldest()
         while pending:
-            emit(pending.popleft())
+            emit_oldest()
+    except InputError:
+        _finish(pending, emit)  # every line before the bad one gets its result
+        raise
     except KeyboardInterrupt:
         for future in pending:
-            future.cancel()
-        with contextlib.suppress(KeyboardInterrupt):
-            wait(pending)
-        for future in pending:
-            if future.done() and not future.cancelled():
-                emit(future)
-        raise
+            future.cancel()  # those not started yet
+        stats.interrupted = True
+        with contextlib.suppress(KeyboardInterrupt):  # once more, while writing what finished
+            _finish(pending, emit, waiting)
+        stats.running = sum(not future.done() for future in pending)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     return stats
+
+
+def _finish(pending, emit, waiting=None):
+    """Wait for the pending items, until an interrupt, and emit those that finished."""
+    with contextlib.suppress(KeyboardInterrupt):
+        running = [future for future in pending if not future.done()]
+        if running and waiting is not None:
+            waiting(len(running))
+        wait(running)
+    for future in pending:
+        if future.done() and not future.cancelled():
+            emit(future.result())

@@ -4,7 +4,9 @@ import io
 import json
 import os
 import pty
+import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -228,3 +230,149 @@ def test_an_unexpected_error_in_one_item_is_recorded_and_the_batch_goes_on(tmp_p
     records = read_records(output)
     assert [record.get("text") for record in records] == ["first", None, "third"]
     assert records[1]["error"] == {"type": "RuntimeError", "message": "a bug in a plugin"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "refusal"),
+    [
+        (
+            [{"id": "a", "message": "x"}, {"id": "b", "message": "y"}, {"id": "a", "message": "z"}],
+            "lines 1 and 3 have the same id 'a'",
+        ),
+        # An item without an id has its line number for one.
+        (["x", {"id": 1, "message": "y"}], "lines 1 and 2 have the same id '1'"),
+    ],
+)
+def test_duplicate_ids_are_refused_before_any_call(tmp_path, settings, lines, refusal):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "test"}}
+    source = write_lines(tmp_path / "in.jsonl", [json.dumps(line) for line in lines])
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(CommandError, match=rf"^--input {source}: {refusal}; give each its own\.$"):
+        run_batch("summarize", "--input", str(source), "--output", str(output))
+    assert locmem.outbox == []
+    assert not output.exists()
+
+
+def test_a_duplicate_id_on_a_pipe_stops_the_batch_where_it_is(manage, tmp_path):
+    output = tmp_path / "out.jsonl"
+    lines = ["one", "two", {"id": "2", "message": "again"}, "four"]
+    result = manage(
+        "llm",
+        "summarize",
+        "--input",
+        "-",
+        "--output",
+        str(output),
+        input="".join(json.dumps(line) + "\n" for line in lines),
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "CommandError: --input standard input: lines 2 and 3 have the same id '2'; give each its own. "
+        f"The batch stopped there; the results of the lines before it are in {output}."
+    ]
+    assert [record["id"] for record in read_records(output)] == ["1", "2"]
+
+
+def test_a_resumed_output_is_in_input_order_and_keeps_its_permissions(tmp_path):
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [json.dumps({"id": n, "message": f"m{n}", "provider": "test"}) for n in range(5)],
+    )
+    output = tmp_path / "out.jsonl"
+    locmem.queue("a", "b", ProviderError("down", provider="test", status_code=400), "d", "e")
+    with pytest.raises(CommandError):
+        run_batch("summarize", "--input", str(source), "--output", str(output))
+    output.chmod(0o640)
+    run_batch("summarize", "--input", str(source), "--output", str(output))
+    assert [record["id"] for record in read_records(output)] == ["0", "1", "2", "3", "4"]
+    assert stat.S_IMODE(output.stat().st_mode) == 0o640
+
+
+def test_a_resume_puts_whatever_an_earlier_run_left_in_order_with_one_record_per_id(tmp_path, settings):
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "test"}}
+    source = write_lines(tmp_path / "in.jsonl", [json.dumps(f"m{n}") for n in range(1, 6)])
+    output = tmp_path / "out.jsonl"
+    # What runs stopped by crashes can leave: records out of order, an item that failed
+    # and then succeeded, a line cut short, and a record of an id the input no longer has.
+    previous = [
+        {"id": "4", "text": "four"},
+        {"id": "2", "error": {"type": "ProviderError", "message": "down"}},
+        {"id": "gone", "text": "kept"},
+        {"id": "1", "text": "one"},
+        {"id": "2", "text": "two"},
+    ]
+    output.write_text("".join(json.dumps(record) + "\n" for record in previous) + '{"id": "3", "te')
+    locmem.queue("three", "five")
+    run_batch("summarize", "--input", str(source), "--output", str(output))
+    assert [request.message for request in locmem.outbox] == ["m3", "m5"]
+    assert [(record["id"], record["text"]) for record in read_records(output)] == [
+        ("1", "one"),
+        ("2", "two"),
+        ("3", "three"),
+        ("4", "four"),
+        ("5", "five"),
+        ("gone", "kept"),
+    ]
+
+
+def test_a_byte_order_mark_before_the_first_line_is_ignored(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'\xef\xbb\xbf"first"\n"second"\n')
+    output = tmp_path / "out.jsonl"
+    run_batch("summarize", "--input", str(source), "--output", str(output))
+    assert [("error" in record) for record in read_records(output)] == [False, False]
+
+
+def read_until(pipe, text, timeout=30):
+    """Read a binary pipe until ``text`` comes; return all that was read."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{text!r} never came; got {seen!r}"
+        if select.select([pipe], [], [], left)[0]:
+            chunk = os.read(pipe.fileno(), 4096)
+            assert chunk, f"the process ended before {text!r}; got {seen!r}"
+            seen += chunk
+    return seen
+
+
+def test_a_second_ctrl_c_stops_waiting_for_hung_calls_at_once(manage, tmp_path, fake_openai):
+    fake_openai.reply("fast answer")
+    fake_openai.hang(600)
+    source = write_lines(tmp_path / "in.jsonl", ['"one"', '"two"'])
+    output = tmp_path / "out.jsonl"
+    env = manage.env(
+        {"LLM_SUMMARIZE_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_TIMEOUT": "600"}
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "llm",
+            "summarize",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+        ],
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        # One call at a time (the default): item 2 is sent once item 1 has its answer, which is then written.
+        deadline = time.monotonic() + 30
+        while (not output.exists() or not output.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        seen = read_until(process.stderr, b"press Ctrl-C again to stop now.")
+        assert b"Stopping: waiting for 1 call(s) under way" in seen
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        process.kill()
+    err = (seen + process.stderr.read()).decode()
+    assert "Interrupted: stopped waiting for 1 call(s); what finished is in" in err
+    assert "Traceback" not in err
+    assert [record["text"] for record in read_records(output)] == ["fast answer"]

@@ -7,6 +7,7 @@ import sys
 from django.core.management.base import CommandError
 
 from llmapp import batch
+from llmapp.management import outputfile
 from llmapp.usecases import get_usecase
 
 
@@ -15,79 +16,165 @@ class BatchRun:
         self.command = command
         self.options = options
         self.usecase = options["usecase"]
+        self.input = options["input"]
+        self.output = options["output"]
 
     def run(self):
         get_usecase(self.usecase)  # an unknown use case fails before any input is read
         concurrency = self.options["concurrency"]
         if concurrency < 1:
             raise CommandError(f"--concurrency must be at least 1, got {concurrency}.")
-        with self.open_input() as lines:
-            items = batch.read_items(lines)
-            if self.options["enqueue"]:
-                self.enqueue(items)
-            else:
-                self.run_here(items, concurrency)
+        if not self.output and not self.options["enqueue"]:
+            raise CommandError("--input needs --output FILE (or '-' for standard output).")
+        with self.open_input() as (lines, input_file):
+            try:
+                if self.options["enqueue"]:
+                    self.enqueue(batch.read_items(lines))
+                else:
+                    self.run_here(lines, input_file, concurrency)
+            except batch.InputError as exc:
+                raise CommandError(f"--input {self.input_name}: {exc}.") from None
+
+    @property
+    def input_name(self):
+        return "standard input" if self.input == "-" else self.input
+
+    @property
+    def output_name(self):
+        return "standard output" if self.output == "-" else self.output
 
     @contextlib.contextmanager
     def open_input(self):
-        path = self.options["input"]
-        if path == "-":
-            yield self.options.get("stdin", sys.stdin)
+        """Yield the input's lines, as bytes so that a bad byte names its line, and its stat."""
+        if self.input == "-":
+            stdin = self.options.get("stdin", sys.stdin)
+            yield getattr(stdin, "buffer", stdin), outputfile.stat_of(stdin)
             return
         try:
-            handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+            handle = open(self.input, "rb")  # noqa: SIM115 (closed below)
         except OSError as exc:
-            raise CommandError(f"cannot read --input {path}: {exc.strerror}.") from None
+            raise CommandError(f"cannot read --input {self.input}: {exc.strerror}.") from None
         with handle:
-            yield handle
+            yield handle, os.fstat(handle.fileno())
 
-    def run_here(self, items, concurrency):
-        output = self.options["output"]
-        if not output:
-            raise CommandError("--input needs --output FILE (or '-' for standard output).")
-        skip = set() if output == "-" else batch.completed_ids(output)
-        bar = self.progress_bar()
-        try:
-            with self.open_output(output) as out:
+    def run_here(self, lines, input_file, concurrency):
+        if self.output == "-":
+            if outputfile.same_file(outputfile.stat_of(self.command.stdout), input_file):
+                raise CommandError("standard output is the input file itself; redirect it to another file.")
+        else:
+            outputfile.check(self.output, input_file=input_file)
+        positions = {}  # id: input line; no id twice, and the order a resumed output is put back in
+        total = None
+        if _seekable(lines):
+            # A file is checked whole before any call. A pipe cannot be read twice: a bad
+            # line in it stops the batch when it is reached.
+            start = lines.tell()
+            for _ in batch.read_items(lines, positions):
+                pass
+            lines.seek(start)
+            total = len(positions)
+        items = batch.read_items(lines, positions)
+        if self.output == "-":
+            self.report(self.execute(items, self.write_stdout, concurrency, total))
+        else:
+            self.report(self.run_to_file(items, input_file, positions, concurrency, total))
 
-                def write(record):
-                    out.write(batch.dumps(record))
-                    out.flush()
+    def write_stdout(self, record):
+        self.command.stdout.write(batch.dumps(record))
+        self.command.stdout.flush()
 
+    def run_to_file(self, items, input_file, positions, concurrency, total):
+        """Run ``items`` into --output, locked; resume what it holds, and leave it in input order."""
+        with outputfile.open_output(self.output, input_file=input_file) as out:
+            resumed = out.size > 0
+            skip = set()
+            if resumed:
+                with out.reader() as previous:
+                    skip = batch.finished_ids(previous)
+            written = 0
+
+            def write(record):
+                nonlocal written
                 try:
-                    stats = batch.run_batch(
-                        self.usecase,
-                        items,
-                        write,
-                        concurrency=concurrency,
-                        skip=skip,
-                        progress=bar.update if bar else None,
-                    )
+                    out.write(batch.dumps(record).encode())
+                except OSError as exc:
+                    raise CommandError(
+                        f"cannot write --output {self.output}: {exc.strerror}. It holds every record "
+                        f"written before ({written} by this run); make room, then run the same command "
+                        "to resume."
+                    ) from None
+                written += 1
+
+            try:
+                stats = self.execute(items, write, concurrency, total, skip)
+            except batch.InputError as exc:
+                if resumed:
+                    self.put_in_order(out, positions)
+                raise CommandError(
+                    f"--input {self.input_name}: {exc}. The batch stopped there; the results of the "
+                    f"lines before it are in {self.output}."
+                ) from None
+            if resumed:
+                try:
+                    self.put_in_order(out, positions)
                 except KeyboardInterrupt:
-                    self.command.stderr.write(
-                        f"\nInterrupted: what finished is in {output}; run the same command to resume."
-                    )
-                    sys.exit(130)
+                    stats.interrupted = True
+            return stats
+
+    def execute(self, items, write, concurrency, total, skip=frozenset()):
+        bar = self.progress_bar(total)
+        try:
+            return batch.run_batch(
+                self.usecase,
+                items,
+                write,
+                concurrency=concurrency,
+                skip=skip,
+                progress=bar.update if bar else None,
+                waiting=self.waiting,
+            )
         finally:
             if bar:
                 bar.close()
+
+    def put_in_order(self, out, positions):
+        try:
+            with out.reader() as previous:
+                out.replace(batch.in_input_order(previous, positions))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot put --output {self.output} back in input order: {exc.strerror}. Every record "
+                "is in it; the next run of the same command tries again."
+            ) from None
+
+    def waiting(self, count):
+        self.command.stderr.write(
+            f"\nStopping: waiting for {count} call(s) under way; press Ctrl-C again to stop now."
+        )
+        self.command.stderr.flush()
+
+    def report(self, stats):
+        if stats.interrupted:
+            stopped = f"stopped waiting for {stats.running} call(s); " if stats.running else ""
+            self.command.stderr.write(
+                f"\nInterrupted: {stopped}what finished is in {self.output_name}; "
+                "run the same command to resume."
+            )
+            if stats.running:
+                # Threads still in a call would hold up the interpreter's exit until their timeout.
+                self.command.stdout.flush()
+                self.command.stderr.flush()
+                os._exit(130)
+            sys.exit(130)
         summary = f"{stats.done} done, {stats.failed} failed"
         if stats.skipped:
-            summary += f", {stats.skipped} skipped (already in {output})"
+            summary += f", {stats.skipped} skipped (already in {self.output})"
         if stats.failed:
-            raise CommandError(f"{summary}; the failed items are in {output} with their error.")
+            raise CommandError(f"{summary}; the failed items are in {self.output_name} with their error.")
         if self.options["verbosity"] >= 1 and not self.options["quiet"]:
             self.command.stderr.write(summary)
 
-    def open_output(self, output):
-        if output == "-":
-            return contextlib.nullcontext(self.command.stdout)
-        try:
-            return open(output, "a", encoding="utf-8")
-        except OSError as exc:
-            raise CommandError(f"cannot write --output {output}: {exc.strerror}.") from None
-
-    def progress_bar(self):
+    def progress_bar(self, total):
         stream = self.command.stderr._out
         if self.options["quiet"] or not stream.isatty():
             return None
@@ -95,15 +182,8 @@ class BatchRun:
             from tqdm import tqdm
         except ImportError:
             return None
-        bar = tqdm(total=self.count_input(), file=stream, unit="item", **_terminal_size(stream))
+        bar = tqdm(total=total, file=stream, unit="item", **_terminal_size(stream))
         return ProgressBar(bar)
-
-    def count_input(self):
-        path = self.options["input"]
-        if path == "-":
-            return None
-        with open(path, "rb") as handle:
-            return sum(1 for line in handle if line.strip())
 
     def enqueue(self, items):
         from llmapp.tasks import enqueue_batch
@@ -114,6 +194,13 @@ class BatchRun:
             f"Follow it with `manage.py llm_batch status {created.pk}`; "
             f"write its results with `manage.py llm_batch collect {created.pk} --output FILE`."
         )
+
+
+def _seekable(lines):
+    try:
+        return lines.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _terminal_size(stream):

@@ -1,10 +1,9 @@
-import contextlib
-
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from llmapp.exceptions import LLMError
 from llmapp.management.durations import AGE_FORMAT, parse_age
+from llmapp.management.outputfile import open_output
 from llmapp.models import Batch, BatchItem
 
 FINISHED = (BatchItem.Status.DONE, BatchItem.Status.FAILED)
@@ -92,10 +91,23 @@ class Command(BaseCommand):
         output = options["output"]
         written = 0
         items = owner.items.filter(status__in=FINISHED).order_by("position").values_list("result", flat=True)
-        with self.open_output(output) as out:
+
+        def lines():
+            nonlocal written
             for line in items.iterator(chunk_size=1000):
-                out.write(line)
+                yield line
                 written += 1
+
+        if output == "-":
+            for line in lines():
+                self.stdout.write(line)
+        else:
+            # Replaced whole, so that a failure leaves what an earlier collect wrote.
+            with open_output(output) as out:
+                try:
+                    out.replace(line.encode() for line in lines())
+                except OSError as exc:
+                    raise CommandError(f"cannot write --output {output}: {exc.strerror}.") from None
         counts = owner.counts()
         unfinished = owner.total - Batch.finished(counts)
         failed = counts[BatchItem.Status.FAILED]
@@ -124,11 +136,3 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if options["verbosity"] >= 1:
             self.stdout.write(f"Enqueued {count} pending item(s) of batch {owner.pk} again.")
-
-    def open_output(self, output):
-        if output == "-":
-            return contextlib.nullcontext(self.stdout)
-        try:
-            return open(output, "w", encoding="utf-8")
-        except OSError as exc:
-            raise CommandError(f"cannot write --output {output}: {exc.strerror}.") from None

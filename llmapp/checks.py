@@ -7,8 +7,6 @@ misconfigured use case fails with its own one-line error. ``initialize_app`` log
 the errors at start-up in servers, where no command lists them.
 """
 
-import numbers
-
 from django.core import checks
 
 from . import conf, eventstream, tsdb
@@ -16,7 +14,14 @@ from .backends import backend_class
 from .exceptions import ConfigurationError
 from .metrics.checks import check_metrics
 from .providers import PROVIDER_KEYS, providers
-from .service import is_valid_max_output_tokens, is_valid_temperature
+from .redaction import redact
+from .service import (
+    MAX_TIMEOUT,
+    is_valid_max_output_tokens,
+    is_valid_retries,
+    is_valid_temperature,
+    is_valid_timeout,
+)
 from .startup import called_from
 from .usecases import BUILTIN_USECASES, _code_usecases, _resolve
 
@@ -164,10 +169,15 @@ def _check_usecases(backends):
         if usecase.provider not in providers_config:
             messages.append(
                 checks.Error(
-                    f"Use case {name!r} names provider {usecase.provider!r} ({usecase.origin('PROVIDER')}), "
-                    "which LLM_PROVIDERS does not configure.",
-                    hint=f"Use one of {', '.join(map(repr, providers_config))}, or add {usecase.provider!r} "
-                    "to LLM_PROVIDERS.",
+                    # redact(): the name may be a key pasted into LLM_<USECASE>_PROVIDER.
+                    redact(
+                        f"Use case {name!r} names provider {usecase.provider!r} "
+                        f"({usecase.origin('PROVIDER')}), which LLM_PROVIDERS does not configure."
+                    ),
+                    hint=redact(
+                        f"Use one of {', '.join(map(repr, providers_config))}, or add {usecase.provider!r} "
+                        "to LLM_PROVIDERS."
+                    ),
                     id="llmapp.E004",
                 )
             )
@@ -225,16 +235,17 @@ def _check_usecase_values(usecase):
             )
         )
     timeout = usecase.timeout
-    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or timeout <= 0:
+    if not is_valid_timeout(timeout):
         messages.append(
             checks.Error(
                 f"Use case {usecase.name!r} has TIMEOUT {timeout!r} ({usecase.origin('TIMEOUT')}).",
-                hint="Use a positive number of seconds: the deadline over all attempts and fallbacks.",
+                hint=f"Use a number of seconds above 0 and at most {MAX_TIMEOUT}: the deadline over all "
+                "attempts and fallbacks.",
                 id="llmapp.E006",
             )
         )
     retries = usecase.retries
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+    if not is_valid_retries(retries):
         messages.append(
             checks.Error(
                 f"Use case {usecase.name!r} has RETRIES {retries!r} ({usecase.origin('RETRIES')}).",

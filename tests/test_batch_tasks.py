@@ -280,3 +280,10 @@ def test_resume_stale_after_runs_again_what_a_dead_worker_left_running(tmp_path,
         command("llm_batch", "resume", str(batch_id), "--stale-after", "soon")
     with pytest.raises(CommandError, match="--stale-after goes with resume"):
         command("llm_batch", "status", str(batch_id), "--stale-after", "1h")
+
+
+def test_an_argument_error_is_one_line(manage):
+    result = manage("llm_batch", "bogus", "1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("CommandError: argument action: invalid choice: 'bogus'")
+    assert result.stderr.count("\n") == 1

@@ -88,7 +88,16 @@ def test_environment_values_are_checked_too(settings, monkeypatch):
     settings.LLM_USECASE_ENV_OVERRIDES = True
     ids, output = check()
     assert ids == ["llmapp.E006"]
-    assert "LLM_EXAMPLE_MAX_OUTPUT_TOKENS='many'" in output
+    assert "LLM_EXAMPLE_MAX_OUTPUT_TOKENS must be a whole number" in output and "many" not in output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_a_timeout_that_is_no_number_of_seconds_is_an_error(settings, monkeypatch, value):
+    monkeypatch.setenv("LLM_SUMMARIZE_TIMEOUT", value)
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    ids, output = check()
+    assert ids == ["llmapp.E006"]
+    assert f"TIMEOUT {float(value)!r} (from LLM_SUMMARIZE_TIMEOUT)" in output
 
 
 def test_unknown_eventstream_or_tsdb(settings):

@@ -1,7 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from llmapp.exceptions import LLMError
+from llmapp.management.base import LLMCommand
 from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.management.outputfile import open_output
 from llmapp.models import Batch, BatchItem
@@ -19,7 +20,7 @@ ACTIONS = {
 }
 
 
-class Command(BaseCommand):
+class Command(LLMCommand):
     help = (
         "Follow a batch that `manage.py llm USECASE --input FILE --enqueue` sent to the tasks backend: "
         "show its progress, write its results, or enqueue its pending items again."

@@ -3,11 +3,14 @@
 Built with sentry-sdk's own event builder (frames with source context and local
 variables), then scrubbed of secrets, of the call's content unless
 LLM_LOG_CONTENT is on, and bounded in size before it is stored with the event.
+:func:`call_contents` and :func:`withhold` also keep content out of Sentry's own
+events (see ``llmapp.sdk.scrubbing``).
 """
 
 import json
 
 from . import conf
+from .types import Completion, CompletionRequest
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
 MAX_FRAMES = 30
@@ -29,19 +32,49 @@ def capture_exception(error, request):
         return None
     from sentry_sdk.utils import event_from_exception
 
-    from .sdk.scrubbing import scrub, secret_values
+    from .sdk.scrubbing import scrub
 
     event, _ = event_from_exception(error, client_options=_BUILDER_OPTIONS)
     values = event["exception"]["values"]
     if not conf.get_setting("LLM_LOG_CONTENT"):
-        values = _withhold(values, [request.message, request.prompt])
-    values = _bound(scrub(values, secret_values()))
+        values = withhold(values, [request.message, request.prompt, *call_contents(error)])
+    values = _bound(scrub(values))
     return {"values": values}
 
 
-def _withhold(data, contents):
-    needles = []
+def call_contents(error):
+    """Return the prompts, messages and answers of the llmapp calls in the frames of ``error``.
+
+    ``error`` is an exception or an ``exc_info`` tuple; its causes and contexts count too.
+    Found in the frames' CompletionRequest and Completion objects, and in the ``message``
+    and ``prompt`` arguments of the service's functions (before a request exists).
+    """
+    if isinstance(error, tuple):
+        error = error[1] if len(error) > 1 else None
+    contents, seen = [], set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        traceback = error.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            in_service = frame.f_globals.get("__name__") == "llmapp.service"
+            for name, value in frame.f_locals.items():
+                if isinstance(value, CompletionRequest):
+                    contents += [value.message, value.prompt]
+                elif isinstance(value, Completion):
+                    contents.append(value.text)
+                elif in_service and name in ("message", "prompt") and isinstance(value, str):
+                    contents.append(value)
+            traceback = traceback.tb_next
+        error = error.__cause__ or error.__context__
+    return [text for text in dict.fromkeys(contents) if text]
+
+
+def withhold(data, contents):
+    """Return a copy of ``data`` with each text in ``contents`` replaced, at any depth, by WITHHELD."""
+    needles, whole = [], set()
     for text in filter(None, contents):
+        whole.add(text)
         # Quoted, as a repr or JSON shows it: specific enough for a short text like "hi".
         needles += [(repr(text), repr(WITHHELD)), (json.dumps(text), json.dumps(WITHHELD))]
         if len(text) >= 4:
@@ -51,6 +84,8 @@ def _withhold(data, contents):
 
     def walk(value):
         if isinstance(value, str):
+            if value in whole:  # even "hi", when it is the whole value
+                return WITHHELD
             for needle, replacement in needles:
                 value = value.replace(needle, replacement)
             return value

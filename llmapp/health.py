@@ -32,7 +32,7 @@ class ProviderHealth:
     masked_key: str = ""
     #: The model a use case that names none gets.
     default_model: str | None = None
-    #: OPTIONS with secrets masked and URL credentials removed.
+    #: OPTIONS with secrets masked: the key, URL credentials, every custom header's value.
     options: dict = field(default_factory=dict)
     #: The server it calls, credentials masked, when the backend has one.
     base_url: str | None = None
@@ -73,6 +73,7 @@ def provider_health(alias):
         backend = None
 
     secrets = backend.secrets() if backend is not None else []
+    key = backend.configured_key() if backend is not None else None
     if backend is not None:
         # The backend's own check() says when a missing key is a problem (a local
         # OpenAI-compatible server needs none).
@@ -85,8 +86,8 @@ def provider_health(alias):
         extra=cls.extra,
         extra_installed=extra_installed,
         needs_key=bool(backend.api_key_variables) if backend is not None else False,
-        key_present=bool(secrets),
-        masked_key=mask(secrets[0]) if secrets else "",
+        key_present=bool(key),
+        masked_key=mask(key),
         default_model=backend.model if backend is not None else None,
         options=safe_options(backend) if backend is not None else {},
         base_url=_base_url(backend),
@@ -100,7 +101,8 @@ def safe_options(backend):
     shown = {}
     for name, value in sorted(backend.options.items()):
         # The backend names its secret options; scrub() masks secret-named keys nested
-        # below them (an Authorization in default_headers) and known secrets anywhere.
+        # below them (an Authorization in default_headers) and the backend's secrets, every
+        # custom header's value among them, anywhere.
         shown[name] = mask(value) if name in backend.secret_options else scrub(value, secrets)
     return shown
 

@@ -328,32 +328,36 @@ def test_dry_run_describes_what_is_sent_with_the_key_masked(anthropic_provider, 
     assert API_KEY not in text and "••••CRET" in text
     assert "gwsecret123456" not in text and "••••3456" in text
 
-    # The same auth and version headers as the SDK really sends.
+    # The same headers as the SDK really sends: custom ones masked, whatever their name says.
     complete_prompt("summarize", "hi", provider="anthropic", max_output_tokens=50)
     [sent] = anthropic_provider.requests
-    headers = {name.lower(): value for name, value in described["headers"].items()}
+    headers = described["headers"]
+    assert set(headers) == set(sent.headers)
     assert headers["anthropic-version"] == sent.headers["anthropic-version"]
-    assert headers["x-team"] == sent.headers["x-team"] == "support"
+    assert sent.headers["x-team"] == "support" and headers["x-team"] == "••••"
     auth = "x-api-key" if "x-api-key" in sent.headers else "authorization"
     assert headers[auth] == sent.headers[auth].replace(API_KEY, "••••CRET")
-    assert {key: value for key, value in described["json"].items()} == sent.body
+    assert described["json"] == sent.body
     assert API_KEY not in repr(backend) and API_KEY not in repr(backend.__dict__.get("_client"))
 
 
-def test_dry_run_without_the_sdk_shows_the_documented_headers(monkeypatch):
-    monkeypatch.setitem(sys.modules, "anthropic", None)
-    backend = AnthropicProvider("a", options={"api_key": API_KEY})
+def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
     request = CompletionRequest("summarize", "hi", "Be brief.", "a", DEFAULT_MODEL, 0.5, 10)
+    backend = AnthropicProvider("a", options={"api_key": API_KEY})
     described = backend.describe_request(request)
     assert described["url"] == "https://api.anthropic.com/v1/messages"
-    assert described["headers"]["x-api-key"] == "••••CRET"
-    assert described["headers"]["anthropic-version"] == "2023-06-01"
-    assert described["json"]["system"] == "Be brief." and described["json"]["temperature"] == 0.5
+    assert described["json"]["system"] == "Be brief."
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="has no API key"):
+        AnthropicProvider("a").describe_request(request)
+    monkeypatch.setitem(sys.modules, "anthropic", None)
+    with pytest.raises(ImproperlyInstalled, match=r'pip install "llmapp\[anthropic\]"'):
+        AnthropicProvider("a", options={"api_key": API_KEY}).describe_request(request)
 
 
 def test_the_sdk_is_imported_only_when_the_provider_is_used():
     code = (
-        "import sys, django; from llmapp.runner import configure; configure('settings.test');"
+        "import sys, django; from llmproject.runner import configure; configure('settings.test');"
         "django.setup(); from django.conf import settings; from django.core import checks;"
         f"settings.LLM_PROVIDERS = {{'default': {{'BACKEND': {BACKEND!r}, 'OPTIONS': {{'api_key': 'k'}}}}}};"
         "from llmapp.service import prepare_request; prepare_request('summarize', 'hi');"

@@ -48,13 +48,19 @@ def test_openai_with_a_key_shows_it_masked_and_url_credentials_removed(settings)
         token_limit_parameter="max_tokens",
     )
     health = provider_health("openai")
-    assert health.ok, health.problems
+    # The HTTP client sends URL credentials as Authorization: Basic, in place of the key's Bearer.
+    [problem] = health.problems
+    assert "base_url'] carries credentials" in problem and "the API key is not sent" in problem
     assert (health.needs_key, health.key_present, health.masked_key) == (True, True, "••••" + API_KEY[-4:])
     assert health.package == "openai" and health.extra_installed
     assert health.base_url == "https://••••@llm.example.com/v1"
     assert health.options["api_key"] == "••••" + API_KEY[-4:]
     assert health.options["base_url"] == "https://••••@llm.example.com/v1"
-    assert health.options["default_headers"] == {"Authorization": "••••" + API_KEY[-4:], "X-Team": "ops"}
+    # Every custom header's value is a secret unless the header is a well-known public one.
+    assert health.options["default_headers"] == {
+        "Authorization": "Bearer ••••" + API_KEY[-4:],
+        "X-Team": "••••",
+    }
     # Only the backend's secret options are masked, not every name that mentions a token.
     assert health.options["token_limit_parameter"] == "max_tokens"
     assert API_KEY not in repr(health) and "pa55word" not in repr(health)

@@ -137,8 +137,13 @@ def test_unreachable_base_url_is_one_clear_error(settings):
 def test_missing_api_key_for_the_official_api_names_the_setting(settings, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     settings.LLM_PROVIDERS = {"default": {"BACKEND": "llmapp.providers.openai.OpenAIProvider"}}
-    with pytest.raises(ConfigurationError, match=r"has no API key: set OPENAI_API_KEY"):
+    with pytest.raises(ConfigurationError) as raised:
         complete_prompt("summarize", "hi")
+    # Raised from views too: no word of a .env file or CLI flags the host project may not have.
+    assert str(raised.value) == (
+        "provider 'default' has no API key: set OPENAI_API_KEY "
+        "or LLM_PROVIDERS['default']['OPTIONS']['api_key']."
+    )
 
 
 def test_missing_extra_names_the_pip_command(settings, monkeypatch):
@@ -156,9 +161,14 @@ def test_dry_run_description_masks_the_key(openai_provider):
     request, backend = prepare_request("summarize", "hi", provider="openai")
     described = backend.describe_request(request)
     assert described["url"] == f"{openai_provider.base_url}/chat/completions"
-    assert described["headers"]["Authorization"] == "Bearer ••••CRET"
+    assert described["headers"]["authorization"] == "Bearer ••••CRET"
     assert described["json"]["temperature"] == 0.4
     assert openai_provider.requests == []
+    # Built by the SDK: the very headers and body a real call sends, the key masked.
+    complete_prompt("summarize", "hi", provider="openai")
+    [sent] = openai_provider.requests
+    assert described["json"] == sent.body
+    assert set(described["headers"]) == set(sent.headers)
     assert API_KEY not in repr(backend) and API_KEY not in repr(backend.__dict__.get("_client"))
 
 
@@ -181,12 +191,13 @@ def test_azure_options_select_the_azure_client_and_url():
         "?api-version=2024-10-21"
     )
     assert described["headers"]["api-key"] == "••••CRET"
+    assert "authorization" not in described["headers"]
     assert type(backend.client).__name__ == "AzureOpenAI"
 
 
 def test_the_sdk_is_imported_only_when_the_provider_is_used():
     code = (
-        "import sys, django; from llmapp.runner import configure; configure('settings.test');"
+        "import sys, django; from llmproject.runner import configure; configure('settings.test');"
         "django.setup(); from llmapp import complete_prompt;"
         "complete_prompt('summarize', 'hi');"
         "print('openai' in sys.modules)"

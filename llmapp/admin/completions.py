@@ -34,7 +34,10 @@ class CompletionEventAdmin(admin.ModelAdmin):
     )
     list_display_links = ("created_at",)
     list_filter = (("usecase", UseCaseFilter), "provider", "status", "created_at")
-    search_fields = ("usecase", "provider", "model", "request_id", "error_type", "error_message")
+    # Only fields that can hold no secret: a search matches stored text, not the masked text
+    # shown, so searching error_message would let a view-only user guess a secret a character
+    # at a time (an event recorded before its key was configured keeps it in clear).
+    search_fields = ("usecase", "provider", "model", "request_id", "error_type")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     list_per_page = 50

@@ -1,6 +1,6 @@
 """Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
 
-from ..sdk.scrubbing import scrub, secret_values
+from ..sdk.scrubbing import scrub
 
 NO_VALUE = "—"
 
@@ -11,7 +11,7 @@ def safe(value):
     Stored events are scrubbed when recorded; this scrubs again when shown, so a
     key configured after an event was recorded still never reaches a page.
     """
-    return scrub(value, secret_values())
+    return scrub(value)
 
 
 def milliseconds(value):

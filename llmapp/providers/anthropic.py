@@ -16,7 +16,6 @@ from ..exceptions import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from ..redaction import is_secret_name, mask
 from ..types import Completion
 from .base import SDKProvider
 
@@ -27,8 +26,6 @@ from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"
 DEFAULT_TIMEOUT = 30
-#: The documented version header, shown by --dry-run when the SDK cannot say which one it sends.
-ANTHROPIC_VERSION = "2023-06-01"
 # 529: Anthropic is overloaded; try again shortly.
 TRANSIENT_STATUSES = _HTTP_TRANSIENT_STATUSES | {529}
 # An error event inside a 200 stream carries only its type; this is the status it stands for.
@@ -87,49 +84,22 @@ class AnthropicProvider(SDKProvider):
             payload["timeout"] = request.timeout
         return payload
 
-    def describe_request(self, request):
-        return {
-            "method": "POST",
-            "url": self.redact(f"{self.base_url}/v1/messages"),
-            "headers": {"Content-Type": "application/json", **self._described_headers()},
-            "json": {key: value for key, value in self.build_payload(request).items() if key != "timeout"},
-        }
-
-    def _described_headers(self):
-        """Return the auth, version and custom headers the SDK sends, the key masked."""
-        try:
-            key = self.api_key
-        except ConfigurationError:
-            return {"x-api-key": "(no API key set)", "anthropic-version": ANTHROPIC_VERSION}
-        try:
-            client = self.client
-        except ConfigurationError:  # the SDK is not installed: show the documented headers
-            return {"x-api-key": mask(key), "anthropic-version": ANTHROPIC_VERSION}
-        # SDK versions differ in how they send the key (x-api-key or Authorization: Bearer),
-        # so ask the client rather than assume.
-        names = {*client.auth_headers, "anthropic-version", *(self.options.get("default_headers") or {})}
-        return {
-            # The key shows masked in place; any other header named like a secret (a
-            # gateway token) is masked whole.
-            name: mask(value)
-            if is_secret_name(name) and key not in value
-            else self.redact(value.replace(key, mask(key)))
-            for name, value in client.default_headers.items()
-            if name in names and isinstance(value, str)
-        }
-
     # -- clients ---------------------------------------------------------------------
 
-    def build_client(self, asynchronous=False):
+    def build_client(self, asynchronous=False, transport=None):
         anthropic = self.import_sdk()
         cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
-        return cls(**self._client_options())
+        options = self._client_options()
+        if transport is not None:
+            # No proxies from the environment: they would route around the transport.
+            options["http_client"] = anthropic.DefaultHttpxClient(transport=transport, trust_env=False)
+        return cls(**options)
 
     def _client_options(self):
         return {
             "api_key": self.api_key,
             # Always explicit, so that ANTHROPIC_BASE_URL cannot send calls elsewhere than
-            # describe_request() says.
+            # the options say.
             "base_url": self.base_url,
             "timeout": self.options.get("timeout", DEFAULT_TIMEOUT),
             # llmapp owns retries: the SDK must not retry on its own.

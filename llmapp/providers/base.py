@@ -3,6 +3,7 @@
 import asyncio
 import importlib
 import importlib.util
+import json
 import os
 import threading
 import weakref
@@ -10,7 +11,7 @@ import weakref
 from asgiref.sync import sync_to_async
 
 from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderUnavailable
-from ..redaction import redact
+from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
@@ -63,29 +64,38 @@ class BaseProvider:
     #: Environment variables an API key falls back to, in order; empty for backends with no key.
     api_key_variables = ()
 
+    def configured_key(self):
+        """OPTIONS["api_key"], else the first key variable set, else None (never a placeholder)."""
+        return self.options.get("api_key") or next(
+            (os.environ[name] for name in self.api_key_variables if os.environ.get(name)), None
+        )
+
     @property
     def api_key(self):
-        """OPTIONS["api_key"], else the first key variable set; a placeholder behind a base_url.
+        """The configured key; a placeholder behind a base_url.
 
         Raises ConfigurationError naming what to set when there is none.
         """
-        key = self.options.get("api_key") or next(
-            (os.environ[name] for name in self.api_key_variables if os.environ.get(name)), None
-        )
+        key = self.configured_key()
         if key:
             return key
         if self.options.get("base_url"):
             # A local server or gateway may take no key, but the SDKs insist on one.
             return NO_KEY
         variables = " or ".join(self.api_key_variables) or "an API key"
+        # No word of .env or CLI flags: this reaches views of projects that have neither.
         raise ConfigurationError(
-            f"provider {self.alias!r} has no API key: set {variables} in the environment or .env, "
+            f"provider {self.alias!r} has no API key: set {variables} "
             f"or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
         )
 
     def secrets(self):
-        """Every secret this backend may hold: its secret OPTIONS and its key variables."""
-        secrets = [str(self.options[name]) for name in self.secret_options if self.options.get(name)]
+        """Every credential this backend sends, in every form it travels in.
+
+        Its key (OPTIONS or environment), the values of its custom headers, and the
+        credentials in its URLs, also as the ``Authorization: Basic`` value they become.
+        """
+        secrets = secrets_in(self.options, secret_names=self.secret_options)
         return secrets + [os.environ[name] for name in self.api_key_variables if os.environ.get(name)]
 
     def check_connection(self):
@@ -177,7 +187,8 @@ class SDKProvider(BaseProvider):
 
     Subclasses set ``package``/``extra`` and implement ``build_client()``,
     ``build_payload()``, ``send()``, ``parse()`` and ``translate_error()``; the client
-    is built on first use and shared, and ``complete``/``acomplete`` need no code.
+    is built on first use and shared, and ``complete``, ``acomplete`` and ``describe_request``
+    need no code.
     """
 
     def __init__(self, alias, *, options=None, models=None):
@@ -186,9 +197,19 @@ class SDKProvider(BaseProvider):
         self._client = None
         self._async_clients = weakref.WeakKeyDictionary()
 
-    def build_client(self, asynchronous=False):
-        """Return a new SDK client, an async one when asked; backends with an SDK implement it."""
+    def build_client(self, asynchronous=False, transport=None):
+        """Return a new SDK client, an async one when asked; backends with an SDK implement it.
+
+        With ``transport``, every request of the client goes through that HTTP transport
+        (``--dry-run`` records with one).
+        """
         raise NotImplementedError
+
+    def new_client(self, asynchronous=False, transport=None):
+        """Build a client with the SDK's loggers redacted: httpx logs every URL, userinfo included."""
+        client = self.build_client(asynchronous, transport=transport)
+        redact_sdk_logs()
+        return client
 
     @property
     def client(self):
@@ -196,7 +217,7 @@ class SDKProvider(BaseProvider):
         if self._client is None:
             with self._sdk_lock:
                 if self._client is None:
-                    self._client = self.build_client()
+                    self._client = self.new_client()
         return self._client
 
     def async_client(self):
@@ -208,7 +229,7 @@ class SDKProvider(BaseProvider):
             with self._sdk_lock:
                 client = self._async_clients.get(loop)
                 if client is None:
-                    client = self._async_clients[loop] = self.build_client(asynchronous=True)
+                    client = self._async_clients[loop] = self.new_client(asynchronous=True)
         return client
 
     def build_payload(self, request):
@@ -242,3 +263,50 @@ class SDKProvider(BaseProvider):
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None
         return self.parse(response, request)
+
+    def describe_request(self, request):
+        """Return the request the SDK would send, credentials masked (for --dry-run).
+
+        The SDK builds it, headers and all, as for a real call, and a transport records it
+        instead of sending it: a dry run cannot disagree with the wire. It refuses what a
+        real call would refuse (no key, no SDK).
+        """
+        transport = RecordingTransport()
+        client = self.new_client(transport=transport)
+        try:
+            self.send(client, self.build_payload(request))
+        except Exception as exc:
+            if transport.request is None:
+                raise self.translate_error(exc, timeout=request.timeout) from None
+        finally:
+            client.close()
+        sent = transport.request
+        return {
+            "method": sent.method,
+            "url": self.redact(str(sent.url)),
+            # Lower-case names, as HTTP/2 sends them: the SDK's and the HTTP client's own differ in case.
+            "headers": mask_headers(sent.headers.items()),
+            "json": json.loads(sent.content) if sent.content else None,
+        }
+
+
+class NotSent(Exception):
+    """What RecordingTransport raises in place of an answer."""
+
+
+class RecordingTransport:
+    """An HTTP transport that keeps the request it is given instead of sending it.
+
+    Duck-typed after httpx's BaseTransport, so that llmapp imports no HTTP library: the
+    SDKs use httpx or httpx2, by version.
+    """
+
+    request = None
+
+    def handle_request(self, request):
+        request.read()
+        self.request = request
+        raise NotSent("recorded for --dry-run, not sent")
+
+    def close(self):
+        pass

@@ -12,7 +12,6 @@ import os
 import sys
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
-from ..redaction import mask, redact
 from ..types import Completion
 from .base import NO_KEY, SDKProvider
 from .http import malformed_answer, retry_after, status_error
@@ -94,8 +93,8 @@ class GeminiProvider(SDKProvider):
     def connection(self):
         """Return how to reach the API: the Client's keyword arguments, bar http_options.
 
-        Reads only the options and the environment (no SDK, no network), so checks
-        and --dry-run can use it; raises ConfigurationError naming what to set.
+        Reads only the options and the environment (no SDK, no network), so checks can
+        use it; raises ConfigurationError naming what to set.
         """
         where = f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']"
         if not self.is_vertex:
@@ -110,7 +109,7 @@ class GeminiProvider(SDKProvider):
                 if not self.options.get("base_url"):
                     raise ConfigurationError(
                         f"provider {self.alias!r} has no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) "
-                        f"in the environment or .env, or {where}['api_key']."
+                        f"or {where}['api_key']."
                     )
                 # A proxy at base_url may take no key, but the SDK insists on one.
                 key = NO_KEY
@@ -168,17 +167,6 @@ class GeminiProvider(SDKProvider):
 
     # -- building the call ---------------------------------------------------------
 
-    def build_body(self, request):
-        """Return the REST request body: what the SDK sends for ``build_payload()``."""
-        body = {"contents": [{"parts": [{"text": request.message}], "role": "user"}]}
-        if request.prompt:
-            body["systemInstruction"] = {"parts": [{"text": request.prompt}], "role": "user"}
-        body["generationConfig"] = {
-            "temperature": self.native_temperature(request.temperature),
-            "maxOutputTokens": request.max_output_tokens,
-        }
-        return body
-
     def build_payload(self, request):
         """Return the keyword arguments of ``models.generate_content`` for ``request``."""
         types = self.import_sdk().types
@@ -196,42 +184,9 @@ class GeminiProvider(SDKProvider):
             "config": config,
         }
 
-    def model_path(self, model, connection):
-        """Return the URL path of ``model`` after the version, as the SDK builds it."""
-        if not connection.get("vertexai"):
-            return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-        if model.startswith(("projects/", "models/", "publishers/")):
-            path = model
-        elif "/" in model:
-            publisher, name = model.split("/", 1)
-            path = f"publishers/{publisher}/models/{name}"
-        else:
-            path = f"publishers/google/models/{model}"
-        if connection.get("project") and not path.startswith("projects/"):
-            path = f"projects/{connection['project']}/locations/{connection['location']}/{path}"
-        return path
-
-    def describe_request(self, request):
-        headers = {"Content-Type": "application/json"}
-        try:
-            connection = self.connection()
-        except ConfigurationError:
-            if self.is_vertex:
-                connection = {"vertexai": True, "project": "(no project set)", "location": "global"}
-            else:
-                connection = {"vertexai": False, "api_key": NO_KEY}
-        if connection.get("project") and not connection.get("api_key"):
-            headers["Authorization"] = "Bearer (an access token from the Google Cloud credentials)"
-        if connection.get("api_key"):
-            key = connection["api_key"]
-            headers["x-goog-api-key"] = "(no API key set)" if key == NO_KEY else mask(key)
-        path = self.model_path(request.model, connection)
-        url = f"{self.base_url_for(connection)}/{self.api_version}/{path}:generateContent"
-        return {"method": "POST", "url": redact(url), "headers": headers, "json": self.build_body(request)}
-
     # -- clients ---------------------------------------------------------------------
 
-    def build_client(self, asynchronous=False):
+    def build_client(self, asynchronous=False, transport=None):
         genai = self.import_sdk()
         types = genai.types
         http_options = {
@@ -245,6 +200,14 @@ class GeminiProvider(SDKProvider):
             # implicit retry of aiohttp connection errors in async calls.
             http_options["retry_options"] = types.HttpRetryOptions(attempts=1)
         connection = self.connection()
+        if transport is not None:
+            # No proxies from the environment: they would route around the transport.
+            http_options["client_args"] = {"transport": transport, "trust_env": False}
+            if connection.get("project") and not connection.get("api_key"):
+                # Getting a real access token is a network call: a dry run shows a stand-in.
+                from google.oauth2.credentials import Credentials
+
+                connection["credentials"] = Credentials(token="stand-in-access-token")  # noqa: S106
         try:
             client = genai.Client(
                 **{name: value for name, value in connection.items() if value is not None},

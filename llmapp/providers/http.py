@@ -25,7 +25,8 @@ def status_error(
         provider.redact(f"{detail}; {hint}" if hint else detail),
         provider=provider.alias,
         status_code=status,
-        request_id=request_id,
+        # The server's to choose, like the detail: an echoing one may put a credential in it.
+        request_id=provider.redact(request_id) if request_id else None,
         transient=status in transient,
         retry_after=retry_after,
     )

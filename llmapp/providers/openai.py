@@ -4,8 +4,9 @@ The ``openai`` SDK is imported on first use, never at start-up. Azure OpenAI is
 the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version``.
 """
 
+from urllib.parse import urlsplit
+
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
-from ..redaction import mask, redact
 from ..types import Completion
 from .base import SDKProvider
 from .http import error_message, malformed_answer, retry_after, status_error
@@ -72,36 +73,37 @@ class OpenAIProvider(SDKProvider):
             payload["timeout"] = request.timeout
         return payload
 
-    def describe_request(self, request):
-        headers = {"Content-Type": "application/json"}
-        try:
-            key = mask(self.api_key)
-        except ConfigurationError:
-            key = "(no API key set)"
-        if self.is_azure:
-            headers["api-key"] = key
-            deployment = self.options.get("azure_deployment") or request.model
-            url = f"{self.base_url}/deployments/{deployment}/chat/completions"
-            url += f"?api-version={self.options.get('api_version', '')}"
-        else:
-            headers["Authorization"] = f"Bearer {key}"
-            url = f"{self.base_url}/chat/completions"
-        return {
-            "method": "POST",
-            "url": redact(url),
-            "headers": headers,
-            "json": {key: value for key, value in self.build_payload(request).items() if key != "timeout"},
-        }
-
     # -- clients ---------------------------------------------------------------------
 
-    def build_client(self, asynchronous=False):
+    def build_client(self, asynchronous=False, transport=None):
         openai = self.import_sdk()
         if self.is_azure:
             cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
         else:
             cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-        return cls(**self._client_options())
+        options = self._client_options()
+        if transport is not None:
+            # No proxies from the environment: they would route around the transport.
+            options["http_client"] = openai.DefaultHttpxClient(transport=transport, trust_env=False)
+        return cls(**options)
+
+    def check(self):
+        from django.core import checks
+
+        messages = super().check()
+        if not self.is_azure and urlsplit(self.base_url).username is not None and self.configured_key():
+            # The HTTP client turns URL credentials into Authorization: Basic, which replaces
+            # the key's Authorization: Bearer: say so rather than drop the key in silence.
+            messages.append(
+                checks.Warning(
+                    f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['base_url'] carries credentials, which are "
+                    "sent as Authorization: Basic in place of the API key: the API key is not sent.",
+                    hint="Remove the user:password@ from base_url, or the API key, whichever the server "
+                    "does not need; --dry-run shows the headers sent.",
+                    id="llmapp.W004",
+                )
+            )
+        return messages
 
     def _client_options(self):
         options = {

@@ -1,18 +1,20 @@
-"""Keep secrets out of Sentry events: ``before_send`` and ``before_send_transaction``.
+"""Keep secrets and call content out of Sentry events: ``before_send`` and ``before_send_transaction``.
 
-Two rules, applied to every string in the event (message, exception values,
-request headers, data and cookies, breadcrumbs, extra, contexts, stack-frame
-``vars``, span data):
+Two rules for secrets, applied to every string in the event (message, exception
+values, request headers, data and cookies, breadcrumbs, extra, contexts,
+stack-frame ``vars``, span data):
 
 - a value under a key named like a secret (``api_key``, ``Authorization``, ...)
   is masked whatever it holds;
-- any other string has the secret values known to this process replaced, along
-  with URL credentials and key-shaped strings (see :func:`llmapp.redaction.redact`).
+- any other string has every credential known to this process replaced, in every
+  form it travels in, along with URL credentials, query-string credentials and
+  key-shaped strings (see :func:`llmapp.redaction.redact` and
+  :func:`llmapp.redaction.known_secrets`).
 
-The known secret values are the strings under secret-named keys anywhere in the
-Django settings (``SECRET_KEY``, ``LLM_PROVIDERS[*]["OPTIONS"]["api_key"]``,
-``DATABASES[*]["PASSWORD"]``, ...) and in secret-named environment variables;
-they are collected once and forgotten whenever a setting changes.
+And one for content: the prompts, messages and answers of the llmapp calls in an
+error's traceback are withheld wherever they appear in its event (frame ``vars``
+such as ``message``, ``request``, ``payload`` or a command's ``options``, the
+request body...), unless both ``LLM_LOG_CONTENT`` and ``send_default_pii`` allow them.
 
 If scrubbing fails the hooks do not raise (the SDK would drop the event without a
 word): an error event is replaced by a stripped one that says so, a transaction is
@@ -20,33 +22,26 @@ dropped, and the failure is logged to ``llmapp.sdk.scrubbing``.
 """
 
 import logging
-import os
 
-from django.conf import settings
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-
-from llmapp.conf import on_change
-from llmapp.redaction import is_secret_name, mask, redact
+from llmapp import conf
+from llmapp.frames import call_contents, withhold
+from llmapp.redaction import is_secret_name, known_secrets, mask, redact
 
 logger = logging.getLogger(__name__)
 
-# Shorter values would replace common words; such values are still masked under a
-# secret-named key.
-MIN_SECRET_LENGTH = 6
-# Django settings whose names look secret but hold public configuration.
-NOT_SECRET_SETTINGS = frozenset({"AUTH_PASSWORD_VALIDATORS", "PASSWORD_HASHERS", "PASSWORD_RESET_TIMEOUT"})
 # Event fields that can hold nothing secret: what a stripped event keeps.
 SAFE_EVENT_FIELDS = ("event_id", "timestamp", "level", "platform", "release", "environment", "sdk")
-_MAX_DEPTH = 32
 
-_secret_values = None
+#: The secrets in settings and the environment (kept under this name for the hooks' callers).
+secret_values = known_secrets
 
 
 def before_send(event, hint):
-    """Return the error event with secrets masked; never raises."""
+    """Return the error event with secrets masked, and call content withheld; never raises."""
     try:
-        return scrub(event, secret_values())
+        if not content_allowed():
+            event = withhold(event, call_contents((hint or {}).get("exc_info")))
+        return scrub(event)
     except Exception:
         logger.exception("Could not scrub a Sentry event; sending a stripped copy instead")
         return _stripped(event)
@@ -55,13 +50,20 @@ def before_send(event, hint):
 def before_send_transaction(event, hint):
     """Return the transaction with secrets masked, or ``None`` if that fails; never raises."""
     try:
-        return scrub(event, secret_values())
+        return scrub(event)
     except Exception:
         logger.exception("Could not scrub a Sentry transaction; dropping it")
         return None
 
 
-def scrub(data, secrets, key=None):
+def content_allowed():
+    """Say whether prompts and answers may reach Sentry: if LLM_LOG_CONTENT and send_default_pii agree."""
+    import sentry_sdk
+
+    return bool(conf.get_setting("LLM_LOG_CONTENT")) and sentry_sdk.get_client().should_send_default_pii()
+
+
+def scrub(data, secrets=(), key=None):
     """Return a copy of ``data`` with every string scrubbed; ``key`` is the key it sits under."""
     if isinstance(data, str):
         return mask(data) if key is not None and is_secret_name(key) else redact(data, secrets)
@@ -73,51 +75,6 @@ def scrub(data, secrets, key=None):
             return [data[0], scrub(data[1], secrets, data[0])]
         return [scrub(item, secrets, key) for item in data]
     return data
-
-
-def secret_values():
-    """Return the secret values in settings and the environment, longest first."""
-    global _secret_values
-    if _secret_values is None:
-        found = set()
-        for name in dir(settings):
-            if name.isupper() and name not in NOT_SECRET_SETTINGS:
-                _collect(name, getattr(settings, name, None), found)
-        for name, value in os.environ.items():
-            _collect(name, value, found)
-        # Longest first, so that a secret containing another is replaced whole.
-        _secret_values = tuple(
-            sorted((value for value in found if len(value) >= MIN_SECRET_LENGTH), key=len, reverse=True)
-        )
-    return _secret_values
-
-
-@on_change
-def forget_secret_values():
-    global _secret_values
-    _secret_values = None
-
-
-@receiver(setting_changed)
-def _setting_changed(*, setting, **kwargs):
-    # on_change covers LLM_* settings only; secrets also live in SECRET_KEY,
-    # DATABASES, SENTRY_SDK_CONFIG...
-    forget_secret_values()
-
-
-def _collect(name, value, found, depth=0):
-    """Add to ``found`` the strings in ``value`` whose nearest key is named like a secret."""
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(value, str):
-        if is_secret_name(name):
-            found.add(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _collect(key, item, found, depth + 1)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            _collect(name, item, found, depth + 1)
 
 
 def _stripped(event):

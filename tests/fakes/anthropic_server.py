@@ -129,6 +129,9 @@ class FakeAnthropicServer(FakeHTTPServer):
             )
         )
 
+    def _error_payload(self, status: int, message: str) -> dict[str, Any]:
+        return _error_body(_error_type(status), message)
+
     def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
         if request.method != "POST" or request.path != MESSAGES_PATH:
             return 404, _error_body("not_found_error", f"Not found: {request.method} {request.path}")

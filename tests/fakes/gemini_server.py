@@ -175,6 +175,9 @@ class FakeGeminiServer(FakeHTTPServer):
         params = {key: values[-1] for key, values in parse_qs(query).items()}
         return RecordedRequest(method, path, params, headers, body, match.groupdict() if match else {})
 
+    def _error_payload(self, status: int, message: str) -> dict[str, Any]:
+        return error_body(status, message)
+
     def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
         if request.method != "POST" or not request.route:
             return 404, error_body(404, f"Invalid URL ({request.method} {request.path})")

@@ -2,11 +2,12 @@
 
 A provider fake subclasses ``FakeHTTPServer`` and supplies only what differs: its routes
 (``_direct_answer``, ``_streams``), its JSON shapes (``_completion``), its event stream
-(``_events``) and its error shape (its own ``reply_error``).
+(``_events``) and its error shape (its own ``reply_error`` and ``_error_payload``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Self
 
 __all__ = [
+    "EchoReply",
     "Events",
     "FakeHTTPServer",
     "HTTPListener",
@@ -75,6 +77,18 @@ class StreamReply:
     completion_tokens: int | None = None
     cut_after: int | None = None
     delay_between: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(kw_only=True)
+class EchoReply:
+    """An error whose message echoes the request back: its URL, every header, and Basic auth decoded.
+
+    Some proxies and gateways do this; a client must not let what it sent reach its own errors.
+    """
+
+    status: int
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
 
@@ -194,6 +208,20 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
 
+def _echo(handler: RequestHandler, headers: dict[str, str]) -> str:
+    """Describe the request as an echoing server would: URL, headers, and the Basic credentials."""
+    echoed: dict[str, Any] = {
+        "url": f"http://{headers.get('host', '')}{handler.path}",
+        "method": handler.command,
+        "headers": headers,
+    }
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            echoed["basic_credentials"] = base64.b64decode(value).decode()
+    return f"rejected {json.dumps(echoed)}"
+
+
 class HTTPListener(ThreadingHTTPServer):
     daemon_threads = True
     # Don't join handler threads on close: a hanging reply must not delay stop().
@@ -226,7 +254,7 @@ class FakeHTTPServer:
         self.base_url: str | None = None
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._replies: deque[RawReply | TextReply | StreamReply] = deque()
+        self._replies: deque[RawReply | TextReply | StreamReply | EchoReply] = deque()
         self._counter = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -307,11 +335,15 @@ class FakeHTTPServer:
             )
         )
 
+    def reply_echo(self, status: int = 401, *, headers: dict[str, str] | None = None) -> None:
+        """Queue an error, in this provider's error shape, whose message echoes the request."""
+        self._enqueue(EchoReply(status=status, headers=dict(headers or {})))
+
     def hang(self, seconds: float) -> None:
         """Queue a default reply that is sent only after sleeping (woken early by stop())."""
         self._enqueue(self._default_reply(delay=seconds))
 
-    def _enqueue(self, reply: RawReply | TextReply | StreamReply) -> None:
+    def _enqueue(self, reply: RawReply | TextReply | StreamReply | EchoReply) -> None:
         with self._lock:
             self._replies.append(reply)
 
@@ -349,6 +381,10 @@ class FakeHTTPServer:
         self, reply: TextReply, request: RecordedRequest, body: dict[str, Any], n: int
     ) -> dict[str, Any]:
         """Build the JSON answer to request number n."""
+        raise NotImplementedError
+
+    def _error_payload(self, status: int, message: str) -> Any:
+        """Return this provider's JSON error body for ``status`` with ``message``."""
         raise NotImplementedError
 
     def _events(self, reply: StreamReply, request: RecordedRequest, body: dict[str, Any], n: int) -> Events:
@@ -392,6 +428,10 @@ class FakeHTTPServer:
         headers = self._headers(n, reply.headers)
         if isinstance(reply, RawReply):
             handler.send_bytes(reply.status, reply.body, reply.content_type, headers)
+            return
+        if isinstance(reply, EchoReply):
+            payload = self._error_payload(reply.status, _echo(handler, request.headers))
+            handler.send_json(reply.status, payload, self.json_content_type, headers)
             return
         if isinstance(reply, TextReply):
             if not self._streams(request, body):

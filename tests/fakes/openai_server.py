@@ -116,6 +116,9 @@ class FakeOpenAIServer(FakeHTTPServer):
             )
         )
 
+    def _error_payload(self, status: int, message: str) -> dict[str, Any]:
+        return _error_body(message, _error_type(status))
+
     def _direct_answer(self, request: RecordedRequest) -> tuple[int, Any] | None:
         if request.method == "GET" and request.path in ("/v1/models", "/models"):
             models = [

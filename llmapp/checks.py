@@ -14,7 +14,7 @@ from .backends import backend_class
 from .exceptions import ConfigurationError
 from .metrics.checks import check_metrics
 from .providers import PROVIDER_KEYS, providers
-from .redaction import redact
+from .redaction import redact, url_secrets
 from .service import (
     MAX_TIMEOUT,
     is_valid_max_output_tokens,
@@ -32,10 +32,45 @@ PROVIDER_HINT = (
 
 def check_llmapp(app_configs=None, **kwargs):
     """Run every llmapp check; registered with Django's check framework."""
-    problems = validate_options() + validate_backends()
+    problems = validate_options() + validate_backends() + check_debug_page()
     if running_check_command():
         return problems
     return [as_warning(problem) for problem in problems]
+
+
+def check_debug_page():
+    """Under DEBUG, Django's error page lists every setting: URL credentials need llmapp's filter."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    from .debug import SafeExceptionReporterFilter
+
+    if not settings.DEBUG:
+        return []
+    try:
+        reporter_filter = import_string(settings.DEFAULT_EXCEPTION_REPORTER_FILTER)
+    except ImportError:
+        return []  # Django reports that itself
+    if issubclass(reporter_filter, SafeExceptionReporterFilter):
+        return []
+    configured = conf.get_setting("LLM_PROVIDERS")
+    for alias, config in configured.items() if isinstance(configured, dict) else ():
+        options = config.get("OPTIONS") if isinstance(config, dict) else None
+        if not isinstance(options, dict):
+            continue
+        # Django's page hides values by their names (KEY, TOKEN...); these have names that say nothing.
+        urls = [value for value in options.values() if isinstance(value, str) and url_secrets(value)]
+        if urls or options.get("default_headers"):
+            return [
+                checks.Warning(
+                    f"DEBUG is on and LLM_PROVIDERS[{alias!r}]['OPTIONS'] holds credentials in a URL or a "
+                    "custom header, which Django's error page would show.",
+                    hint="Set DEFAULT_EXCEPTION_REPORTER_FILTER = "
+                    '"llmapp.debug.SafeExceptionReporterFilter".',
+                    id="llmapp.W005",
+                )
+            ]
+    return []
 
 
 def as_warning(problem):

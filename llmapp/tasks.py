@@ -90,7 +90,7 @@ def run_batch_item(item_pk):
     except Exception as exc:
         # run_item returns provider errors as records; anything else is a bug or an outage,
         # recorded on the item so that it does not stay "running", and raised for the backend.
-        _finish(item, batch.error_record(item.item_id, type(exc).__name__, str(exc)))
+        _finish(item, batch.error_record(item.item_id, type(exc).__name__, redact(str(exc))))
         raise
     _finish(item, record)
     return item.status

@@ -35,6 +35,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# Django's DEBUG page lists every setting: this filter also masks URL credentials
+# (OPENAI_BASE_URL=http://user:pass@host) and custom header values.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "llmapp.debug.SafeExceptionReporterFilter"
+
 ROOT_URLCONF = "llmproject.urls"
 WSGI_APPLICATION = "llmproject.wsgi.application"
 ASGI_APPLICATION = "llmproject.asgi.application"

@@ -158,3 +158,16 @@ def test_every_problem_is_listed_at_once_with_hints_and_a_non_zero_exit(manage):
         assert f"({problem})" in result.stderr
     assert result.stderr.count("HINT:") == 3
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"base_url": "http://user:pass@gateway.internal/v1"}, {"default_headers": {"X-Tenant": "t-1"}}],
+)
+def test_debug_with_credentials_django_would_show_is_a_warning(settings, options):
+    settings.DEBUG = True
+    settings.DEFAULT_EXCEPTION_REPORTER_FILTER = "django.views.debug.SafeExceptionReporterFilter"
+    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "gateway": {"BACKEND": OPENAI, "OPTIONS": options}}
+    assert "llmapp.W005" in check()[0]
+    settings.DEFAULT_EXCEPTION_REPORTER_FILTER = "llmapp.debug.SafeExceptionReporterFilter"
+    assert "llmapp.W005" not in check()[0]

@@ -15,6 +15,7 @@ from .exceptions import ConfigurationError
 from .metrics.checks import check_metrics
 from .providers import PROVIDER_KEYS, providers
 from .redaction import redact, url_secrets
+from .sdk.checks import check_sentry
 from .service import (
     MAX_TIMEOUT,
     is_valid_max_output_tokens,
@@ -22,6 +23,7 @@ from .service import (
     is_valid_temperature,
     is_valid_timeout,
 )
+from .sharedstate import check_shared_state
 from .startup import called_from
 from .usecases import BUILTIN_USECASES, _code_usecases, _resolve
 
@@ -32,7 +34,9 @@ PROVIDER_HINT = (
 
 def check_llmapp(app_configs=None, **kwargs):
     """Run every llmapp check; registered with Django's check framework."""
-    problems = validate_options() + validate_backends() + check_debug_page()
+    problems = (
+        validate_options() + validate_backends() + check_debug_page() + check_shared_state() + check_sentry()
+    )
     if running_check_command():
         return problems
     return [as_warning(problem) for problem in problems]

@@ -3,7 +3,9 @@
 With a shared cache (Redis, Memcached, the database) every worker of a deployment
 sees the same state. It opens after ``FAILURES`` consecutive transient failures,
 sends calls straight to the fallbacks while open, lets one probe through after
-``COOLDOWN`` seconds, and closes on the first success.
+``COOLDOWN`` seconds, and closes on the first success. The breaker is an
+optimisation: while its cache is down or slow, calls go through as if it were closed
+(see ``llmapp.sharedstate``).
 
     LLM_PROVIDERS = {"openai": {..., "CIRCUIT_BREAKER": {"FAILURES": 5, "COOLDOWN": 30}}}
 """
@@ -11,12 +13,13 @@ sends calls straight to the fallbacks while open, lets one probe through after
 import time
 from dataclasses import dataclass, field
 
-from django.core.cache import caches
-
-from . import conf, metrics
+from . import conf, metrics, sharedstate
 
 DEFAULTS = {"FAILURES": 5, "COOLDOWN": 30.0}
 OPENED_METRIC = "circuit.opened"
+#: Counted when the cache failed, or was skipped while it is down (see llmapp.sharedstate).
+CACHE_ERRORS_METRIC = sharedstate.ERRORS_METRIC.format(name="circuit")
+CACHE_SKIPPED_METRIC = sharedstate.SKIPPED_METRIC.format(name="circuit")
 #: How long this process trusts a circuit it found closed with no failures to stay so.
 #: It spares the cache read of nearly every call; a circuit another worker opens is
 #: seen up to this much later here.
@@ -27,7 +30,12 @@ _closed_until = {}  # alias -> time.monotonic() until which the circuit is taken
 
 @dataclass
 class CircuitBreaker:
-    """One call's view of a provider's circuit; built per call, its state in the cache."""
+    """One call's view of a provider's circuit; built per call, its state in the cache.
+
+    The breaker is an optimisation: when its cache fails or is slow it lets calls
+    through (fails open) and counts no failures, each cache operation waiting at most
+    ``LLM_CACHE_TIMEOUT`` seconds, or ``budget`` (what is left of the call's deadline).
+    """
 
     alias: str
     failures: int
@@ -45,19 +53,19 @@ class CircuitBreaker:
         return cls(alias, int(settings["FAILURES"]), float(settings["COOLDOWN"]))
 
     @property
-    def cache(self):
-        return caches[conf.get_setting("LLM_CIRCUIT_BREAKER_CACHE")]
+    def state(self):
+        return sharedstate.get(conf.get_setting("LLM_CIRCUIT_BREAKER_CACHE"), "circuit")
 
     def _key(self, name):
         return f"llmapp:circuit:{self.alias}:{name}"
 
-    def opened_at(self):
-        return self.cache.get(self._key("opened"))
+    def opened_at(self, budget=None):
+        return self.state.get(self._key("opened"), budget=budget)
 
-    def allow(self):
+    def allow(self, budget=None):
         """Say whether a call may go to this provider now (a probe, when half-open).
 
-        One cache read on the common path, a closed circuit with no failures: the
+        One cache operation on the common path, a closed circuit with no failures: the
         circuit is only ever opened after its failures were counted, and both keys are
         deleted together, so no failures means not open.
         """
@@ -65,47 +73,51 @@ class CircuitBreaker:
         if _closed_until.get(self.alias, 0.0) > now:
             self._dirty = False
             return True
-        cache = self.cache
-        if cache.get(self._key("failures")) is None:
+        failures, opened = self._key("failures"), self._key("opened")
+        found = self.state.get_many([failures, opened], budget=budget)
+        if found is None or failures not in found:  # None: the cache failed, so fail open
             self._dirty = False
             _closed_until[self.alias] = now + CLOSED_RECHECK
             return True
         self._dirty = True
-        opened = cache.get(self._key("opened"))
-        if opened is None:
+        opened_at = found.get(opened)
+        if opened_at is None:
             return True
-        if time.time() - opened < self.cooldown:
+        if time.time() - opened_at < self.cooldown:
             return False
         # Half-open: the one worker that adds the probe key sends the probe.
-        return cache.add(self._key("probe"), 1, timeout=max(self.cooldown, 1))
+        return self.state.add(
+            self._key("probe"), 1, timeout=max(self.cooldown, 1), default=True, budget=budget
+        )
 
-    def retry_in(self):
-        opened = self.opened_at()
+    def retry_in(self, budget=None):
+        opened = self.opened_at(budget)
         return 0.0 if opened is None else max(0.0, self.cooldown - (time.time() - opened))
 
-    def record_success(self):
+    def record_success(self, budget=None):
         if self._dirty:
-            self.cache.delete_many([self._key("failures"), self._key("opened"), self._key("probe")])
-            self._dirty = False
+            keys = [self._key("failures"), self._key("opened"), self._key("probe")]
+            if self.state.delete_many(keys, budget=budget):
+                self._dirty = False
 
-    def record_failure(self):
+    def record_failure(self, budget=None):
         """Count a transient failure; open the circuit at the threshold (or after a failed probe).
 
-        Return whether the circuit is open now.
+        Return whether the circuit is open now; never when the cache failed.
         """
         _closed_until.pop(self.alias, None)
         self._dirty = True
-        cache, key = self.cache, self._key("failures")
-        cache.add(key, 0, timeout=None)
-        try:
-            count = cache.incr(key)
-        except ValueError:  # evicted between add and incr
-            cache.set(key, 1, timeout=None)
-            count = 1
-        if count >= self.failures or self.opened_at() is not None:
+        if self.state.run(self._count_failure, default=False, budget=budget):
+            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
+            return True
+        return False
+
+    def _count_failure(self, cache):
+        # One cache operation, run on the cache's thread: a slow cache costs one wait.
+        count = sharedstate.increment(cache, self._key("failures"))
+        if count >= self.failures or cache.get(self._key("opened")) is not None:
             cache.set(self._key("opened"), time.time(), timeout=None)
             cache.delete(self._key("probe"))
-            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
             return True
         return False
 

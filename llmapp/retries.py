@@ -60,7 +60,8 @@ class Attempts:
 
     def __iter__(self):
         for position, route in enumerate(self.routes):
-            if route.breaker is not None and not route.breaker.allow():
+            # The breaker's cache may wait only for what is left of the deadline.
+            if route.breaker is not None and not route.breaker.allow(budget=self.left()):
                 self.skipped.append(route.alias)
                 continue
             if position:
@@ -95,7 +96,7 @@ class Attempts:
         if not isinstance(error, ProviderError) or not error.transient:
             raise error
         self.last_error = error
-        if route.breaker is not None and route.breaker.record_failure():
+        if route.breaker is not None and route.breaker.record_failure(budget=self.left()):
             # This failure opened the circuit (or a probe failed): retry elsewhere, not here.
             self._give_up_route = True
             return 0.0
@@ -126,7 +127,7 @@ class Attempts:
     def succeeded(self):
         """Record the success on the route's circuit."""
         if self._route.breaker is not None:
-            self._route.breaker.record_success()
+            self._route.breaker.record_success(budget=self.left())
 
     def check_deadline(self):
         """Raise once the deadline has passed: a stream must not outlive it chunk by chunk."""
@@ -150,7 +151,9 @@ class Attempts:
         if self.last_error is not None:
             return self.last_error
         breaker = self.routes[0].breaker
-        retry_in = f"; it lets a call through again in {breaker.retry_in():.0f}s" if breaker else ""
+        retry_in = ""
+        if breaker is not None:
+            retry_in = f"; it lets a call through again in {breaker.retry_in(budget=self.left()):.0f}s"
         return ProviderUnavailable(
             f"the circuit of provider(s) {', '.join(self.skipped)} is open after repeated failures"
             f"{retry_in}, and no fallback could take the call",

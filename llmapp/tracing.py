@@ -20,11 +20,17 @@ def sentry_active():
 
 
 def start_span(request, *, streaming=False):
-    """Start the ``gen_ai.chat`` span of ``request``; a transaction of its own if none is running."""
+    """Start the ``gen_ai.chat`` span of ``request``; a transaction of its own if none is running.
+
+    The prompt, message and answer are attached only when both LLM_LOG_CONTENT and
+    send_default_pii allow content in Sentry.
+    """
     if not sentry_active():
         return None
     import sentry_sdk
     from sentry_sdk.consts import OP, SPANDATA
+
+    from .sdk.scrubbing import content_allowed
 
     attributes = {"op": OP.GEN_AI_CHAT, "name": f"chat {request.model}", "origin": "auto.ai.llmapp"}
     if sentry_sdk.get_current_span() is None:
@@ -38,7 +44,7 @@ def start_span(request, *, streaming=False):
     span.set_data(SPANDATA.GEN_AI_REQUEST_MAX_TOKENS, request.max_output_tokens)
     span.set_data(SPANDATA.GEN_AI_PIPELINE_NAME, request.usecase)
     span.set_data(SPANDATA.GEN_AI_RESPONSE_STREAMING, streaming)
-    if sentry_sdk.get_client().should_send_default_pii():
+    if content_allowed():
         messages = [
             {"role": "system", "content": request.prompt},
             {"role": "user", "content": request.message},
@@ -50,8 +56,9 @@ def start_span(request, *, streaming=False):
 def finish_span(span, completion=None, error=None):
     if span is None:
         return
-    import sentry_sdk
     from sentry_sdk.consts import SPANDATA
+
+    from .sdk.scrubbing import content_allowed
 
     if completion is not None:
         span.set_data(SPANDATA.GEN_AI_RESPONSE_MODEL, completion.model)
@@ -67,7 +74,7 @@ def finish_span(span, completion=None, error=None):
             span.set_data(SPANDATA.GEN_AI_RESPONSE_FINISH_REASONS, [completion.finish_reason])
         if completion.request_id:
             span.set_data(SPANDATA.GEN_AI_RESPONSE_ID, completion.request_id)
-        if sentry_sdk.get_client().should_send_default_pii():
+        if content_allowed():
             span.set_data(SPANDATA.GEN_AI_RESPONSE_TEXT, json.dumps([completion.text], ensure_ascii=False))
         span.set_status("ok")
     else:
@@ -94,8 +101,7 @@ def command_transaction(name):
                     sentry_sdk.capture_exception(exc)
                 raise
     finally:
-        # Metrics reach the SDK from a background queue: drain it first.
-        from . import metrics
+        # Within one budget, exit included: a hung ingest must not hold the command's end.
+        from .sdk import flush_before_exit
 
-        metrics.flush(timeout=2)
-        sentry_sdk.flush()
+        flush_before_exit()

@@ -2,25 +2,30 @@
 
 import pytest
 
-from tests.services import require_redis
-
-DATABASE = 14  # a Redis database of its own, emptied around the test
+from tests.services import redis_namespace
 
 
 @pytest.fixture
-def redis_cache_url():
-    import redis
-
-    url = require_redis()
-    client = redis.Redis.from_url(f"{url}/{DATABASE}")
-    client.flushdb()
-    yield f"{url}/{DATABASE}"
-    client.flushdb()
+def redis_cache():
+    """A key prefix of this test's own on the machine's Redis: other runs use the same server."""
+    with redis_namespace() as namespace:
+        yield namespace
 
 
-def test_workers_share_one_circuit(manage, fake_openai, redis_cache_url):
+def test_workers_share_one_circuit(manage, fake_openai, redis_cache):
+    # Without the prefix, the children would write where every other run reads.
+    result = manage(
+        "shell",
+        "-c",
+        "from django.core.cache import cache; print(cache.key_prefix)",
+        env={"CACHE_URL": redis_cache.url},
+    )
+    assert result.stdout.splitlines()[-1:] == [redis_cache.prefix], (
+        "manage.py ignored ?key_prefix= in CACHE_URL: the host settings must pass it on as KEY_PREFIX"
+    )
+
     env = {
-        "CACHE_URL": redis_cache_url,
+        "CACHE_URL": redis_cache.url,
         "LLM_SUMMARIZE_PROVIDER": "openai",
         "OPENAI_BASE_URL": fake_openai.base_url,
         "LLM_SUMMARIZE_RETRIES": "0",
@@ -43,3 +48,8 @@ def test_workers_share_one_circuit(manage, fake_openai, redis_cache_url):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("[preview answer")
     assert len(fake_openai.requests) == 5
+
+    # The state is under this test's own prefix (a parallel run's is under another), and
+    # the fixture deletes it: the next run starts with the circuit closed.
+    circuit_keys = {key.rpartition(":llmapp:circuit:")[2] for key in redis_cache.stored_keys()}
+    assert circuit_keys == {"openai:failures", "openai:opened"}

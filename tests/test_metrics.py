@@ -354,6 +354,7 @@ def test_a_bad_queue_size_is_reported_and_the_queue_stays_bounded(settings):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is not available here")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point
 def test_a_forked_child_emits_metrics(use_statsd):
     metrics.incr("parent")  # the parent's worker thread exists before the fork
     assert metrics.flush()

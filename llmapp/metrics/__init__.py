@@ -4,8 +4,10 @@
 return; one daemon thread per process drains the queue into the backend named by
 ``LLM_METRICS_BACKEND`` (built with ``LLM_METRICS_OPTIONS`` as keyword arguments).
 When the queue is full (``LLM_METRICS_QUEUE_SIZE`` items, e.g. because the backend is
-stuck) the metric is dropped and counted in ``dropped_count()``. The thread starts on
-the first metric, again in a forked child, and the queue is flushed at exit.
+stuck) the metric is dropped and counted in ``dropped_count()``; a metric the backend
+fails to send (an agent that does not resolve, say) is counted in ``failed_count()``
+and logged at most once a minute. The thread starts on the first metric, again in a
+forked child, and the queue is flushed at exit.
 
 Don't mutate a ``tags`` dict after passing it: it is copied, but only shallowly.
 """
@@ -30,6 +32,7 @@ from .worker import MetricsWorker
 __all__ = [
     "MetricsBackend",
     "dropped_count",
+    "failed_count",
     "flush",
     "gauge",
     "get_backend",
@@ -48,7 +51,8 @@ _backend = None
 _worker = None
 _queue = None  # _worker.queue: the only state the hot path reads
 _dropped = 0
-_dropped_lock = threading.Lock()
+_failed = 0
+_count_lock = threading.Lock()
 
 
 def incr(key, instance=None, tags=None, amount=1, sample_rate=1.0):
@@ -83,7 +87,7 @@ def _put(item):
         q = _start()
     if not q.offer(item):
         global _dropped
-        with _dropped_lock:
+        with _count_lock:
             _dropped += 1
 
 
@@ -93,6 +97,20 @@ def dropped_count():
     A forked child counts from 0.
     """
     return _dropped
+
+
+def failed_count():
+    """Return how many metrics this process failed to send because the backend raised.
+
+    A forked child counts from 0.
+    """
+    return _failed
+
+
+def _count_failure():
+    global _failed
+    with _count_lock:
+        _failed += 1
 
 
 def flush(timeout=5.0):
@@ -151,7 +169,7 @@ def _start():
             except Exception:
                 logger.exception("Metrics are discarded: the metrics backend cannot be built")
                 backend = DummyMetricsBackend()
-            worker = MetricsWorker(backend, maxsize=_queue_size())
+            worker = MetricsWorker(backend, maxsize=_queue_size(), on_failure=_count_failure)
             try:
                 worker.start()
             except RuntimeError:  # e.g. no threads left; callers must still not fail
@@ -189,11 +207,11 @@ def _reset():
 def _after_fork_in_child():
     # The parent's thread does not exist here and its queue and locks may have been
     # held mid-operation by it: start over. The parent sends what it had queued.
-    global _lock, _dropped_lock, _worker, _queue, _dropped
+    global _lock, _count_lock, _worker, _queue, _dropped, _failed
     _lock = threading.RLock()
-    _dropped_lock = threading.Lock()
+    _count_lock = threading.Lock()
     _worker = _queue = None
-    _dropped = 0
+    _dropped = _failed = 0
 
 
 def _flush_at_exit():

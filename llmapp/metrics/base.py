@@ -36,6 +36,13 @@ class MetricsBackend:
     def gauge(self, key, value, instance=None, tags=None, sample_rate=1.0):
         raise NotImplementedError
 
+    def describe_error(self, error):
+        """Return one line on why a metric could not be sent (an OSError) and what to fix.
+
+        The worker logs it without a traceback: a network failure is no bug in the code.
+        """
+        return f"{type(self).__name__} cannot send metrics ({error}); they are dropped meanwhile."
+
     def check(self):
         """Return Django check messages about this backend's options; none by default."""
         return []

@@ -1,6 +1,8 @@
 """A metrics backend that sends DogStatsD datagrams over UDP."""
 
+import errno
 import socket
+import time
 from collections.abc import Mapping
 
 from django.core import checks
@@ -12,6 +14,9 @@ from .base import MetricsBackend
 _NAME = str.maketrans(dict.fromkeys(":|@#,\r\n", "_"))
 _TAG_KEY = str.maketrans(dict.fromkeys(":|#,\r\n", "_"))
 _TAG_VALUE = str.maketrans(dict.fromkeys("|#,\r\n", "_"))
+#: Seconds before a host that did not resolve is looked up again: a lookup may take
+#: seconds, and each metric meanwhile fails at once instead.
+RESOLVE_RETRY = 30.0
 
 
 class StatsdMetricsBackend(MetricsBackend):
@@ -23,6 +28,9 @@ class StatsdMetricsBackend(MetricsBackend):
     "instance". The address is resolved on the first send, from the worker thread.
     """
 
+    #: Where the retry of a failed lookup reads the time; tests give it a clock of their own.
+    clock = staticmethod(time.monotonic)
+
     def __init__(self, host="127.0.0.1", port=8125, prefix="llmapp.", tags=None):
         super().__init__(prefix=prefix)
         self.host = host
@@ -30,6 +38,8 @@ class StatsdMetricsBackend(MetricsBackend):
         self.tags = tags
         self._socket = None
         self._address = None
+        self._lookup_error = None  # why the host did not resolve, until RESOLVE_RETRY has passed
+        self._lookup_again = 0.0
 
     def incr(self, key, instance=None, tags=None, amount=1, sample_rate=1.0):
         self._send(self.format(key, amount, "c", instance, tags, sample_rate))
@@ -58,11 +68,38 @@ class StatsdMetricsBackend(MetricsBackend):
         self._socket.sendto(datagram, self._address)
 
     def _connect(self):
-        family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
+        error = self._lookup_error
+        if error is not None and self.clock() < self._lookup_again:
+            raise type(error)(*error.args)
+        try:
+            family, _, _, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
+        except OSError as e:
+            self._lookup_error, self._lookup_again = e, self.clock() + RESOLVE_RETRY
+            raise
+        self._lookup_error = None
         sock = socket.socket(family, socket.SOCK_DGRAM)
         # A full send buffer raises (the worker logs it) instead of stalling the worker.
         sock.setblocking(False)
         self._socket, self._address = sock, address
+
+    def describe_error(self, error):
+        if isinstance(error, socket.gaierror):
+            return (
+                f"StatsdMetricsBackend cannot resolve the DogStatsD host {self.host!r} "
+                f"({error.strerror or error}); metrics are dropped until it resolves. Set "
+                "LLM_METRICS_OPTIONS['host'] (STATSD_HOST in the host project) to the agent's host name "
+                "or address."
+            )
+        if error.errno == errno.EMSGSIZE:
+            return (
+                f"StatsdMetricsBackend dropped a metric too large for one UDP datagram ({error}); "
+                "shorten its tags."
+            )
+        return (
+            f"StatsdMetricsBackend cannot send to the DogStatsD agent at {self.host}:{self.port} ({error}); "
+            "metrics are dropped meanwhile. Check LLM_METRICS_OPTIONS['host'] and ['port'] (STATSD_HOST "
+            "and STATSD_PORT in the host project)."
+        )
 
     def check(self):
         errors = []

@@ -47,8 +47,9 @@ class MetricsWorker:
     a new worker, so a queue's items always reach the backend they were queued for.
     """
 
-    def __init__(self, backend, maxsize):
+    def __init__(self, backend, maxsize, on_failure=None):
         self.backend = backend
+        self.on_failure = on_failure  # called, on the worker thread, for each metric that failed to send
         self.queue = BoundedQueue(maxsize)
         self.thread = threading.Thread(target=self._run, name="llmapp-metrics", daemon=True)
         self._stopping = False
@@ -100,8 +101,10 @@ class MetricsWorker:
             return
         try:
             self._send(item)
-        except Exception:
-            self._log_error(kind, item[1])
+        except Exception as e:
+            if self.on_failure is not None:
+                self.on_failure()
+            self._log_error(kind, item[1], e)
 
     def _send(self, item):
         kind, key, value, instance, tags, sample_rate = item
@@ -113,17 +116,17 @@ class MetricsWorker:
         else:
             backend.gauge(key, value, instance=instance, tags=tags, sample_rate=sample_rate)
 
-    def _log_error(self, kind, key):
+    def _log_error(self, kind, key, error):
+        """Log a failed send, once per interval; call it from the except block."""
         now = time.monotonic()
         if now < self._next_error_log:
             self._suppressed_errors += 1
             return
         self._next_error_log = now + ERROR_LOG_INTERVAL
         suppressed, self._suppressed_errors = self._suppressed_errors, 0
-        logger.exception(
-            "%s failed to send %s %r%s",
-            type(self.backend).__name__,
-            kind,
-            key,
-            f" ({suppressed} earlier errors not logged)" if suppressed else "",
-        )
+        not_logged = f" ({suppressed} earlier errors not logged)" if suppressed else ""
+        if isinstance(error, OSError):
+            # The network or the agent, not a bug: one line that says what to fix.
+            logger.error("%s%s", self.backend.describe_error(error), not_logged)
+            return
+        logger.exception("%s failed to send %s %r%s", type(self.backend).__name__, kind, key, not_logged)

@@ -60,6 +60,26 @@ def configured_dsns():
     return _pop_dsns(dict(getattr(settings, "SENTRY_SDK_CONFIG", {})))
 
 
+def dsn_errors(dsns):
+    """Return ``{key: reason}`` for each DSN in ``dsns`` that sentry_sdk cannot use.
+
+    ``key`` is the DSN's key in ``SENTRY_SDK_CONFIG``: "dsn" or "relay_dsn".
+    """
+    from sentry_sdk.utils import BadDsn, Dsn
+
+    errors = {}
+    for key, dsn in (("dsn", dsns.upstream), ("relay_dsn", dsns.relay)):
+        if dsn is None:
+            continue
+        try:
+            Dsn(dsn)
+        except BadDsn as e:
+            errors[key] = str(e) or "malformed"
+        except Exception as e:  # e.g. not a string
+            errors[key] = f"{type(e).__name__}: {e}"
+    return errors
+
+
 def _pop_dsns(options):
     return Dsns(upstream=options.pop("dsn", None) or None, relay=options.pop("relay_dsn", None) or None)
 

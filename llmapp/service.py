@@ -69,8 +69,20 @@ def _shown(value):
     return repr(value)
 
 
+def _checked(name, value, config, valid, error, expected, note=""):
+    """Return ``value``, or the use case's own when None, once ``valid``; else raise ``error``.
+
+    A value the caller did not give is said to come from where the use case got it: the
+    fix belongs there.
+    """
+    given = value is not None
+    value = value if given else getattr(config, name)
+    if not valid(value):
+        raise error(f"{name} must be {expected}, got {_shown(value)}{_origin(config, name, given)}{note}.")
+    return value
+
+
 def _origin(config, field, given):
-    """Say where a value the caller did not give came from: the fix belongs there."""
     return "" if given else f" (use case {config.name!r}, {config.origin(field)})"
 
 
@@ -124,21 +136,23 @@ def prepare_request(
             )
         )
 
-    given = temperature is not None
-    temperature = temperature if given else config.temperature
-    if not is_valid_temperature(temperature):
-        raise InvalidTemperature(
-            f"temperature must be a number from 0 to 1, got {_shown(temperature)}"
-            f"{_origin(config, 'TEMPERATURE', given)} (llmapp maps 0-1 onto each provider's own range)."
-        )
-
-    given = max_output_tokens is not None
-    max_output_tokens = max_output_tokens if given else config.max_output_tokens
-    if not is_valid_max_output_tokens(max_output_tokens):
-        raise InvalidMaxOutputTokens(
-            f"max_output_tokens must be a positive whole number, got {_shown(max_output_tokens)}"
-            f"{_origin(config, 'MAX_OUTPUT_TOKENS', given)}."
-        )
+    temperature = _checked(
+        "temperature",
+        temperature,
+        config,
+        is_valid_temperature,
+        InvalidTemperature,
+        "a number from 0 to 1",
+        note=" (llmapp maps 0-1 onto each provider's own range)",
+    )
+    max_output_tokens = _checked(
+        "max_output_tokens",
+        max_output_tokens,
+        config,
+        is_valid_max_output_tokens,
+        InvalidMaxOutputTokens,
+        "a positive whole number",
+    )
 
     request = CompletionRequest(
         usecase=config.name,
@@ -171,20 +185,17 @@ def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, *
     """
     request, backend = prepare_request(usecase, message, **overrides)
     config = get_usecase(usecase)
-    given = timeout is not None
-    timeout = timeout if given else config.timeout
-    if not is_valid_timeout(timeout):
-        raise InvalidRequestError(
-            f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT}, got {_shown(timeout)}"
-            f"{_origin(config, 'TIMEOUT', given)}."
-        )
-    given = retries is not None
-    retries = retries if given else config.retries
-    if not is_valid_retries(retries):
-        raise InvalidRequestError(
-            f"retries must be a whole number from 0 up, got {_shown(retries)}"
-            f"{_origin(config, 'RETRIES', given)}."
-        )
+    timeout = _checked(
+        "timeout",
+        timeout,
+        config,
+        is_valid_timeout,
+        InvalidRequestError,
+        f"a number of seconds above 0 and at most {MAX_TIMEOUT}",
+    )
+    retries = _checked(
+        "retries", retries, config, is_valid_retries, InvalidRequestError, "a whole number from 0 up"
+    )
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))

@@ -17,6 +17,7 @@ from llmapp.sdk import configure_sdk, flush_before_exit
 from llmapp.sdk.checks import check_sentry
 from llmapp.sdk.options import Dsns
 from llmapp.sdk.transport import MultiplexingTransport
+from tests.sentry import restored_sentry
 from tests.services import BlackHole
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +34,8 @@ class FakeClock:
 
 @pytest.fixture(autouse=True)
 def _restore_sentry():
-    """Give each test a fresh scope and put the previous Sentry client back afterwards."""
-    previous = sentry_sdk.get_client()
-    with sentry_sdk.isolation_scope(), sentry_sdk.new_scope():
+    with restored_sentry(close_timeout=0):
         yield
-    client = sentry_sdk.get_client()
-    if client is not previous:
-        client.close(timeout=0)
-    sentry_sdk.get_global_scope().set_client(previous)
 
 
 def sdk_log(caplog):

@@ -5,11 +5,9 @@ import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 import sentry_sdk
-from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpResponse
 from django.urls import path
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
@@ -23,6 +21,7 @@ from llmapp.sdk.sampling import traces_sampler
 from llmapp.sdk.scrubbing import before_send, before_send_transaction
 from llmapp.sdk.transport import METRIC_ITEM_TYPES, MultiplexingTransport
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
+from tests.sentry import restored_sentry, wsgi_get
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-SECRET123456"
@@ -41,27 +40,10 @@ def ok(request):
 urlpatterns = [path("boom/", boom), path("api/x", ok)]
 
 
-def wsgi_get(path_info, **environ):
-    """GET ``path_info`` through Django's WSGI handler, as a WSGI server would; return the status."""
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, **environ}
-    setup_testing_defaults(environ)
-    statuses = []
-    response = WSGIHandler()(environ, lambda status, headers, exc_info=None: statuses.append(status))
-    b"".join(response)
-    response.close()
-    return statuses[0]
-
-
 @pytest.fixture(autouse=True)
 def _restore_sentry():
-    """Give each test a fresh scope and put the previous Sentry client back afterwards."""
-    previous = sentry_sdk.get_client()
-    with sentry_sdk.isolation_scope(), sentry_sdk.new_scope():
+    with restored_sentry():
         yield
-    client = sentry_sdk.get_client()
-    if client is not previous:
-        client.close(timeout=2)
-    sentry_sdk.get_global_scope().set_client(previous)
 
 
 @pytest.fixture

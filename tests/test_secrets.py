@@ -10,11 +10,9 @@ import base64
 import io
 import json
 import logging
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 import sentry_sdk
-from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
 from django.test import Client
 from django.urls import path
@@ -26,6 +24,7 @@ from llmapp.providers import providers
 from llmapp.sdk import configure_sdk
 from tests.fakes.anthropic_server import fake_anthropic
 from tests.fakes.gemini_server import fake_gemini
+from tests.sentry import wsgi_get
 
 __all__ = ["fake_anthropic", "fake_gemini"]
 
@@ -267,16 +266,6 @@ def boom(request):
 
 
 urlpatterns = [path("ask/", ask), path("boom/", boom)]
-
-
-def wsgi_get(path_info):
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info}
-    setup_testing_defaults(environ)
-    statuses = []
-    response = WSGIHandler()(environ, lambda status, headers, exc_info=None: statuses.append(status))
-    b"".join(response)
-    response.close()
-    return statuses[0]
 
 
 @pytest.mark.django_db

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from django.db import close_old_connections
 
+from . import eventstream
 from .exceptions import LLMError
 from .redaction import redact
 from .service import complete_prompt
@@ -25,6 +26,8 @@ from .service import complete_prompt
 logger = logging.getLogger("llmapp.batch")
 
 #: Keys an input object may carry besides ``id`` and ``message``.
+#: Seconds the end of a batch waits for its usage events to be written.
+FLUSH_TIMEOUT = 5.0
 ITEM_OVERRIDES = frozenset(
     {"prompt", "temperature", "max_output_tokens", "provider", "model", "timeout", "retries"}
 )
@@ -263,6 +266,8 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
         stats.running = sum(not future.done() for future in pending)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        # The batch's usage is in the database when it returns, not only at exit.
+        eventstream.flush(timeout=FLUSH_TIMEOUT)
     return stats
 
 

@@ -113,6 +113,7 @@ def validate_backends():
             continue
         if setting == "LLM_EVENTSTREAM":
             stream = cls
+            messages += _check_eventstream_options()
         else:
             reader = cls
     if stream is not None and reader is not None:
@@ -135,6 +136,21 @@ def validate_backends():
                 )
             )
     return messages + check_metrics()
+
+
+def _check_eventstream_options():
+    try:
+        eventstream.get_eventstream()
+    except ConfigurationError as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint='For example {"queue_size": 10000, "batch_size": 500, "max_wait": 0.2, '
+                '"synchronous": False, "timeout": 1.0}.',
+                id="llmapp.E009",
+            )
+        ]
+    return []
 
 
 def _check_providers():

@@ -17,6 +17,9 @@ DEFAULTS = {
     # Read LLM_<USECASE>_<FIELD> variables (LLM_SUMMARIZE_PROVIDER=openai) over settings.
     "LLM_USECASE_ENV_OVERRIDES": True,
     "LLM_EVENTSTREAM": "database",
+    # The event stream's keyword arguments; for "database": queue_size, batch_size,
+    # max_wait, synchronous and timeout (llmapp.eventstream.database.DEFAULTS).
+    "LLM_EVENTSTREAM_OPTIONS": {},
     "LLM_TSDB": "database",
     "LLM_LOG_CONTENT": False,
     "LLM_METRICS_BACKEND": "llmapp.metrics.dummy.DummyMetricsBackend",

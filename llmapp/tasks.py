@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import batch, conf
+from . import batch, conf, eventstream
 from .exceptions import ConfigurationError, LLMError
 from .models import Batch, BatchItem
 from .redaction import redact
@@ -93,6 +93,8 @@ def run_batch_item(item_pk):
         _finish(item, batch.error_record(item.item_id, type(exc).__name__, redact(str(exc))))
         raise
     _finish(item, record)
+    # A worker may end its process without exit handlers (RQ's forked work horse does).
+    eventstream.flush(timeout=batch.FLUSH_TIMEOUT)
     return item.status
 
 

@@ -26,5 +26,8 @@ LLM_USECASE_ENV_OVERRIDES = False
 LLM_METRICS_BACKEND = "llmapp.metrics.dummy.DummyMetricsBackend"
 SENTRY_SDK_CONFIG = {}
 LLM_EVENTSTREAM = "database"
+# Inline, in each test's transaction, so that a test sees its events and rolls them back;
+# the writer thread (the default) has tests of its own.
+LLM_EVENTSTREAM_OPTIONS = {"synchronous": True}
 LLM_TSDB = "database"
 LLM_LOG_CONTENT = False

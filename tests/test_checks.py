@@ -171,3 +171,18 @@ def test_debug_with_credentials_django_would_show_is_a_warning(settings, options
     assert "llmapp.W005" in check()[0]
     settings.DEFAULT_EXCEPTION_REPORTER_FILTER = "llmapp.debug.SafeExceptionReporterFilter"
     assert "llmapp.W005" not in check()[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"queue_sise": 10}, "unknown key(s) queue_sise"),
+        ({"batch_size": "many"}, "do not fit DatabaseEventStream"),
+        ([1], "must be a dict"),
+    ],
+)
+def test_bad_eventstream_options(settings, options, text):
+    settings.LLM_EVENTSTREAM_OPTIONS = options
+    ids, output = check()
+    assert ids == ["llmapp.E009"]
+    assert text in output

@@ -6,7 +6,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
 
-from llmapp import acomplete_prompt, complete_prompt, metrics, stream_prompt
+from llmapp import acomplete_prompt, complete_prompt, eventstream, metrics, stream_prompt
 from llmapp.eventstream.base import EventStream
 from llmapp.exceptions import ProviderError
 from llmapp.metrics import locmem as sent_metrics
@@ -82,9 +82,19 @@ def test_streams_are_recorded_when_they_end_or_are_abandoned():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_caller_waits_for_one_insert_only(django_assert_num_queries):
-    with django_assert_num_queries(1):
+def test_the_caller_sends_no_query_and_a_flush_makes_the_event_visible(settings, django_assert_num_queries):
+    settings.LLM_EVENTSTREAM_OPTIONS = {"synchronous": False}
+    with django_assert_num_queries(0):
         complete_prompt("summarize", "hi", provider="test")
+    assert eventstream.flush(timeout=10)
+    assert CompletionEvent.objects.get().usecase == "summarize"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_synchronous_mode_inserts_before_the_call_returns(settings):
+    settings.LLM_EVENTSTREAM_OPTIONS = {"synchronous": True}
+    complete_prompt("summarize", "hi", provider="test")
+    assert CompletionEvent.objects.get().usecase == "summarize"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,16 +1,26 @@
 """Where each completion's usage event goes: LLM_EVENTSTREAM = database, logging or null.
 
-Recording never raises into the caller: a failure is logged and counted.
+Recording never raises into the caller, and never makes it wait on the usage database
+(unless ``LLM_EVENTSTREAM_OPTIONS["synchronous"]`` asks for that, within its
+``timeout``): a failure is logged and counted. ``flush()`` waits for what was recorded
+to be stored; it runs by itself at exit, bounded.
 """
 
+import atexit
 import functools
 import logging
+import os
+from collections.abc import Mapping
 
-from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
 from .. import conf, metrics
 from ..backends import backend_class
+from ..exceptions import ConfigurationError
+from .database import DatabaseEventStream
+from .writer import dropped_count
+
+__all__ = ["ALIASES", "dropped_count", "flush", "get_eventstream", "keeps_events", "record"]
 
 ALIASES = {
     "database": "llmapp.eventstream.database.DatabaseEventStream",
@@ -18,13 +28,36 @@ ALIASES = {
     "null": "llmapp.eventstream.null.NullEventStream",
 }
 FAILED_METRIC = "eventstream.failed"
+#: Seconds exit waits for queued events when the stream names no timeout of its own.
+EXIT_TIMEOUT = 1.0
 
 logger = logging.getLogger("llmapp.eventstream")
+
+_built = []  # the streams built in this process, to flush at exit and close on a change
 
 
 @functools.cache
 def get_eventstream():
-    return backend_class("LLM_EVENTSTREAM", ALIASES)()
+    """Return the stream LLM_EVENTSTREAM names, built with LLM_EVENTSTREAM_OPTIONS, once."""
+    cls = backend_class("LLM_EVENTSTREAM", ALIASES)
+    options = conf.get_setting("LLM_EVENTSTREAM_OPTIONS") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"LLM_EVENTSTREAM_OPTIONS must be a dict, not {type(options).__name__}.")
+    # A stream takes the options it names; the database stream's are left alone by the others,
+    # so that switching LLM_EVENTSTREAM to "logging" for a while needs no other change.
+    known = cls.option_names | DatabaseEventStream.option_names
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"LLM_EVENTSTREAM_OPTIONS has unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}."
+        )
+    try:
+        stream = cls(**{name: value for name, value in options.items() if name in cls.option_names})
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"LLM_EVENTSTREAM_OPTIONS do not fit {cls.__name__}: {exc}") from None
+    _built.append(stream)
+    return stream
 
 
 def keeps_events():
@@ -51,6 +84,34 @@ def record(event):
         metrics.incr(FAILED_METRIC, tags={"usecase": event.usecase})
 
 
-arecord = sync_to_async(record, thread_sensitive=True)
+def flush(timeout=5.0):
+    """Wait until every event recorded so far is stored (or dropped); return False on timeout."""
+    try:
+        stream = get_eventstream()
+    except ConfigurationError:
+        return True
+    return stream.flush(timeout)
 
-conf.on_change(get_eventstream.cache_clear)
+
+@conf.on_change
+def _reset():
+    """Build the stream again from the new settings; the old one writes what it holds first."""
+    get_eventstream.cache_clear()
+    while _built:
+        _built.pop().close(EXIT_TIMEOUT)
+
+
+def _after_fork_in_child():
+    # The parent's writer thread does not exist here: the child starts its own, and the
+    # parent writes what it had queued.
+    get_eventstream.cache_clear()
+    _built.clear()
+
+
+def _flush_at_exit():
+    for stream in list(_built):
+        stream.close(getattr(stream, "timeout", EXIT_TIMEOUT))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

@@ -1,10 +1,23 @@
 class EventStream:
-    """Receives one UsageEvent per completion."""
+    """Receives one UsageEvent per completion.
+
+    A backend takes its options (``LLM_EVENTSTREAM_OPTIONS``) as keyword arguments and
+    names them in ``option_names``.
+    """
 
     #: True when events land in CompletionEvent rows, where the database TSDB reads them.
     writes_to_database = False
     #: True when record() drops every event, so that callers need not build them.
     discards_events = False
+    option_names = frozenset()
 
     def record(self, event):
         raise NotImplementedError
+
+    def flush(self, timeout):
+        """Wait until every event recorded so far is stored; return False on timeout."""
+        return True
+
+    def close(self, timeout):
+        """Store what is pending, within ``timeout``, and release what the stream holds."""
+        return self.flush(timeout)

@@ -1,23 +1,87 @@
-from django.db import connection, transaction
+"""Usage events as CompletionEvent rows, written off the call path or, if asked, inline."""
+
+import contextlib
+
+from django.db import connections, router, transaction
 
 from .base import EventStream
+from .writer import EventWriter
+
+DEFAULTS = {
+    # Events waiting for the writer; past this many, new ones are dropped and counted.
+    "queue_size": 10_000,
+    # Rows per INSERT.
+    "batch_size": 500,
+    # Seconds an event may wait for others to share its INSERT: a server stopped a
+    # second after its last request (uvicorn's SIGTERM skips atexit) has written it.
+    "max_wait": 0.2,
+    # Insert each event on the caller's thread, in its transaction (a savepoint), before
+    # the call returns: usage is visible at once, and every call pays the INSERT.
+    "synchronous": False,
+    # Seconds a caller may wait for the usage database: the statement in synchronous
+    # mode, the drain of the queue at exit otherwise.
+    "timeout": 1.0,
+}
 
 
 class DatabaseEventStream(EventStream):
-    """Insert a CompletionEvent row: one INSERT on the caller's thread, nothing more."""
+    """Insert a CompletionEvent row per call, in batches on a writer thread of its own.
+
+    Options (``LLM_EVENTSTREAM_OPTIONS``): ``queue_size``, ``batch_size``, ``max_wait``,
+    ``synchronous`` and ``timeout``; see ``DEFAULTS``.
+    """
 
     writes_to_database = True
+    option_names = frozenset(DEFAULTS)
+
+    def __init__(self, **options):
+        options = DEFAULTS | options
+        self.synchronous = bool(options["synchronous"])
+        self.timeout = float(options["timeout"])
+        self.writer = EventWriter(
+            queue_size=int(options["queue_size"]),
+            batch_size=int(options["batch_size"]),
+            max_wait=float(options["max_wait"]),
+            row=row_of,
+        )
+        sizes = (self.writer.queue_size, self.writer.batch_size)
+        if min(sizes) < 1 or not (self.writer.max_wait >= 0 and self.timeout > 0):
+            raise ValueError(
+                "queue_size and batch_size must be positive whole numbers, max_wait a number of "
+                "seconds from 0 and timeout above 0"
+            )
 
     def record(self, event):
+        if self.synchronous:
+            self.insert(event)
+        else:
+            self.writer.offer(event)
+
+    def insert(self, event):
+        """Insert ``event`` now, on this thread's connection; the statement is bounded by ``timeout``."""
         from ..models import CompletionEvent
 
-        row = CompletionEvent(**storable(event.as_dict()))
-        if connection.in_atomic_block:
-            # A savepoint, so that a failed insert cannot break the caller's transaction.
-            with transaction.atomic():
-                row.save(force_insert=True)
-        else:
-            row.save(force_insert=True)
+        alias = router.db_for_write(CompletionEvent)
+        # A savepoint inside the caller's transaction, so that a failed insert cannot break it.
+        with bounded_transaction(connections[alias], self.timeout):
+            row_of(event).save(force_insert=True, using=alias)
+
+    def flush(self, timeout):
+        return self.writer.flush(timeout)
+
+    def close(self, timeout):
+        """Write what is queued within ``timeout``; count and report what could not be."""
+        if self.writer.stop(timeout):
+            return True
+        self.writer.abandon(f"the usage database did not take them within {timeout:g}s")
+        return False
+
+
+def row_of(event):
+    """Return the unsaved CompletionEvent of a UsageEvent."""
+    from ..models import CompletionEvent
+
+    return CompletionEvent(**storable(event.as_dict()))
 
 
 def storable(value):
@@ -33,3 +97,42 @@ def storable(value):
     if isinstance(value, list | tuple):
         return [storable(item) for item in value]
     return value
+
+
+@contextlib.contextmanager
+def bounded_transaction(connection, seconds):
+    """A transaction (a savepoint inside the caller's) whose statements wait ``seconds`` at most.
+
+    PostgreSQL: ``statement_timeout`` for this transaction, put back after. SQLite: the
+    wait for another writer's lock (its busy timeout, 5 s by Django's default), the
+    start of the transaction included. Other databases run the block unbounded.
+    Connecting is bounded by the database's own options (``connect_timeout`` in
+    ``DATABASES[...]["OPTIONS"]`` for PostgreSQL).
+    """
+    milliseconds = max(1, int(seconds * 1000))
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            previous = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
+            cursor.execute(f"PRAGMA busy_timeout = {milliseconds}")
+        try:
+            with transaction.atomic(using=connection.alias):
+                yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA busy_timeout = {int(previous)}")
+    elif connection.vendor == "postgresql":
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT current_setting('statement_timeout'), set_config('statement_timeout', %s, true)",
+                    [str(milliseconds)],
+                )
+                previous = cursor.fetchone()[0]
+            yield
+            # Only after success: a failed statement's rollback undoes the setting itself, and
+            # the transaction accepts no statement until then.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+    else:
+        with transaction.atomic(using=connection.alias):
+            yield

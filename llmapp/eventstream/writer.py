@@ -1,0 +1,251 @@
+"""The bounded queue and daemon thread that carry usage events from callers to the database.
+
+A caller's answer never waits on the usage database: ``offer()`` puts the event on a
+bounded queue, and one writer thread per process inserts what the queue holds in
+batches (one multi-row INSERT each) on its own database connection, whatever the
+number of callers. A full queue or a failing database drops events: each is counted
+(``eventstream.dropped`` and ``dropped_count()``) and logged once per interval, never
+raised into a caller. ``flush()`` waits until what was queued before it is written.
+"""
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+)
+
+from .. import metrics
+
+logger = logging.getLogger("llmapp.eventstream")
+
+DROPPED_METRIC = "eventstream.dropped"
+WRITTEN_METRIC = "eventstream.written"
+#: A database that is down fails every batch: log the first loss, then one line per interval.
+LOG_INTERVAL = 60.0
+
+
+class _Marker:
+    """A flush (or stop) in the queue: set once everything queued before it is written."""
+
+    __slots__ = ("done", "stop")
+
+    def __init__(self, stop=False):
+        self.done = threading.Event()
+        self.stop = stop
+
+
+class EventWriter:
+    """Insert queued UsageEvents in batches of up to ``batch_size``, on one daemon thread.
+
+    The thread starts with the first event. After the first event of a batch it waits
+    up to ``max_wait`` seconds for more, so that a busy process writes few, large
+    batches, and a put seldom has a sleeping thread to wake; a full batch or a flush
+    cuts the wait short.
+    """
+
+    def __init__(self, *, queue_size, batch_size, max_wait, row=None):
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.row = row  # event -> unsaved CompletionEvent
+        self.queue = queue.SimpleQueue()
+        self.thread = None
+        self.written = 0
+        self.in_flight = 0  # events of the batch being written now
+        self._waiting = 0  # events offered since the writer last woke
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._next_log = 0.0
+        self._unlogged = 0
+
+    # -- the callers' side ---------------------------------------------------------
+
+    def offer(self, event):
+        """Queue ``event`` for writing; drop it, counted, when the queue is full. Never blocks."""
+        size = self.queue.qsize()
+        if size >= self.queue_size:
+            self.lost(1, f"the queue of {self.queue_size} events is full")
+            return False
+        self.queue.put(event)
+        # Approximate under races, which only moves a write by max_wait at most.
+        self._waiting += 1
+        if self.thread is None:
+            self._start()
+        elif self._waiting >= self.batch_size:
+            self._wake.set()
+        return True
+
+    def flush(self, timeout):
+        """Wait until every event queued before this call is written or dropped; False on timeout."""
+        if self.thread is None or not self.thread.is_alive():
+            return self.queue.empty()
+        marker = _Marker()
+        self.queue.put(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def stop(self, timeout):
+        """Write what is queued, within ``timeout``, and let the thread end."""
+        if self.thread is None:
+            return True
+        marker = _Marker(stop=True)
+        self.queue.put(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def abandon(self, reason):
+        """Count the events still queued as dropped, for ``reason``: the process is going."""
+        count = self.in_flight + sum(1 for item in _drain(self.queue) if not isinstance(item, _Marker))
+        if count:
+            self._next_log = 0.0  # said now, whatever was said before
+            self.lost(count, reason)
+
+    def _start(self):
+        with self._lock:
+            if self.thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="llmapp-events", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no threads left: the queue holds what it can, and drops the rest
+                logger.exception("Usage events are not written: the writer thread cannot start")
+                return
+            self.thread = thread
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _run(self):
+        pending = []
+        while True:
+            item = self.queue.get()
+            if not isinstance(item, _Marker):
+                self._wake.wait(self.max_wait)
+            self._wake.clear()
+            self._waiting = 0
+            while True:
+                if isinstance(item, _Marker):
+                    self._write(pending)
+                    pending = []
+                    item.done.set()
+                    if item.stop:
+                        self._close()
+                        return
+                else:
+                    pending.append(item)
+                    if len(pending) >= self.batch_size:
+                        self._write(pending)
+                        pending = []
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._write(pending)
+            pending = []
+
+    def _write(self, events):
+        if not events:
+            return
+        from ..models import CompletionEvent
+
+        alias = router.db_for_write(CompletionEvent)
+        self.in_flight = len(events)
+        try:
+            rows = [self.row(event) for event in events]
+            try:
+                CompletionEvent.objects.using(alias).bulk_create(rows)
+            except (DataError, IntegrityError):
+                if len(rows) == 1:
+                    raise
+                # One bad row must not lose its batch: write them one by one.
+                for row in rows:
+                    self._write_one(CompletionEvent, alias, row)
+            else:
+                self._written(len(rows))
+        except DatabaseError as exc:
+            self.lost(len(events), f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            logger.exception("Could not write %d usage event(s)", len(events))
+            self.lost(len(events), f"{type(exc).__name__}: {exc}", log=False)
+        finally:
+            self.in_flight = 0
+            self._tidy(alias)
+
+    def _write_one(self, model, alias, row):
+        try:
+            model.objects.using(alias).bulk_create([row])
+        except (DataError, IntegrityError) as exc:
+            self.lost(1, f"{type(exc).__name__}: {exc}")
+        else:
+            self._written(1)
+
+    def _written(self, count):
+        self.written += count
+        metrics.incr(WRITTEN_METRIC, amount=count)
+
+    def _tidy(self, alias):
+        connection = connections[alias]
+        # Under DEBUG, Django keeps the queries of a connection; no request ends to clear them here.
+        connection.queries_log.clear()
+        # What the end of a request does: honour CONN_MAX_AGE, drop a broken connection.
+        connection.close_if_unusable_or_obsolete()
+
+    def _close(self):
+        for connection in connections.all(initialized_only=True):
+            with contextlib.suppress(OperationalError, InterfaceError):
+                connection.close()
+
+    def lost(self, count, reason, log=True):
+        """Count ``count`` dropped events; log why, at most once per interval."""
+        global _dropped
+        with _dropped_lock:
+            _dropped += count
+        metrics.incr(DROPPED_METRIC, amount=count)
+        if not log:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_log:
+                self._unlogged += count
+                return
+            self._next_log = now + LOG_INTERVAL
+            unlogged, self._unlogged = self._unlogged, 0
+        logger.warning(
+            "Dropped %d usage event(s): %s.%s They are counted in %s.",
+            count,
+            reason,
+            f" {unlogged} more were dropped since the last report." if unlogged else "",
+            DROPPED_METRIC,
+        )
+
+
+def _drain(items):
+    while True:
+        try:
+            yield items.get_nowait()
+        except queue.Empty:
+            return
+
+
+_dropped = 0
+_dropped_lock = threading.Lock()
+
+
+def dropped_count():
+    """Return how many usage events this process dropped (a full queue, a failing database)."""
+    return _dropped
+
+
+def reset_dropped_count():
+    global _dropped, _dropped_lock
+    _dropped = 0
+    _dropped_lock = threading.Lock()

@@ -1,0 +1,226 @@
+"""Usage events off the call path: the writer thread's batches, drains, drops, forks and bounds."""
+
+import dataclasses
+import logging
+import sqlite3
+import textwrap
+import threading
+
+import pytest
+from django.db import connection
+from django.db.backends.signals import connection_created
+
+from llmapp import complete_prompt, eventstream
+from llmapp.eventstream import writer as writer_module
+from llmapp.eventstream.database import DatabaseEventStream, row_of
+from llmapp.eventstream.writer import EventWriter
+from llmapp.metrics import locmem as sent_metrics
+from llmapp.models import CompletionEvent
+from tests.services import BlackHole
+
+BACKGROUND = {"synchronous": False}
+
+
+@pytest.fixture
+def inserts():
+    """Count the INSERT statements the writer thread's connections send to the database."""
+    sent = []
+
+    def count(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("INSERT"):
+            sent.append(threading.current_thread().name)
+        return execute(sql, params, many, context)
+
+    def on_connect(sender, connection, **kwargs):
+        if threading.current_thread().name == "llmapp-events":
+            connection.execute_wrappers.append(count)
+
+    connection_created.connect(on_connect)
+    yield sent
+    connection_created.disconnect(on_connect)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_calls_become_a_few_multi_row_inserts_from_one_thread(settings, inserts):
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"batch_size": 500, "max_wait": 5}
+    for _ in range(40):
+        complete_prompt("summarize", "hi", provider="test")
+    assert CompletionEvent.objects.count() == 0  # still queued: nothing waited on the database
+    assert eventstream.flush(timeout=10)
+    assert CompletionEvent.objects.count() == 40
+    # One batch (40 < batch_size), written by the writer thread alone: one INSERT on SQLite
+    # and PostgreSQL alike (the rows fit in one statement's parameters).
+    assert inserts == ["llmapp-events"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_batch_is_written_without_waiting_for_max_wait(settings):
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"batch_size": 5, "max_wait": 600}
+    stream = eventstream.get_eventstream()
+    for _ in range(5):
+        complete_prompt("summarize", "hi", provider="test")
+    # No flush: the fifth event wakes the writer, which writes the batch at once.
+    written = threading.Event()
+    while not written.wait(0.01):
+        if stream.writer.written == 5:
+            written.set()
+    assert CompletionEvent.objects.count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_queue_drops_events_counts_them_and_logs_once(settings, caplog):
+    settings.LLM_METRICS_BACKEND = "llmapp.metrics.locmem.LocmemMetricsBackend"
+    sent_metrics.reset()
+    writer_module.reset_dropped_count()
+    release = threading.Event()
+
+    def stuck_row(usage):
+        release.wait()  # the usage database hangs
+        return row_of(usage)
+
+    writer = EventWriter(queue_size=3, batch_size=1, max_wait=0, row=stuck_row)
+    usage = _usage_event()
+    accepted = [writer.offer(usage) for _ in range(10)]
+    # The writer holds the first event (stuck in the database); the queue takes three more.
+    assert accepted.count(False) >= 6
+    dropped = accepted.count(False)
+    assert writer_module.dropped_count() == dropped
+    with caplog.at_level(logging.WARNING, logger="llmapp.eventstream"):
+        writer.offer(usage)
+    release.set()
+    assert writer.flush(timeout=10)
+    assert writer.written + writer_module.dropped_count() == 11
+    from llmapp import metrics
+
+    metrics.flush()
+    assert sum(amount for _, key, amount, _ in sent_metrics.sent if key.endswith("eventstream.dropped")) == (
+        dropped + 1
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bad_row_loses_only_itself(settings):
+    good = _usage_event()
+    bad = dataclasses.replace(good, input_tokens=-1)  # violates the column's CHECK constraint
+    writer_module.reset_dropped_count()
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=5, row=row_of)
+    for usage in (good, bad, good):
+        writer.offer(usage)
+    assert writer.flush(timeout=10)
+    assert CompletionEvent.objects.count() == 2
+    assert writer_module.dropped_count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_debug_keeps_no_queries_on_the_writers_connection(settings):
+    settings.DEBUG = True
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=0, row=row_of)
+    writer._write([_usage_event()])  # on this thread, as the writer thread runs it
+    assert list(connection.queries_log) == []
+    assert CompletionEvent.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_of_settings_writes_what_the_old_stream_held(settings):
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"max_wait": 600}
+    complete_prompt("summarize", "hi", provider="test")
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"max_wait": 0}
+    assert CompletionEvent.objects.count() == 1
+
+
+def _usage_event():
+    from llmapp.events import build_event
+    from llmapp.service import prepare_request
+    from llmapp.types import Completion
+
+    request, _ = prepare_request("summarize", "hi", provider="test")
+    completion = Completion(text="ok", usecase="summarize", provider="test", model="locmem")
+    return build_event(request, 1.0, completion=completion)
+
+
+# -- whole processes: exit, fork, and a usage database that hangs ---------------------------
+
+FORKS = """
+import os
+from llmapp import complete_prompt, eventstream
+complete_prompt("summarize", "from the parent, before the fork")
+pid = os.fork()
+if pid == 0:
+    complete_prompt("summarize", "from the child")
+    eventstream.flush(timeout=10)
+    os._exit(0)
+os.waitpid(pid, 0)
+complete_prompt("summarize", "from the parent, after the fork")
+"""
+
+
+def count_rows(database):
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT count(*) FROM llmapp_completionevent").fetchone()[0]
+
+
+def test_a_cli_run_writes_its_event_before_it_exits(manage):
+    result = manage("llm", "summarize", "-m", "Recorded at exit.")
+    assert result.returncode == 0, result.stderr
+    assert count_rows(manage.database) == 1
+
+
+def test_a_forked_child_writes_its_own_events_and_the_parent_its(manage):
+    result = manage("shell", "-c", textwrap.dedent(FORKS))
+    assert result.returncode == 0, result.stderr
+    assert count_rows(manage.database) == 3
+
+
+def test_a_locked_usage_database_delays_no_answer(manage):
+    holder = sqlite3.connect(manage.database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the file
+    try:
+        result = manage("llm", "summarize", "-m", "Locked but answered.", "--timeout", "2", timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    assert "Locked but answered." in result.stdout
+    assert "Dropped 1 usage event(s): the usage database did not take them within 1s" in result.stderr
+    assert count_rows(manage.database) == 0
+
+
+def test_a_hung_postgresql_delays_no_answer(manage):
+    with BlackHole() as hole:
+        database = f"postgres://postgres@127.0.0.1:{hole.port}/never"
+        result = manage(
+            "llm", "summarize", "-m", "Hung but answered.", env={"DATABASE_URL": database}, timeout=60
+        )
+    assert result.returncode == 0, result.stderr
+    assert "Hung but answered." in result.stdout
+    assert "Dropped 1 usage event(s)" in result.stderr
+
+
+def test_synchronous_mode_bounds_the_wait_for_a_locked_database(manage):
+    holder = sqlite3.connect(manage.database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    settings = manage.database.parent / "sync_settings.py"
+    settings.write_text(
+        'from settings.dev import *\nLLM_EVENTSTREAM_OPTIONS = {"synchronous": True, "timeout": 0.2}\n'
+    )
+    try:
+        result = manage(
+            "llm",
+            "summarize",
+            "-m",
+            "Answered all the same.",
+            env={"DJANGO_SETTINGS_MODULE": "sync_settings", "PYTHONPATH": str(settings.parent)},
+            timeout=60,
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    assert "Answered all the same." in result.stdout
+    assert "database is locked" in result.stderr  # logged as a failure to record, never raised
+
+
+def test_options_that_make_no_sense_are_refused():
+    for options in ({"queue_size": 0}, {"batch_size": -1}, {"max_wait": -1}, {"timeout": 0}):
+        with pytest.raises(ValueError):
+            DatabaseEventStream(**options)

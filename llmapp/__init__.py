@@ -10,6 +10,7 @@ _EXPORTS = {
     "complete_prompt": "llmapp.service",
     "stream_prompt": "llmapp.service",
     "acomplete_prompt": "llmapp.service",
+    "astream_prompt": "llmapp.service",
     "Completion": "llmapp.types",
     "register_usecase": "llmapp.usecases",
 }

@@ -25,6 +25,9 @@ CACHE_SKIPPED_METRIC = sharedstate.SKIPPED_METRIC.format(name="circuit")
 #: seen up to this much later here.
 CLOSED_RECHECK = 1.0
 
+# What allow() can find in the cache.
+CLOSED, FAILING, OPEN, PROBE = "closed", "failing", "open", "probe"
+
 _closed_until = {}  # alias -> time.monotonic() until which the circuit is taken as closed
 
 
@@ -42,6 +45,8 @@ class CircuitBreaker:
     cooldown: float
     #: Whether the cache may hold failures to clear on success; allow() finds out.
     _dirty: bool = field(default=True, repr=False)
+    #: When the circuit opened (time.time()), as allow() last read it; None when not open.
+    opened_at: float | None = field(default=None, repr=False)
 
     @classmethod
     def for_provider(cls, alias, config):
@@ -59,61 +64,95 @@ class CircuitBreaker:
     def _key(self, name):
         return f"llmapp:circuit:{self.alias}:{name}"
 
-    def opened_at(self, budget=None):
-        return self.state.get(self._key("opened"), budget=budget)
+    # Each method that needs the cache has an async twin for the event loop: the same
+    # decision, from the same one cache operation, awaited instead of waited for.
 
     def allow(self, budget=None):
         """Say whether a call may go to this provider now (a probe, when half-open).
 
-        One cache operation on the common path, a closed circuit with no failures: the
-        circuit is only ever opened after its failures were counted, and both keys are
-        deleted together, so no failures means not open.
+        No cache operation on the common path, a circuit this process found closed with
+        no failures in the last CLOSED_RECHECK seconds; one otherwise.
         """
-        now = time.monotonic()
-        if _closed_until.get(self.alias, 0.0) > now:
-            self._dirty = False
+        if self._closed_in_memory():
             return True
-        failures, opened = self._key("failures"), self._key("opened")
-        found = self.state.get_many([failures, opened], budget=budget)
-        if found is None or failures not in found:  # None: the cache failed, so fail open
-            self._dirty = False
-            _closed_until[self.alias] = now + CLOSED_RECHECK
-            return True
-        self._dirty = True
-        opened_at = found.get(opened)
-        if opened_at is None:
-            return True
-        if time.time() - opened_at < self.cooldown:
-            return False
-        # Half-open: the one worker that adds the probe key sends the probe.
-        return self.state.add(
-            self._key("probe"), 1, timeout=max(self.cooldown, 1), default=True, budget=budget
-        )
+        return self._allowed(self.state.run(self._decide, budget=budget))
 
-    def retry_in(self, budget=None):
-        opened = self.opened_at(budget)
-        return 0.0 if opened is None else max(0.0, self.cooldown - (time.time() - opened))
+    async def aallow(self, budget=None):
+        if self._closed_in_memory():
+            return True
+        return self._allowed(await self.state.arun(self._decide, budget=budget))
 
     def record_success(self, budget=None):
-        if self._dirty:
-            keys = [self._key("failures"), self._key("opened"), self._key("probe")]
-            if self.state.delete_many(keys, budget=budget):
-                self._dirty = False
+        if self._dirty and self.state.run(self._clear, default=False, budget=budget):
+            self._dirty = False
+
+    async def arecord_success(self, budget=None):
+        if self._dirty and await self.state.arun(self._clear, default=False, budget=budget):
+            self._dirty = False
 
     def record_failure(self, budget=None):
         """Count a transient failure; open the circuit at the threshold (or after a failed probe).
 
         Return whether the circuit is open now; never when the cache failed.
         """
-        _closed_until.pop(self.alias, None)
-        self._dirty = True
-        if self.state.run(self._count_failure, default=False, budget=budget):
-            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
+        self._failing()
+        return self._opened(self.state.run(self._count_failure, default=False, budget=budget))
+
+    async def arecord_failure(self, budget=None):
+        self._failing()
+        return self._opened(await self.state.arun(self._count_failure, default=False, budget=budget))
+
+    def retry_in(self):
+        """Seconds until the open circuit lets a probe through, as allow() last found it."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown - (time.time() - self.opened_at))
+
+    # -- the decisions, and the cache operations they rest on --------------------------
+
+    def _closed_in_memory(self):
+        if _closed_until.get(self.alias, 0.0) > time.monotonic():
+            self._dirty = False
             return True
         return False
 
+    def _decide(self, cache):
+        """Return (verdict, opened_at): one cache operation, run on the cache's thread."""
+        found = cache.get_many([self._key("failures"), self._key("opened")])
+        if self._key("failures") not in found:
+            return CLOSED, None
+        opened_at = found.get(self._key("opened"))
+        if opened_at is None:
+            return FAILING, None
+        if time.time() - opened_at < self.cooldown:
+            return OPEN, opened_at
+        # Half-open: the one worker that adds the probe key sends the probe.
+        probe = cache.add(self._key("probe"), 1, timeout=max(self.cooldown, 1))
+        return (PROBE if probe else OPEN), opened_at
+
+    def _allowed(self, decided):
+        if decided is None or decided[0] == CLOSED:  # None: the cache failed, so fail open
+            self._dirty = False
+            _closed_until[self.alias] = time.monotonic() + CLOSED_RECHECK
+            return True
+        verdict, self.opened_at = decided
+        self._dirty = True
+        return verdict in (FAILING, PROBE)
+
+    def _clear(self, cache):
+        cache.delete_many([self._key("failures"), self._key("opened"), self._key("probe")])
+        return True
+
+    def _failing(self):
+        _closed_until.pop(self.alias, None)
+        self._dirty = True
+
+    def _opened(self, opened):
+        if opened:
+            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
+        return opened
+
     def _count_failure(self, cache):
-        # One cache operation, run on the cache's thread: a slow cache costs one wait.
         count = sharedstate.increment(cache, self._key("failures"))
         if count >= self.failures or cache.get(self._key("opened")) is not None:
             cache.set(self._key("opened"), time.time(), timeout=None)

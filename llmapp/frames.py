@@ -8,11 +8,13 @@ events (see ``llmapp.sdk.scrubbing``).
 """
 
 import json
+import threading
 
 from . import conf
 from .types import Completion, CompletionRequest
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
+_import_lock = threading.Lock()
 MAX_FRAMES = 30
 MAX_VARS = 40
 MAX_STRING = 1024
@@ -30,16 +32,26 @@ def capture_exception(error, request):
     """Return ``{"values": [...]}`` in Sentry's exception format, or None when it cannot be built."""
     if error.__traceback__ is None:
         return None
-    from sentry_sdk.utils import event_from_exception
-
-    from .sdk.scrubbing import scrub
-
+    event_from_exception, scrub = _builders()
     event, _ = event_from_exception(error, client_options=_BUILDER_OPTIONS)
     values = event["exception"]["values"]
     if not conf.get_setting("LLM_LOG_CONTENT"):
         values = withhold(values, [request.message, request.prompt, *call_contents(error)])
     values = _bound(scrub(values))
     return {"values": values}
+
+
+def _builders():
+    """Import sentry-sdk's event builder (on a call's first failure, not at start-up), one thread at a time.
+
+    Calls that fail at once would otherwise import sentry_sdk side by side, and one of
+    them could find it partially initialised.
+    """
+    with _import_lock:
+        from sentry_sdk.utils import event_from_exception
+
+        from .sdk.scrubbing import scrub
+    return event_from_exception, scrub
 
 
 def call_contents(error):

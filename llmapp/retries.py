@@ -1,6 +1,7 @@
 """The one retry loop: full-jitter backoff, Retry-After, one deadline, fallbacks, circuits.
 
-Callers drive it the same way whether they complete, stream or await:
+Callers drive it the same way whether they complete or stream (``async for``,
+``afailed`` and ``asucceeded`` on the event loop):
 
     for backend, request in attempts:
         try:
@@ -61,42 +62,71 @@ class Attempts:
     def __iter__(self):
         for position, route in enumerate(self.routes):
             # The breaker's cache may wait only for what is left of the deadline.
-            if route.breaker is not None and not route.breaker.allow(budget=self.left()):
-                self.skipped.append(route.alias)
-                continue
-            if position:
-                metrics.incr(
-                    FALLBACKS_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias}
-                )
-            self._route, self._give_up_route = route, False
-            for retry in range(self.retries + 1):
-                left = self.left()
-                if left <= 0:
-                    raise self._deadline_passed()
-                self._retry = retry
-                self.count += 1
-                own_timeout = route.backend.options.get("timeout")
-                timeout = min(left, own_timeout) if own_timeout else left
-                yield (
-                    route.backend,
-                    dataclasses.replace(
-                        self.request, provider=route.alias, model=route.model, timeout=timeout
-                    ),
-                )
-                if self._give_up_route:
-                    break
+            allowed = route.breaker is None or route.breaker.allow(budget=self.left())
+            yield from self._on_route(position, route, allowed)
         raise self._exhausted()
+
+    async def __aiter__(self):
+        """The same attempts for the event loop: a circuit's cache is awaited, not waited for."""
+        for position, route in enumerate(self.routes):
+            allowed = route.breaker is None or await route.breaker.aallow(budget=self.left())
+            for attempt in self._on_route(position, route, allowed):
+                yield attempt
+        raise self._exhausted()
+
+    def _on_route(self, position, route, allowed):
+        if not allowed:
+            self.skipped.append(route.alias)
+            return
+        if position:
+            metrics.incr(FALLBACKS_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias})
+        self._route, self._give_up_route = route, False
+        for retry in range(self.retries + 1):
+            left = self.left()
+            if left <= 0:
+                raise self._deadline_passed()
+            self._retry = retry
+            self.count += 1
+            own_timeout = route.backend.options.get("timeout")
+            timeout = min(left, own_timeout) if own_timeout else left
+            yield (
+                route.backend,
+                dataclasses.replace(self.request, provider=route.alias, model=route.model, timeout=timeout),
+            )
+            if self._give_up_route:
+                break
 
     def left(self):
         return self.deadline - self.clock()
 
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
-        route = self._route
+        breaker = self._failing_route(error).breaker
+        return self._wait_after(error, breaker is not None and breaker.record_failure(budget=self.left()))
+
+    async def afailed(self, error):
+        breaker = self._failing_route(error).breaker
+        opened = breaker is not None and await breaker.arecord_failure(budget=self.left())
+        return self._wait_after(error, opened)
+
+    def succeeded(self):
+        """Record the success on the route's circuit."""
+        if self._route.breaker is not None:
+            self._route.breaker.record_success(budget=self.left())
+
+    async def asucceeded(self):
+        if self._route.breaker is not None:
+            await self._route.breaker.arecord_success(budget=self.left())
+
+    def _failing_route(self, error):
+        """Return the route that failed with ``error``; raise ``error`` when no retry can help."""
         if not isinstance(error, ProviderError) or not error.transient:
             raise error
         self.last_error = error
-        if route.breaker is not None and route.breaker.record_failure(budget=self.left()):
+        return self._route
+
+    def _wait_after(self, error, opened):
+        if opened:
             # This failure opened the circuit (or a probe failed): retry elsewhere, not here.
             self._give_up_route = True
             return 0.0
@@ -121,13 +151,8 @@ class Attempts:
                 # Waiting would use up the deadline: let a fallback try with what is left.
                 self._give_up_route = True
                 return 0.0
-        metrics.incr(RETRIES_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias})
+        metrics.incr(RETRIES_METRIC, tags={"usecase": self.request.usecase, "provider": self._route.alias})
         return delay
-
-    def succeeded(self):
-        """Record the success on the route's circuit."""
-        if self._route.breaker is not None:
-            self._route.breaker.record_success(budget=self.left())
 
     def check_deadline(self):
         """Raise once the deadline has passed: a stream must not outlive it chunk by chunk."""
@@ -153,7 +178,7 @@ class Attempts:
         breaker = self.routes[0].breaker
         retry_in = ""
         if breaker is not None:
-            retry_in = f"; it lets a call through again in {breaker.retry_in(budget=self.left()):.0f}s"
+            retry_in = f"; it lets a call through again in {breaker.retry_in():.0f}s"
         return ProviderUnavailable(
             f"the circuit of provider(s) {', '.join(self.skipped)} is open after repeated failures"
             f"{retry_in}, and no fallback could take the call",

@@ -5,8 +5,6 @@ import contextlib
 import numbers
 import time
 
-from asgiref.sync import sync_to_async
-
 from .circuit import CircuitBreaker
 from .exceptions import (
     ConfigurationError,
@@ -264,26 +262,57 @@ def stream_prompt(usecase, message, **overrides):
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views.
 
-    The retry loop's bookkeeping (the circuit breaker's cache) runs off the event loop,
-    since a cache may be a database.
+    Nothing leaves the event loop on the way: the provider's async client, a circuit
+    breaker that answers from memory (its cache, when it must be asked, is awaited on a
+    thread of its own) and a usage event put on the writer's queue.
     """
     request, attempts = plan_call(usecase, message, **overrides)
     call = Call(request)
-    steps = iter(attempts)
     try:
-        while True:
-            backend, attempt = await sync_to_async(next)(steps)
-            try:
-                completion = await backend.acomplete(attempt)
-            except ProviderError as exc:
-                await asyncio.sleep(await sync_to_async(attempts.failed)(exc))
-                continue
-            await sync_to_async(attempts.succeeded)()
-            break
+        async with contextlib.aclosing(aiter(attempts)) as steps:
+            async for backend, attempt in steps:
+                try:
+                    completion = await backend.acomplete(attempt)
+                except ProviderError as exc:
+                    await asyncio.sleep(await attempts.afailed(exc))
+                    continue
+                await attempts.asucceeded()
+                break
     except BaseException as exc:  # a cancelled call (the client went away) is recorded too
-        await sync_to_async(call.failed)(exc, attempts=attempts.count)
+        await call.afailed(exc, attempts=attempts.count)
         raise
-    return await sync_to_async(call.succeeded)(completion, attempts=attempts.count)
+    return await call.asucceeded(completion, attempts=attempts.count)
+
+
+async def astream_prompt(usecase, message, **overrides):
+    """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
+    request, attempts = plan_call(usecase, message, **overrides)
+    call = Call(request, streaming=True)
+    completion = None
+    try:
+        async with contextlib.aclosing(aiter(attempts)) as steps:
+            async for backend, attempt in steps:
+                try:
+                    async with contextlib.aclosing(backend.astream(attempt)) as items:
+                        async for item in items:
+                            if isinstance(item, Completion):
+                                completion = item
+                                break
+                            yield item
+                            attempts.check_deadline()
+                except ProviderError as exc:
+                    await asyncio.sleep(await attempts.afailed(exc))
+                    continue
+                await attempts.asucceeded()
+                break
+    except GeneratorExit:
+        await call.afailed(StreamAbandoned("the caller stopped reading the stream"), attempts=attempts.count)
+        raise
+    except BaseException as exc:
+        await call.afailed(exc, attempts=attempts.count)
+        raise
+    # Recorded outside the try: closing the stream after its Completion abandons nothing.
+    yield await call.asucceeded(completion, attempts=attempts.count)
 
 
 def _route(alias, backend, model):

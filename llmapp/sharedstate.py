@@ -25,6 +25,8 @@ redis-py retries within them. The hop costs tens of µs, which the circuit break
 healthy path pays at most once a second per provider (``circuit.CLOSED_RECHECK``).
 """
 
+import asyncio
+import contextlib
 import numbers
 import os
 import queue
@@ -111,19 +113,42 @@ class SharedState:
 
     def run(self, operation, *, default=None, budget=None):
         """Return ``operation(cache)``, run on the cache's thread; ``default`` if the cache failed."""
-        timeout = self.timeout
-        wait = timeout if budget is None else min(timeout, budget)
+        job, wait = self._submit(operation, budget)
+        if job is None:
+            return default
+        return self._outcome(job, job.done.wait(wait), wait, default)
+
+    async def arun(self, operation, *, default=None, budget=None):
+        """The async twin of :meth:`run`: the event loop waits without blocking."""
+        job, wait = self._submit(operation, budget)
+        if job is None:
+            return default
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        job.notify(lambda: _settle_from_thread(loop, finished))
+        try:
+            await asyncio.wait_for(finished, wait)
+        except TimeoutError:
+            return self._outcome(job, False, wait, default)
+        return self._outcome(job, True, wait, default)
+
+    def _submit(self, operation, budget):
+        """Queue ``operation``; return its job and how long to wait for it, or (None, 0) to skip."""
+        wait = self.timeout if budget is None else min(self.timeout, budget)
         guard = self.guard
         if wait <= 0 or not guard.admit():
             metrics.incr(self.skipped_metric, tags=self.tags)
-            return default
+            return None, 0
         job = guard.submit(operation)
         if job is None:
             guard.failed(self, f"no thread can take the operation ({guard.stuck} stuck in earlier ones)")
-            return default
-        if not job.done.wait(wait):
+        return job, wait
+
+    def _outcome(self, job, finished, wait, default):
+        guard = self.guard
+        if not finished:
             job.cancelled = True
-            if wait < timeout:
+            if wait < self.timeout:
                 # The call's deadline cut the wait short: the cache may be fine.
                 guard.release()
                 metrics.incr(self.skipped_metric, tags=self.tags)
@@ -162,7 +187,7 @@ class SharedState:
 
 
 class _Job:
-    __slots__ = ("cancelled", "done", "error", "operation", "result", "worker")
+    __slots__ = ("_callback", "_lock", "cancelled", "done", "error", "operation", "result", "worker")
 
     def __init__(self, operation, worker):
         self.operation = operation
@@ -170,6 +195,34 @@ class _Job:
         self.done = threading.Event()
         self.cancelled = False
         self.result = self.error = None
+        self._callback = None
+        self._lock = threading.Lock()
+
+    def notify(self, callback):
+        """Call ``callback()`` once the job is done (at once if it is), from whichever thread."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callback = callback
+                return
+        callback()
+
+    def finish(self):
+        with self._lock:
+            self.done.set()
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+def _settle(future):
+    if not future.done():
+        future.set_result(None)
+
+
+def _settle_from_thread(loop, future):
+    # The awaiting call may have given up, and its loop closed, before the cache answered.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, future)
 
 
 class _Worker:
@@ -191,7 +244,7 @@ class _Worker:
                     job.result = job.operation(caches[self.alias])
                 except Exception as exc:
                     job.error = exc
-                job.done.set()
+                job.finish()
             if self.jobs.empty():
                 if self.abandoned:
                     break

@@ -4,6 +4,8 @@ import dataclasses
 import logging
 import time
 
+from asgiref.sync import sync_to_async
+
 from . import eventstream, metrics, tracing
 from .events import ERROR, OK, build_event
 from .frames import capture_exception
@@ -31,27 +33,40 @@ class Call:
 
     def succeeded(self, completion, attempts=1):
         """Record the completion; return it with its latency and attempts filled in."""
-        completion = dataclasses.replace(completion, latency_ms=self._latency_ms(), attempts=attempts)
-        tracing.finish_span(self.span, completion=completion)
-        self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
-        if eventstream.keeps_events():
-            eventstream.record(build_event(self.request, completion.latency_ms, completion=completion))
+        completion, event = self._succeeded(completion, attempts)
+        _record(event)
         return completion
 
     def failed(self, error, attempts=1):
+        _record(self._failed(error, attempts))
+
+    async def asucceeded(self, completion, attempts=1):
+        """The async twin of :meth:`succeeded`: off the event loop only for a stream that blocks."""
+        completion, event = self._succeeded(completion, attempts)
+        await _arecord(event)
+        return completion
+
+    async def afailed(self, error, attempts=1):
+        await _arecord(self._failed(error, attempts))
+
+    def _succeeded(self, completion, attempts):
+        completion = dataclasses.replace(completion, latency_ms=self._latency_ms(), attempts=attempts)
+        tracing.finish_span(self.span, completion=completion)
+        self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
+        if not eventstream.keeps_events():
+            return completion, None
+        return completion, build_event(self.request, completion.latency_ms, completion=completion)
+
+    def _failed(self, error, attempts):
         latency_ms = self._latency_ms()
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
         self._count(ERROR, provider, self.request.model, latency_ms)
-        if eventstream.keeps_events():
-            event = build_event(
-                self.request,
-                latency_ms,
-                error=error,
-                exception=_capture(error, self.request),
-                attempts=attempts,
-            )
-            eventstream.record(event)
+        if not eventstream.keeps_events():
+            return None
+        return build_event(
+            self.request, latency_ms, error=error, exception=_capture(error, self.request), attempts=attempts
+        )
 
     def _count(self, status, provider, model, latency_ms, completion=None):
         tags = {"usecase": self.request.usecase, "provider": provider, "model": model, "status": status}
@@ -62,6 +77,22 @@ class Call:
                 metrics.incr(INPUT_TOKENS, amount=completion.input_tokens, tags=tags)
             if completion.output_tokens:
                 metrics.incr(OUTPUT_TOKENS, amount=completion.output_tokens, tags=tags)
+
+
+def _record(event):
+    if event is not None:
+        eventstream.record(event)
+
+
+async def _arecord(event):
+    if event is None:
+        return
+    if eventstream.blocks():
+        # A stream that writes on the caller's thread (the synchronous database stream, a
+        # project's own) must not do it on the event loop.
+        await sync_to_async(eventstream.record)(event)
+    else:
+        eventstream.record(event)
 
 
 def _capture(error, request):

@@ -20,7 +20,7 @@ from ..exceptions import ConfigurationError
 from .database import DatabaseEventStream
 from .writer import dropped_count
 
-__all__ = ["ALIASES", "dropped_count", "flush", "get_eventstream", "keeps_events", "record"]
+__all__ = ["ALIASES", "blocks", "dropped_count", "flush", "get_eventstream", "keeps_events", "record"]
 
 ALIASES = {
     "database": "llmapp.eventstream.database.DatabaseEventStream",
@@ -63,6 +63,11 @@ def get_eventstream():
 def keeps_events():
     """Say whether the configured stream keeps events (``null`` does not): else build none."""
     return not get_eventstream().discards_events
+
+
+def blocks():
+    """Say whether record() may wait on I/O in the caller's thread (then keep it off an event loop)."""
+    return get_eventstream().blocking
 
 
 def record(event):

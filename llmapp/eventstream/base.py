@@ -9,6 +9,9 @@ class EventStream:
     writes_to_database = False
     #: True when record() drops every event, so that callers need not build them.
     discards_events = False
+    #: True when record() may wait on I/O in the caller's thread: async callers then run it
+    #: off the event loop. A stream that only hands events on (to a queue) sets it False.
+    blocking = True
     option_names = frozenset()
 
     def record(self, event):

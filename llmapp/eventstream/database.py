@@ -36,7 +36,7 @@ class DatabaseEventStream(EventStream):
 
     def __init__(self, **options):
         options = DEFAULTS | options
-        self.synchronous = bool(options["synchronous"])
+        self.synchronous = self.blocking = bool(options["synchronous"])
         self.timeout = float(options["timeout"])
         self.writer = EventWriter(
             queue_size=int(options["queue_size"]),

@@ -8,6 +8,9 @@ logger = logging.getLogger("llmapp.usage")
 class LoggingEventStream(EventStream):
     """Log each event on the ``llmapp.usage`` logger, its fields as ``extra``."""
 
+    # As Django's own async views do: a log record is taken as cheap, whatever its handler.
+    blocking = False
+
     def record(self, event):
         data = event.as_dict()
         data["created_at"] = data["created_at"].isoformat()

@@ -5,6 +5,7 @@ class NullEventStream(EventStream):
     """Drop every event."""
 
     discards_events = True
+    blocking = False
 
     def record(self, event):
         pass

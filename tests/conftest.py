@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-9f8e7d6c5b4a39281706SECRET"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _writers_let_go_of_the_test_database(django_db_setup, django_db_blocker):
+    """Stop the usage writers before the test database is dropped: each holds a connection."""
+    yield
+    from llmapp import conf
+
+    with django_db_blocker.unblock():
+        conf.reset_all()
+
+
 @pytest.fixture(autouse=True)
 def _empty_caches():
     """Circuit-breaker state lives in the cache: no test may inherit another's."""

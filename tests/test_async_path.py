@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from llmapp import acomplete_prompt, astream_prompt
+from llmapp import acomplete_prompt, astream_prompt, eventstream
 from llmapp.circuit import CircuitBreaker
 from llmapp.eventstream.base import EventStream
 from llmapp.exceptions import ProviderError
@@ -93,7 +93,9 @@ def test_astream_prompt_yields_the_chunks_then_the_completion(recorded_on):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_abandoned_async_stream_is_recorded_once():
+def test_an_abandoned_async_stream_is_recorded_once(settings):
+    settings.LLM_EVENTSTREAM_OPTIONS = {"synchronous": False}
+
     async def read_one():
         stream = astream_prompt("summarize", "one two three", provider="test")
         first = await anext(stream)
@@ -101,6 +103,7 @@ def test_an_abandoned_async_stream_is_recorded_once():
         return first
 
     assert asyncio.run(read_one()) == "locmem "
+    assert eventstream.flush(timeout=10)
     assert list(CompletionEvent.objects.values_list("status", "error_type")) == [("error", "StreamAbandoned")]
 
 

@@ -12,7 +12,7 @@ from django.db.backends.signals import connection_created
 
 from llmapp import complete_prompt, eventstream
 from llmapp.eventstream import writer as writer_module
-from llmapp.eventstream.database import DatabaseEventStream, row_of
+from llmapp.eventstream.database import DatabaseEventStream, insert_events
 from llmapp.eventstream.writer import EventWriter
 from llmapp.metrics import locmem as sent_metrics
 from llmapp.models import CompletionEvent
@@ -74,11 +74,11 @@ def test_a_full_queue_drops_events_counts_them_and_logs_once(settings, caplog):
     writer_module.reset_dropped_count()
     release = threading.Event()
 
-    def stuck_row(usage):
+    def stuck_insert(connection, events):
         release.wait()  # the usage database hangs
-        return row_of(usage)
+        insert_events(connection, events)
 
-    writer = EventWriter(queue_size=3, batch_size=1, max_wait=0, row=stuck_row)
+    writer = EventWriter(queue_size=3, batch_size=1, max_wait=0, insert=stuck_insert)
     usage = _usage_event()
     accepted = [writer.offer(usage) for _ in range(10)]
     # The writer holds the first event (stuck in the database); the queue takes three more.
@@ -88,7 +88,7 @@ def test_a_full_queue_drops_events_counts_them_and_logs_once(settings, caplog):
     with caplog.at_level(logging.WARNING, logger="llmapp.eventstream"):
         writer.offer(usage)
     release.set()
-    assert writer.flush(timeout=10)
+    assert writer.stop(timeout=10)
     assert writer.written + writer_module.dropped_count() == 11
     from llmapp import metrics
 
@@ -103,10 +103,10 @@ def test_a_bad_row_loses_only_itself(settings):
     good = _usage_event()
     bad = dataclasses.replace(good, input_tokens=-1)  # violates the column's CHECK constraint
     writer_module.reset_dropped_count()
-    writer = EventWriter(queue_size=10, batch_size=10, max_wait=5, row=row_of)
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=5, insert=insert_events)
     for usage in (good, bad, good):
         writer.offer(usage)
-    assert writer.flush(timeout=10)
+    assert writer.stop(timeout=10)  # written, and the writer's connection closed
     assert CompletionEvent.objects.count() == 2
     assert writer_module.dropped_count() == 1
 
@@ -114,7 +114,7 @@ def test_a_bad_row_loses_only_itself(settings):
 @pytest.mark.django_db(transaction=True)
 def test_debug_keeps_no_queries_on_the_writers_connection(settings):
     settings.DEBUG = True
-    writer = EventWriter(queue_size=10, batch_size=10, max_wait=0, row=row_of)
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=0, insert=insert_events)
     writer._write([_usage_event()])  # on this thread, as the writer thread runs it
     assert list(connection.queries_log) == []
     assert CompletionEvent.objects.count() == 1

@@ -22,6 +22,7 @@ from django.db import (
     OperationalError,
     connections,
     router,
+    transaction,
 )
 
 from .. import metrics
@@ -53,11 +54,11 @@ class EventWriter:
     cuts the wait short.
     """
 
-    def __init__(self, *, queue_size, batch_size, max_wait, row=None):
+    def __init__(self, *, queue_size, batch_size, max_wait, insert):
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.max_wait = max_wait
-        self.row = row  # event -> unsaved CompletionEvent
+        self.insert = insert  # (connection, events) -> None: writes them, or raises
         self.queue = queue.SimpleQueue()
         self.thread = None
         self.written = 0
@@ -158,19 +159,20 @@ class EventWriter:
         from ..models import CompletionEvent
 
         alias = router.db_for_write(CompletionEvent)
+        connection = connections[alias]
         self.in_flight = len(events)
         try:
-            rows = [self.row(event) for event in events]
             try:
-                CompletionEvent.objects.using(alias).bulk_create(rows)
+                with transaction.atomic(using=alias):
+                    self.insert(connection, events)
             except (DataError, IntegrityError):
-                if len(rows) == 1:
+                if len(events) == 1:
                     raise
                 # One bad row must not lose its batch: write them one by one.
-                for row in rows:
-                    self._write_one(CompletionEvent, alias, row)
+                for event in events:
+                    self._write_one(connection, event)
             else:
-                self._written(len(rows))
+                self._written(len(events))
         except DatabaseError as exc:
             self.lost(len(events), f"{type(exc).__name__}: {exc}")
         except Exception as exc:
@@ -178,11 +180,12 @@ class EventWriter:
             self.lost(len(events), f"{type(exc).__name__}: {exc}", log=False)
         finally:
             self.in_flight = 0
-            self._tidy(alias)
+            self._tidy(connection)
 
-    def _write_one(self, model, alias, row):
+    def _write_one(self, connection, event):
         try:
-            model.objects.using(alias).bulk_create([row])
+            with transaction.atomic(using=connection.alias):
+                self.insert(connection, [event])
         except (DataError, IntegrityError) as exc:
             self.lost(1, f"{type(exc).__name__}: {exc}")
         else:
@@ -192,8 +195,7 @@ class EventWriter:
         self.written += count
         metrics.incr(WRITTEN_METRIC, amount=count)
 
-    def _tidy(self, alias):
-        connection = connections[alias]
+    def _tidy(self, connection):
         # Under DEBUG, Django keeps the queries of a connection; no request ends to clear them here.
         connection.queries_log.clear()
         # What the end of a request does: honour CONN_MAX_AGE, drop a broken connection.

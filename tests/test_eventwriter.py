@@ -224,3 +224,18 @@ def test_options_that_make_no_sense_are_refused():
     for options in ({"queue_size": 0}, {"batch_size": -1}, {"max_wait": -1}, {"timeout": 0}):
         with pytest.raises(ValueError):
             DatabaseEventStream(**options)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_waits_for_the_writer_rather_than_lose_events(settings):
+    from llmapp import batch
+
+    # A queue far smaller than the batch: callers that cannot wait would drop events.
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"queue_size": 10, "batch_size": 5}
+    writer_module.reset_dropped_count()
+    items = [batch.Item(str(n), f"item {n}") for n in range(200)]
+    records = []
+    stats = batch.run_batch("summarize", iter(items), records.append, concurrency=8)
+    assert stats.done == 200
+    assert CompletionEvent.objects.count() == 200
+    assert writer_module.dropped_count() == 0

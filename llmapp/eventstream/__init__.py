@@ -20,7 +20,16 @@ from ..exceptions import ConfigurationError
 from .database import DatabaseEventStream
 from .writer import dropped_count
 
-__all__ = ["ALIASES", "blocks", "dropped_count", "flush", "get_eventstream", "keeps_events", "record"]
+__all__ = [
+    "ALIASES",
+    "blocks",
+    "dropped_count",
+    "flush",
+    "get_eventstream",
+    "keeps_events",
+    "record",
+    "wait_for_room",
+]
 
 ALIASES = {
     "database": "llmapp.eventstream.database.DatabaseEventStream",
@@ -96,6 +105,20 @@ def flush(timeout=5.0):
     except ConfigurationError:
         return True
     return stream.flush(timeout)
+
+
+def wait_for_room(timeout=5.0):
+    """For a producer that may wait (a batch, not a request): let a congested queue drain first.
+
+    Callers that cannot wait drop events when the queue is full; a batch, which makes
+    calls as fast as the provider answers, would otherwise outrun the writer.
+    """
+    try:
+        stream = get_eventstream()
+    except ConfigurationError:
+        return
+    if stream.congested():
+        stream.flush(timeout)
 
 
 @conf.on_change

@@ -17,6 +17,10 @@ class EventStream:
     def record(self, event):
         raise NotImplementedError
 
+    def congested(self):
+        """Say whether events wait in numbers that a producer able to wait should let drain."""
+        return False
+
     def flush(self, timeout):
         """Wait until every event recorded so far is stored; return False on timeout."""
         return True

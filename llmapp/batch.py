@@ -246,7 +246,7 @@ def run_batch(usecase, items, write, *, concurrency=1, skip=frozenset(), progres
                 stats.skipped += 1
                 continue
             slots.acquire()
-            eventstream.wait_for_room(FLUSH_TIMEOUT)
+            eventstream.wait_for_room(FLUSH_TIMEOUT, headroom=concurrency)
             future = executor.submit(_run_in_worker, usecase, item)
             future.add_done_callback(free_slot)
             pending.append(future)

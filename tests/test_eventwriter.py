@@ -231,7 +231,7 @@ def test_a_batch_waits_for_the_writer_rather_than_lose_events(settings):
     from llmapp import batch
 
     # A queue far smaller than the batch: callers that cannot wait would drop events.
-    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"queue_size": 10, "batch_size": 5}
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND | {"queue_size": 20, "batch_size": 5}
     writer_module.reset_dropped_count()
     items = [batch.Item(str(n), f"item {n}") for n in range(200)]
     records = []

@@ -59,7 +59,7 @@ ADMIN_PAGES = """
 from django.contrib.auth.models import User
 from django.test import Client
 
-from llmapp import complete_prompt
+from llmapp import complete_prompt, eventstream
 from llmapp.exceptions import ProviderError
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
@@ -69,6 +69,7 @@ try:
     complete_prompt("summarize", "a call that fails", retries=0)
 except ProviderError:
     pass
+assert eventstream.flush(timeout=10)  # usage is written off the call path
 failed = CompletionEvent.objects.get(status="error")
 client = Client(HTTP_HOST="localhost")
 client.force_login(User.objects.get(username="admin"))

@@ -1,5 +1,8 @@
+import asyncio
+
 from llmapp import complete_prompt, stream_prompt
-from llmapp.providers.preview import LABEL
+from llmapp.providers.preview import LABEL, PreviewProvider
+from llmapp.types import CompletionRequest
 
 TICKET = (
     "The checkout page times out for customers in Canada. It started after Tuesday's deploy. "
@@ -30,3 +33,16 @@ def test_preview_is_deterministic_and_streams_the_same_text():
     assert "You said: What is Django?" in first.text
     *chunks, completion = stream_prompt("example", "What is Django?")
     assert "".join(chunks) == first.text == completion.text
+
+
+def test_preview_astream_yields_what_stream_yields():
+    backend = PreviewProvider("default")
+    request = CompletionRequest("example", "What is Django?", "", "default", "preview", 0.5, 200)
+
+    async def astreamed():
+        return [item async for item in backend.astream(request)]
+
+    streamed = list(backend.stream(request))
+    assert asyncio.run(astreamed()) == streamed
+    text, completion = streamed
+    assert text == completion.text and "You said: What is Django?" in text

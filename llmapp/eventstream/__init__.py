@@ -107,17 +107,19 @@ def flush(timeout=5.0):
     return stream.flush(timeout)
 
 
-def wait_for_room(timeout=5.0):
+def wait_for_room(timeout=5.0, headroom=0):
     """For a producer that may wait (a batch, not a request): let a congested queue drain first.
 
     Callers that cannot wait drop events when the queue is full; a batch, which makes
     calls as fast as the provider answers, would otherwise outrun the writer.
+    ``headroom`` is how many events the producer may add before it calls again (its
+    calls under way).
     """
     try:
         stream = get_eventstream()
     except ConfigurationError:
         return
-    if stream.congested():
+    if stream.congested(headroom):
         stream.flush(timeout)
 
 

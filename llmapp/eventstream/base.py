@@ -17,8 +17,11 @@ class EventStream:
     def record(self, event):
         raise NotImplementedError
 
-    def congested(self):
-        """Say whether events wait in numbers that a producer able to wait should let drain."""
+    def congested(self, headroom=0):
+        """Say whether events wait in numbers that a producer able to wait should let drain.
+
+        ``headroom``: how many more events the producer may add before it looks again.
+        """
         return False
 
     def flush(self, timeout):

@@ -66,8 +66,8 @@ class DatabaseEventStream(EventStream):
         with bounded_transaction(connection, self.timeout):
             insert_events(connection, [event])
 
-    def congested(self):
-        return not self.synchronous and self.writer.queue.qsize() > self.writer.queue_size // 2
+    def congested(self, headroom=0):
+        return not self.synchronous and self.writer.queue.qsize() + headroom > self.writer.queue_size // 2
 
     def flush(self, timeout):
         return self.writer.flush(timeout)

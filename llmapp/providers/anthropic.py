@@ -17,7 +17,7 @@ from ..exceptions import (
     ProviderUnavailable,
 )
 from ..types import Completion
-from .base import SDKProvider
+from .base import SDKProvider, StreamReader
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
 from .http import HINTS, error_message, malformed_answer, retry_after, status_error
@@ -44,6 +44,37 @@ ERROR_TYPE_STATUS = {
 _HINTS = HINTS | {529: "Anthropic is overloaded; try again shortly"}
 
 
+class AnthropicStreamReader(StreamReader):
+    """Reads the raw Messages events, which say the same on every SDK version.
+
+    message_start carries the input tokens, message_delta the stop reason and output tokens,
+    and message_stop says the answer is whole.
+    """
+
+    request_id_header = "request-id"
+    stopped = False
+
+    def read(self, event):
+        if event.type == "message_start":
+            self.model = event.message.model or self.model
+            self.input_tokens = event.message.usage.input_tokens
+            self.output_tokens = event.message.usage.output_tokens
+        elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+            return [event.delta.text]
+        elif event.type == "message_delta":
+            self.finish_reason = event.delta.stop_reason or self.finish_reason
+            # Counts on message_delta are running totals, not increments.
+            self.output_tokens = event.usage.output_tokens
+            self.input_tokens = getattr(event.usage, "input_tokens", None) or self.input_tokens
+        elif event.type == "message_stop":
+            self.stopped = True
+        return []
+
+    @property
+    def ended(self):
+        return self.stopped
+
+
 class AnthropicProvider(SDKProvider):
     """Messages through the official ``anthropic`` SDK."""
 
@@ -53,6 +84,7 @@ class AnthropicProvider(SDKProvider):
     package = "anthropic"
     extra = "anthropic"
     api_key_variables = ("ANTHROPIC_API_KEY",)
+    stream_reader = AnthropicStreamReader
 
     @property
     def base_url(self):
@@ -112,48 +144,9 @@ class AnthropicProvider(SDKProvider):
     def send(self, client, payload):
         return client.messages.create(**payload)
 
-    def stream(self, request):
-        # The raw events, not the messages.stream() helper: message_start carries the input
-        # tokens, message_delta the stop reason and output tokens, and message_stop says the
-        # answer is whole, on every SDK version.
-        payload = self.build_payload(request)
-        parts, request_id, model = [], None, request.model
-        stop_reason, input_tokens, output_tokens, stopped = None, None, None, False
-        try:
-            stream = self.client.messages.create(**payload, stream=True)
-            request_id = stream.response.headers.get("request-id")
-            with stream:
-                for event in stream:
-                    if event.type == "message_start":
-                        model = event.message.model or model
-                        input_tokens = event.message.usage.input_tokens
-                        output_tokens = event.message.usage.output_tokens
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        if event.delta.text:
-                            parts.append(event.delta.text)
-                            yield event.delta.text
-                    elif event.type == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        # Counts on message_delta are running totals, not increments.
-                        output_tokens = event.usage.output_tokens
-                        input_tokens = getattr(event.usage, "input_tokens", None) or input_tokens
-                    elif event.type == "message_stop":
-                        stopped = True
-        except Exception as exc:
-            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            raise self.stream_failed(error, len(parts), request_id) from None
-        if not stopped:
-            raise self.stream_unfinished(len(parts), request_id)
-        yield Completion(
-            text="".join(parts),
-            usecase=request.usecase,
-            provider=self.alias,
-            model=model,
-            finish_reason=stop_reason,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            request_id=request_id,
-        )
+    def open_stream(self, client, payload):
+        # The raw events, not the messages.stream() helper: see AnthropicStreamReader.
+        return client.messages.create(**payload, stream=True)
 
     def parse(self, response, request):
         request_id = getattr(response, "_request_id", None)

@@ -1,6 +1,7 @@
 """The base class every provider backend extends."""
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -12,6 +13,7 @@ from asgiref.sync import sync_to_async
 
 from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderUnavailable
 from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
+from ..types import Completion
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
@@ -21,7 +23,8 @@ class BaseProvider:
     """A configured provider: turns a CompletionRequest into a Completion.
 
     Subclasses set the class attributes below and implement ``complete()`` and
-    ``describe_request()``; ``stream()`` and ``acomplete()`` have working defaults.
+    ``describe_request()``; ``stream()``, ``acomplete()`` and ``astream()`` have working
+    defaults.
     """
 
     #: OPTIONS keys this backend accepts.
@@ -129,13 +132,19 @@ class BaseProvider:
 
     def stream(self, request):
         """Yield text chunks, then the Completion; the default yields it all at once."""
-        completion = self.complete(request)
-        if completion.text:
-            yield completion.text
-        yield completion
+        yield from self.pieces(self.complete(request))
 
     async def acomplete(self, request):
         return await sync_to_async(self.complete, thread_sensitive=False)(request)
+
+    async def astream(self, request):
+        """The async twin of ``stream()``: the default awaits ``acomplete()`` and yields it all at once."""
+        for piece in self.pieces(await self.acomplete(request)):
+            yield piece
+
+    def pieces(self, completion):
+        """Return what a stream of an answer that came whole yields: its text, then ``completion``."""
+        return [completion.text, completion] if completion.text else [completion]
 
     def stream_failed(self, error, chunks, request_id=None):
         """Return ``error`` as a stream's failure after ``chunks`` chunks of text.
@@ -188,8 +197,13 @@ class SDKProvider(BaseProvider):
     Subclasses set ``package``/``extra`` and implement ``build_client()``,
     ``build_payload()``, ``send()``, ``parse()`` and ``translate_error()``; the client
     is built on first use and shared, and ``complete``, ``acomplete`` and ``describe_request``
-    need no code.
+    need no code. To stream natively, they also implement ``open_stream()`` and set
+    ``stream_reader``: ``stream()`` and ``astream()`` then need no code either.
     """
+
+    #: The StreamReader subclass that reads this SDK's streamed chunks; None: a stream is the
+    #: answer of ``complete()``, yielded at once.
+    stream_reader = None
 
     def __init__(self, alias, *, options=None, models=None):
         super().__init__(alias, options=options, models=models)
@@ -248,6 +262,10 @@ class SDKProvider(BaseProvider):
         """Turn an SDK or transport exception into a ProviderError with no secret in it."""
         raise NotImplementedError
 
+    def open_stream(self, client, payload):
+        """Start the SDK's stream of chunks for ``payload``; with an async client, return its coroutine."""
+        raise NotImplementedError
+
     def complete(self, request):
         payload = self.build_payload(request)
         try:
@@ -263,6 +281,44 @@ class SDKProvider(BaseProvider):
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None
         return self.parse(response, request)
+
+    # stream() and astream() differ only in how they open, read and close the SDK's stream:
+    # what a chunk means is the reader's, in one place for both.
+
+    def stream(self, request):
+        if self.stream_reader is None:
+            yield from super().stream(request)
+            return
+        payload = self.build_payload(request)
+        reader = self.stream_reader(self, request)
+        try:
+            chunks = self.open_stream(self.client, payload)
+            reader.opened(chunks)
+            # Closed also when our caller stops reading early: that ends the HTTP response.
+            with contextlib.closing(chunks):
+                for chunk in chunks:
+                    yield from reader.feed(chunk)
+        except Exception as exc:
+            raise reader.failed(exc) from None
+        yield reader.completion()
+
+    async def astream(self, request):
+        if self.stream_reader is None:
+            async for piece in super().astream(request):
+                yield piece
+            return
+        payload = self.build_payload(request)
+        reader = self.stream_reader(self, request)
+        try:
+            chunks = await self.open_stream(self.async_client(), payload)
+            reader.opened(chunks)
+            async with _aclosing(chunks):
+                async for chunk in chunks:
+                    for text in reader.feed(chunk):
+                        yield text
+        except Exception as exc:
+            raise reader.failed(exc) from None
+        yield reader.completion()
 
     def describe_request(self, request):
         """Return the request the SDK would send, credentials masked (for --dry-run).
@@ -288,6 +344,72 @@ class SDKProvider(BaseProvider):
             "headers": mask_headers(sent.headers.items()),
             "json": json.loads(sent.content) if sent.content else None,
         }
+
+
+def _aclosing(chunks):
+    """Return an async context manager that closes an SDK's async stream: its own, else aclose()."""
+    return chunks if hasattr(chunks, "__aexit__") else contextlib.aclosing(chunks)
+
+
+class StreamReader:
+    """What one streamed answer has said so far, fed the SDK's chunks one at a time.
+
+    ``stream()`` and ``astream()`` share it, so that a chunk means the same in both. A
+    subclass implements ``read()``, and sets the fields below as the chunks tell them.
+    """
+
+    #: The response header with the request id, for SDKs whose stream object carries the response.
+    request_id_header = None
+
+    def __init__(self, provider, request):
+        self.provider = provider
+        self.request = request
+        self.parts = []
+        self.model = request.model
+        self.request_id = None
+        self.finish_reason = None
+        self.input_tokens = None
+        self.output_tokens = None
+
+    def opened(self, chunks):
+        """Note what the SDK's stream says before its first chunk."""
+        if self.request_id_header:
+            self.request_id = chunks.response.headers.get(self.request_id_header)
+
+    def read(self, chunk):
+        """Take the fields ``chunk`` carries; return the texts it adds to the answer."""
+        raise NotImplementedError
+
+    def feed(self, chunk):
+        """Read ``chunk``; return its texts, which are the answer's next chunks."""
+        texts = [text for text in self.read(chunk) if text]
+        self.parts.extend(texts)
+        return texts
+
+    @property
+    def ended(self):
+        """Whether the server said its answer is whole; by default, whether it gave a finish reason."""
+        return self.finish_reason is not None
+
+    def failed(self, exc):
+        """Return the ProviderError the stream raises for ``exc``, given the text already yielded."""
+        error = self.provider.translate_error(exc, request_id=self.request_id, timeout=self.request.timeout)
+        return self.provider.stream_failed(error, len(self.parts), self.request_id)
+
+    def completion(self):
+        """Return the answer's Completion; raise stream_unfinished if the server did not end it."""
+        if not self.ended:
+            raise self.provider.stream_unfinished(len(self.parts), self.request_id)
+        return Completion(
+            text="".join(self.parts),
+            usecase=self.request.usecase,
+            provider=self.provider.alias,
+            model=self.model,
+            finish_reason=self.finish_reason,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            request_id=self.request_id,
+        )
 
 
 class NotSent(Exception):

@@ -6,6 +6,8 @@ and location and finds credentials as Google's SDKs do (Application Default
 Credentials), or an API key alone in Vertex AI express mode.
 """
 
+import contextvars
+import inspect
 import json
 import math
 import os
@@ -13,7 +15,7 @@ import sys
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..types import Completion
-from .base import NO_KEY, SDKProvider
+from .base import NO_KEY, SDKProvider, StreamReader
 from .http import malformed_answer, retry_after, status_error
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
@@ -48,6 +50,23 @@ _CONNECTION_ERRORS = (
 )
 
 
+class GeminiStreamReader(StreamReader):
+    """Reads GenerateContentResponse chunks: the first candidate's text, and a blocked prompt."""
+
+    def read(self, chunk):
+        # Gemini sends no request id header: a proxy's, else the chunk's responseId.
+        self.request_id = self.request_id or _request_id(chunk)
+        self.model = chunk.model_version or self.model
+        if chunk.usage_metadata:
+            self.input_tokens, self.output_tokens = _tokens(chunk.usage_metadata)
+        self.provider.raise_if_blocked(chunk, self.request_id)
+        texts = []
+        for candidate in (chunk.candidates or [])[:1]:
+            self.finish_reason = _finish_reason(candidate) or self.finish_reason
+            texts.append(_text(candidate))
+        return texts
+
+
 class GeminiProvider(SDKProvider):
     """generateContent through the official ``google-genai`` SDK."""
 
@@ -69,6 +88,7 @@ class GeminiProvider(SDKProvider):
     default_model = DEFAULT_MODEL
     package = "google.genai"
     extra = "gemini"
+    stream_reader = GeminiStreamReader
 
     @property
     def is_vertex(self):
@@ -199,6 +219,11 @@ class GeminiProvider(SDKProvider):
             # llmapp owns retries: one attempt. Setting it also turns off the SDK's
             # implicit retry of aiohttp connection errors in async calls.
             http_options["retry_options"] = types.HttpRetryOptions(attempts=1)
+        if asynchronous and "async_client_args" in types.HttpOptions.model_fields:
+            # So that an async stream closed early can close its HTTP response (ClosableStream).
+            # An httpx option: the SDK drops it when it uses aiohttp (if installed), whose
+            # responses the event loop closes later.
+            http_options["async_client_args"] = {"event_hooks": {"response": [_note_response]}}
         connection = self.connection()
         if transport is not None:
             # No proxies from the environment: they would route around the transport.
@@ -225,46 +250,13 @@ class GeminiProvider(SDKProvider):
     def send(self, client, payload):
         return client.models.generate_content(**payload)
 
-    def stream(self, request):
-        parts, finish_reason, usage, model, request_id = [], None, None, request.model, None
-        chunks = None
-        try:
-            chunks = self.client.models.generate_content_stream(**self.build_payload(request))
-            for chunk in chunks:
-                request_id = request_id or _request_id(chunk)
-                model = chunk.model_version or model
-                usage = chunk.usage_metadata or usage
-                self._raise_if_blocked(chunk, request_id)
-                for candidate in (chunk.candidates or [])[:1]:
-                    finish_reason = _finish_reason(candidate) or finish_reason
-                    text = _text(candidate)
-                    if text:
-                        parts.append(text)
-                        yield text
-        except Exception as exc:
-            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            raise self.stream_failed(error, len(parts), request_id) from None
-        finally:
-            if chunks is not None:
-                # Ends the SDK's generator now, also when our caller stopped reading early.
-                chunks.close()
-        if finish_reason is None:
-            raise self.stream_unfinished(len(parts), request_id)
-        input_tokens, output_tokens = _tokens(usage)
-        yield Completion(
-            text="".join(parts),
-            usecase=request.usecase,
-            provider=self.alias,
-            model=model,
-            finish_reason=finish_reason,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            request_id=request_id,
-        )
+    def open_stream(self, client, payload):
+        chunks = client.models.generate_content_stream(**payload)
+        return _open_closable(chunks) if inspect.isawaitable(chunks) else chunks
 
     def parse(self, response, request):
         request_id = _request_id(response)
-        self._raise_if_blocked(response, request_id)
+        self.raise_if_blocked(response, request_id)
         if not response.candidates:
             raise ProviderError(
                 "the server's answer has no candidates", provider=self.alias, request_id=request_id
@@ -282,7 +274,7 @@ class GeminiProvider(SDKProvider):
             request_id=request_id,
         )
 
-    def _raise_if_blocked(self, response, request_id):
+    def raise_if_blocked(self, response, request_id):
         feedback = response.prompt_feedback
         reason = _enum_name(feedback.block_reason) if feedback else None
         if reason and not response.candidates:
@@ -345,6 +337,53 @@ class GeminiProvider(SDKProvider):
         return ProviderError(
             f"the google-genai SDK failed: {type(exc).__name__}: {self.redact(str(exc))}", **common
         )
+
+
+#: The HTTP responses of the async stream being read on this task; see ClosableStream.
+_stream_responses = contextvars.ContextVar("llmapp_gemini_stream_responses", default=None)
+
+
+async def _note_response(response):
+    """An httpx response hook of the async client: note the response of the stream being read."""
+    responses = _stream_responses.get()
+    if responses is not None:
+        responses.append(response)
+
+
+async def _open_closable(opening):
+    return ClosableStream(await opening)
+
+
+class ClosableStream:
+    """The SDK's async stream of chunks, whose aclose() closes its HTTP responses too.
+
+    The SDK nests async generators and gives no handle on the response: closing the outer
+    generator leaves the inner ones, and the connection, to the event loop's finalizer of
+    async generators, later or never. This notes the responses the stream opens (through
+    ``_note_response``) and closes them itself.
+    """
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.responses = []
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        # The request goes out, and any further one (a continuation) too, inside anext().
+        token = _stream_responses.set(self.responses)
+        try:
+            return await anext(self.chunks)
+        finally:
+            _stream_responses.reset(token)
+
+    async def aclose(self):
+        try:
+            await self.chunks.aclose()
+        finally:
+            for response in self.responses:
+                await response.aclose()
 
 
 def _first_variable(names):

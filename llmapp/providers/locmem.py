@@ -59,11 +59,10 @@ class LocmemProvider(BaseProvider):
             output_tokens=estimate_tokens(reply),
         )
 
-    def stream(self, request):
-        completion = self.complete(request)
-        # Word by word, spaces kept, so the chunks join back to the exact text.
-        yield from (piece for piece in re.split(r"(?<= )", completion.text) if piece)
-        yield completion
+    def pieces(self, completion):
+        # stream() and astream() yield it word by word, spaces kept, so the chunks join back
+        # to the exact text.
+        return [piece for piece in re.split(r"(?<= )", completion.text) if piece] + [completion]
 
     def describe_request(self, request):
         return {"backend": "locmem (recorded in memory, nothing is sent)", **vars(request)}

@@ -8,10 +8,27 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
 from ..types import Completion
-from .base import SDKProvider
+from .base import SDKProvider, StreamReader
 from .http import error_message, malformed_answer, retry_after, status_error
 
 OPENAI_URL = "https://api.openai.com/v1"
+
+
+class OpenAIStreamReader(StreamReader):
+    """Reads chat.completion.chunk objects: the answer is whole once a choice has a finish reason."""
+
+    request_id_header = "x-request-id"
+
+    def read(self, chunk):
+        self.model = chunk.model or self.model
+        if chunk.usage:
+            self.input_tokens = chunk.usage.prompt_tokens
+            self.output_tokens = chunk.usage.completion_tokens
+        texts = []
+        for choice in chunk.choices:
+            self.finish_reason = choice.finish_reason or self.finish_reason
+            texts.append(choice.delta.content if choice.delta else None)
+        return texts
 
 
 class OpenAIProvider(SDKProvider):
@@ -38,6 +55,7 @@ class OpenAIProvider(SDKProvider):
     default_model = "gpt-4o-mini"
     package = "openai"
     extra = "openai"
+    stream_reader = OpenAIStreamReader
 
     @property
     def api_key_variables(self):
@@ -132,39 +150,10 @@ class OpenAIProvider(SDKProvider):
     def send(self, client, payload):
         return client.chat.completions.create(**payload)
 
-    def stream(self, request):
-        payload = self.build_payload(request)
+    def open_stream(self, client, payload):
         if self.options.get("stream_usage", True):
-            payload["stream_options"] = {"include_usage": True}
-        parts, finish_reason, usage, model, request_id = [], None, None, request.model, None
-        try:
-            stream = self.client.chat.completions.create(**payload, stream=True)
-            request_id = stream.response.headers.get("x-request-id")
-            with stream:
-                for chunk in stream:
-                    model = chunk.model or model
-                    usage = chunk.usage or usage
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        text = choice.delta.content if choice.delta else None
-                        if text:
-                            parts.append(text)
-                            yield text
-        except Exception as exc:
-            error = self.translate_error(exc, request_id=request_id, timeout=request.timeout)
-            raise self.stream_failed(error, len(parts), request_id) from None
-        if finish_reason is None:
-            raise self.stream_unfinished(len(parts), request_id)
-        yield Completion(
-            text="".join(parts),
-            usecase=request.usecase,
-            provider=self.alias,
-            model=model,
-            finish_reason=finish_reason,
-            input_tokens=usage.prompt_tokens if usage else None,
-            output_tokens=usage.completion_tokens if usage else None,
-            request_id=request_id,
-        )
+            payload = {**payload, "stream_options": {"include_usage": True}}
+        return client.chat.completions.create(**payload, stream=True)
 
     def parse(self, response, request):
         if not getattr(response, "choices", None):

@@ -33,6 +33,7 @@ MESSAGES_PATH = "/v1/messages"
 @dataclass(kw_only=True)
 class _StreamReply(StreamReply):
     error_type: str | None = None  # sent as an error event instead of the message's end
+    message_stop: bool = True  # False: the body ends cleanly, the message never does
 
 
 def _error_type(status: int) -> str:
@@ -110,11 +111,14 @@ class FakeAnthropicServer(FakeHTTPServer):
         delay: float = 0.0,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        message_stop: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Queue a message event stream.
 
         ``cut_after=N`` drops the connection after N text deltas; ``error_type`` (e.g.
-        ``"overloaded_error"``) sends an ``error`` event after the chunks instead of ending.
+        ``"overloaded_error"``) sends an ``error`` event after the chunks instead of ending;
+        ``message_stop=False`` ends the body cleanly after the chunks, the message unfinished.
         """
         self._enqueue(
             _StreamReply(
@@ -124,7 +128,9 @@ class FakeAnthropicServer(FakeHTTPServer):
                 completion_tokens=output_tokens,
                 cut_after=cut_after,
                 error_type=error_type,
+                message_stop=message_stop,
                 delay_between=delay_between,
+                headers=dict(headers or {}),
                 delay=delay,
             )
         )
@@ -203,6 +209,8 @@ class FakeAnthropicServer(FakeHTTPServer):
             return Events(
                 head, pieces, [_event(_error_body(reply.error_type, f"Fake {reply.error_type} mid-stream"))]
             )
+        if not reply.message_stop:
+            return Events(head, pieces, [_event({"type": "content_block_stop", "index": 0})])
         message_delta = {
             "type": "message_delta",
             "delta": {"stop_reason": reply.finish_reason, "stop_sequence": None},

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -165,6 +166,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.server.fake._serve(self)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
+            self.server.fake._hung_up()
 
     def read_body(self) -> dict[str, Any] | None:
         """Read the request body as a JSON object, or None."""
@@ -200,6 +202,17 @@ class RequestHandler(BaseHTTPRequestHandler):
         """Send one chunk of a chunked response and flush it."""
         self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+    def hangs_up_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the client to close its end; return whether it did."""
+        readable, _, _ = select.select([self.connection], [], [], seconds)
+        if not readable:
+            return False
+        try:
+            # Readable with nothing to read: the client's end is closed (no request comes mid-reply).
+            return not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def cut(self) -> None:
         """Drop the connection mid-response, without the terminating chunk."""
@@ -258,6 +271,7 @@ class FakeHTTPServer:
         self._counter = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self._hangup = threading.Event()
         self._httpd: HTTPListener | None = None
         self._thread: threading.Thread | None = None
 
@@ -312,10 +326,18 @@ class FakeHTTPServer:
             return list(self._requests)
 
     def reset(self) -> None:
-        """Forget recorded requests and queued replies."""
+        """Forget recorded requests, queued replies and hang-ups."""
         with self._lock:
             self._requests.clear()
             self._replies.clear()
+        self._hangup.clear()
+
+    def wait_for_hangup(self, timeout: float) -> bool:
+        """Wait until a client closes its connection in the middle of a reply; return whether one did.
+
+        A stream with ``delay_between`` notices at once, while it waits between two events.
+        """
+        return self._hangup.wait(timeout)
 
     # Scripting replies (FIFO; the default reply is used when the queue is empty)
 
@@ -393,6 +415,11 @@ class FakeHTTPServer:
 
     # Request handling (runs in handler threads)
 
+    def _hung_up(self) -> None:
+        """Note that a client closed its connection mid-reply (stop() closing it does not count)."""
+        if not self._stopping.is_set():
+            self._hangup.set()
+
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         """Add or remove an open client connection."""
         with self._lock:
@@ -461,6 +488,16 @@ class FakeHTTPServer:
             return not self._stopping.wait(seconds)
         return not self._stopping.is_set()
 
+    def _pause_between(self, handler: RequestHandler, seconds: float) -> bool:
+        """Pause between two events unless the server stops or the client hangs up first.
+
+        Return whether to go on.
+        """
+        if seconds > 0 and handler.hangs_up_within(seconds):
+            self._hung_up()
+            return False
+        return not self._stopping.is_set()
+
     def _text(self, reply: TextReply, body: dict[str, Any]) -> str:
         """Return the reply text, or the default answer echoing the last user message."""
         if reply.text is not None:
@@ -480,8 +517,8 @@ class FakeHTTPServer:
             handler.send_chunk(event)
         pieces = events.pieces if reply.cut_after is None else events.pieces[: reply.cut_after]
         for i, event in enumerate(pieces):
-            if i and not self._pause(reply.delay_between):
-                handler.cut()  # stop() was called mid-stream
+            if i and not self._pause_between(handler, reply.delay_between):
+                handler.cut()  # stop() was called, or the client hung up, mid-stream
                 return
             handler.send_chunk(event)
         if reply.cut_after is not None:

@@ -98,13 +98,17 @@ class FakeOpenAIServer(FakeHTTPServer):
         self,
         chunks: list[str],
         *,
-        finish_reason: str = "stop",
+        finish_reason: str | None = "stop",
         usage: bool = True,
         cut_after: int | None = None,
         delay_between: float = 0.0,
         delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Queue a Server-Sent Events stream of chat.completion.chunk objects."""
+        """Queue a Server-Sent Events stream of chat.completion.chunk objects.
+
+        ``finish_reason=None`` ends the stream cleanly but without a finish reason.
+        """
         self._enqueue(
             _StreamReply(
                 chunks=list(chunks),
@@ -112,6 +116,7 @@ class FakeOpenAIServer(FakeHTTPServer):
                 usage=usage,
                 cut_after=cut_after,
                 delay_between=delay_between,
+                headers=dict(headers or {}),
                 delay=delay,
             )
         )

@@ -1,14 +1,20 @@
-"""python -m bench [--quick] [startup] [percall] [metrics] [batch]"""
+"""python -m bench [--quick] [--markdown] [startup] [percall] [async] [metrics] [web] [batch] [stalled]"""
 
 import argparse
+import signal
 import sys
 import time
 import traceback
 
-from . import batch, metrics, percall, report, startup
+from . import asynccall, batch, metrics, percall, report, stalled, startup, web
 from .harness import ROOT, Workspace
 
-BENCHMARKS = {module.NAME: module for module in (startup, percall, metrics, batch)}
+BENCHMARKS = {module.NAME: module for module in (startup, percall, asynccall, metrics, web, batch, stalled)}
+
+
+def _interrupt(signum, frame):
+    # A SIGTERM cleans up as a Ctrl-C does: child processes, the PostgreSQL database, files.
+    raise KeyboardInterrupt
 
 
 def main(argv=None):
@@ -34,10 +40,11 @@ def main(argv=None):
     # Always in this order: the in-process ones share one Django set-up.
     names = [name for name in BENCHMARKS if name in options.names or not options.names]
 
+    signal.signal(signal.SIGTERM, _interrupt)
     info = report.machine()
     print(f"Machine: {report.machine_line(info)}{' (quick run)' if options.quick else ''}", flush=True)
     started = time.perf_counter()
-    results, failed = [], []
+    results, failed, durations = [], [], {}
     workspace = Workspace()
     try:
         for name in names:
@@ -49,10 +56,20 @@ def main(argv=None):
                 traceback.print_exc()
                 failed.append(name)
                 continue
-            print(f"  {name}: {time.perf_counter() - begun:.1f} s", file=sys.stderr, flush=True)
+            durations[name] = round(time.perf_counter() - begun, 1)
+            print(f"  {name}: {durations[name]:.1f} s", file=sys.stderr, flush=True)
             results.extend(found)
+    except KeyboardInterrupt:
+        print("\nInterrupted: cleaning up; no results written.", file=sys.stderr)
+        return 130
     finally:
-        workspace.close()
+        # The clean-up is bounded (a few seconds per child process): a second Ctrl-C must not cut it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            workspace.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     elapsed = time.perf_counter() - started
 
     print()
@@ -64,13 +81,16 @@ def main(argv=None):
         print(report.table(results, markdown=True))
     missed = [result for result in results if result.status == report.MISSED]
     print()
+    not_measured = [result for result in results if result.status == report.SKIPPED]
     for result in missed:
         print(f"MISSED: {result.benchmark}: {result.name}")
+    for result in not_measured:
+        print(f"SKIPPED: {result.benchmark}: {result.name} ({result.notes})")
     for name in failed:
         print(f"FAILED TO RUN: {name} (see the traceback above)")
-    if not missed and not failed:
+    if not missed and not failed and not not_measured:
         print("Every target met.")
-    path = report.write(results, info, quick=options.quick, elapsed=elapsed)
+    path = report.write(results, info, quick=options.quick, elapsed=elapsed, durations=durations)
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     print(f"{len(results)} results in {elapsed:.0f} s, written to {shown}")
     return 0

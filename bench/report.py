@@ -11,16 +11,18 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 LATEST = RESULTS / "latest.json"
 
-PASS, MISSED, INFO = "pass", "MISSED", "info"
+PASS, MISSED, INFO, SKIPPED = "pass", "MISSED", "info", "SKIPPED"
 
 
 @dataclass
 class Result:
-    """One figure: ``value`` is compared with ``target`` (``at_most``, or ``below`` when strict).
+    """One figure: ``value`` is compared with ``target``.
 
-    ``measured`` and ``baseline`` are what ``value`` was computed from, with ``unit``
-    (``value`` is a ratio when ``unit`` differs from ``value_unit``). A result with no
-    target is information only.
+    ``value`` must be at most ``target`` (below it when ``strict``), or at least
+    ``target`` when ``at_least``. ``measured`` and ``baseline`` are what ``value`` was
+    computed from, with ``unit`` (``value`` is a ratio when ``unit`` differs from
+    ``value_unit``). A result with no target is information only; one with a target
+    but no value was not measured (SKIPPED, the notes say why).
     """
 
     benchmark: str
@@ -34,16 +36,42 @@ class Result:
     strict: bool = False
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    at_least: bool = False
 
     @property
     def status(self):
-        if self.target is None or self.value is None:
+        if self.target is None:
             return INFO
-        ok = self.value < self.target if self.strict else self.value <= self.target
+        if self.value is None:
+            return SKIPPED
+        if self.at_least:
+            ok = self.value > self.target if self.strict else self.value >= self.target
+        else:
+            ok = self.value < self.target if self.strict else self.value <= self.target
         return PASS if ok else MISSED
 
     def as_dict(self):
         return asdict(self) | {"status": self.status}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{key: value for key, value in data.items() if key != "status"})
+
+
+def skipped(benchmark, name, reason, *, unit, value_unit, target=None, at_least=False):
+    """A Result that could not be measured, and why."""
+    return Result(
+        benchmark,
+        name,
+        None,
+        None,
+        unit,
+        None,
+        value_unit,
+        target=target,
+        at_least=at_least,
+        notes=f"not measured: {reason}",
+    )
 
 
 def ratio(measured, baseline):
@@ -95,6 +123,8 @@ def _number(value, unit):
         return f"{value:.2f} s"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "req/s":
+        return f"{value:.0f} req/s"
     if unit == "":
         return f"{value:g}"
     return f"{value:g} {unit}"
@@ -103,11 +133,20 @@ def _number(value, unit):
 def _target(result):
     if result.target is None:
         return "-"
-    sign = "<" if result.strict else "≤"
+    signs = (">", "≥") if result.at_least else ("<", "≤")
+    sign = signs[0] if result.strict else signs[1]
     return f"{sign} {_number(result.target, result.value_unit)}"
 
 
 HEADER = ("BENCHMARK", "MEASURED", "BASELINE", "VALUE", "TARGET", "RESULT")
+
+
+def _value(result):
+    """Show the value; a missed one with more digits if it would otherwise read as its target."""
+    text = _number(result.value, result.value_unit)
+    if result.status == MISSED and result.value_unit == "x" and text == _number(result.target, "x"):
+        text = f"{result.value:.5f}x"
+    return text
 
 
 def rows(results):
@@ -116,7 +155,7 @@ def rows(results):
             f"{result.benchmark}: {result.name}",
             _number(result.measured, result.unit),
             _number(result.baseline, result.unit),
-            _number(result.value, result.value_unit),
+            _value(result),
             _target(result),
             result.status,
         )
@@ -141,13 +180,14 @@ def notes(results):
     return "\n".join(f"- {r.benchmark}: {r.name}: {r.notes}" for r in results if r.notes)
 
 
-def write(results, info, *, quick, elapsed, path=LATEST):
-    """Write the results and the machine as JSON to ``path``; return the path."""
+def write(results, info, *, quick, elapsed, durations=None, path=LATEST):
+    """Write the results, the machine and each benchmark's seconds as JSON to ``path``; return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "machine": info,
         "quick": quick,
         "elapsed_s": round(elapsed, 1),
+        "durations_s": durations or {},
         "argv": sys.argv[1:],
         "results": [result.as_dict() for result in results],
     }

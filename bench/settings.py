@@ -1,18 +1,20 @@
-"""Settings of the in-process benchmarks (per-call, metrics): the test settings, plus providers.
+"""Settings of the in-process benchmarks (per-call, async, metrics): the test settings, plus providers.
 
 The database is the host project's, as settings.base builds it from ``DATABASE_URL``
-(a migrated SQLite copy, set by ``bench.harness.setup_django``); the event stream
-and TSDB are the defaults a user has, ``database``. The per-call benchmark points
-the openai provider at its fake server with ``override_settings``.
+(a migrated SQLite copy, set by ``bench.harness.setup_django``, or PostgreSQL in a
+``bench.child`` process); the event stream and TSDB are the defaults a user has,
+``database``, with its default options. The per-call benchmarks point the openai
+provider at their fake server with ``override_settings``.
 """
 
 from settings import base
 from settings.test import *  # noqa: F403
 
+from .harness import PROMPT as BENCH_PROMPT
+from .harness import USECASE
+
 # Not the test settings' database: the one a user of the host project has.
 DATABASES = base.DATABASES
-
-BENCH_PROMPT = "You summarize text. Write a faithful, concise summary of the user's message."
 
 LLM_PROVIDERS = {
     "default": {"BACKEND": "llmapp.providers.preview.PreviewProvider"},
@@ -27,8 +29,10 @@ LLM_PROVIDERS = {
     },
 }
 LLM_USECASES = {
-    "bench-openai": {"PROVIDER": "openai", "MODEL": "gpt-4o-mini", "PROMPT": BENCH_PROMPT},
+    USECASE: {"PROVIDER": "openai", "MODEL": "gpt-4o-mini", "PROMPT": BENCH_PROMPT},
     "bench-locmem": {"PROVIDER": "locmem", "PROMPT": BENCH_PROMPT},
 }
 LLM_EVENTSTREAM = "database"
+# The test settings may write events inline, for the tests' transactions: a user's are the defaults.
+LLM_EVENTSTREAM_OPTIONS = {}
 LLM_TSDB = "database"

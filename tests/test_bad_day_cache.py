@@ -99,7 +99,9 @@ def cache_log(caplog):
 @pytest.mark.django_db
 def test_calls_go_on_without_the_circuit_when_its_cache_refuses(settings, refused, counted, caplog):
     # With a working cache this breaker opens on the first failure and the call fails.
-    settings.LLM_PROVIDERS["test"] = {**settings.LLM_PROVIDERS["test"], "CIRCUIT_BREAKER": {"FAILURES": 1}}
+    # A new dict: changing the settings' own would outlive the test.
+    test_provider = {**settings.LLM_PROVIDERS["test"], "CIRCUIT_BREAKER": {"FAILURES": 1}}
+    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "test": test_provider}
     for _ in range(2):
         locmem.queue(
             ProviderError("overloaded", provider="test", status_code=503, transient=True, retry_after=0)

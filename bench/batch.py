@@ -145,22 +145,32 @@ def _wall(workspace, quick):
 
             return once
 
-        def raw_run():
-            output = workspace.path / f"batch-{next(counter)}.raw.jsonl"
-            args = [sys.executable, "-m", "bench.rawbatch", str(source), str(output)]
-            args += ["--base-url", server.base_url, "--concurrency", str(CONCURRENCY), "--payload", payload]
-            finished = run(args, env=workspace.env())
-            if finished.returncode:
-                raise RuntimeError(f"bench.rawbatch failed:\n{finished.stderr}")
-            with open(output, encoding="utf-8") as handle:
-                if sum(1 for _ in handle) != ITEMS:
-                    raise RuntimeError("bench.rawbatch did not write one line per item")
-            return finished
+        def raw_run(*flags):
+            def once():
+                output = workspace.path / f"batch-{next(counter)}.raw.jsonl"
+                args = [sys.executable, "-m", "bench.rawbatch", str(source), str(output), *flags]
+                args += [
+                    "--base-url",
+                    server.base_url,
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    "--payload",
+                    payload,
+                ]
+                finished = run(args, env=workspace.env())
+                if finished.returncode:
+                    raise RuntimeError(f"bench.rawbatch failed:\n{finished.stderr}")
+                with open(output, encoding="utf-8") as handle:
+                    if sum(1 for _ in handle) != ITEMS:
+                        raise RuntimeError("bench.rawbatch did not write one line per item")
+                return finished
+
+            return once
 
         candidates = {"sqlite": batch_run({})}
         if postgres is not None:
             candidates["postgres"] = batch_run({}, postgres)
-        candidates |= {"null": batch_run(NULL), "raw": raw_run}
+        candidates |= {"null": batch_run(NULL), "raw": raw_run(), "django": raw_run("--django")}
         figures = interleaved(candidates, runs)
         served = server.stop()
     startup = run(cli(empty, workspace.path / "batch-empty.out.jsonl"), env=workspace.env(**openai))
@@ -207,6 +217,7 @@ def _wall(workspace, quick):
             )
         )
     null_ratio, null_spread = paired(walls["null"], walls["raw"])
+    django_ratio, django_spread = paired(walls["sqlite"], walls["django"])
     results += [
         Result(
             NAME,
@@ -232,6 +243,20 @@ def _wall(workspace, quick):
             f"{startup.wall_s:.2f} s; the server answered {served} of {expected} calls, each after "
             f"{DELAY * 1000:.0f} ms",
             extra={"wall_s": walls["raw"], "startup_s": startup.wall_s},
+        ),
+        Result(
+            NAME,
+            f"{ITEMS} items, events database (SQLite), vs the raw SDK after django.setup() "
+            "(a command's floor)",
+            median(walls["sqlite"]),
+            median(walls["django"]),
+            "s",
+            django_ratio,
+            "x",
+            notes=f"{how}; {django_spread}; the raw run started Django first, with the host project's "
+            f"settings, as every management command must: what is left is llmapp's and the CLI's own; "
+            f"that floor is {ratio(median(walls['django']), raw_s):.3f}x the raw SDK alone",
+            extra={"django_wall_s": walls["django"]},
         ),
     ]
     return results

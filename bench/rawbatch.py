@@ -6,7 +6,8 @@ Reads the JSON Lines input the CLI reads and writes one JSON line per answer, in
 order, with one ``openai.OpenAI`` client shared by ``N`` threads, as the openai
 provider does. ``--payload`` holds the rest of each request (model, system prompt,
 temperature, token limit), the same the CLI's use case sends. The difference to the
-CLI's wall time is what Django, llmapp and the CLI add.
+CLI's wall time is what Django, llmapp and the CLI add; with ``--django`` it starts
+Django first, so the difference is what llmapp and the CLI add.
 """
 
 import argparse
@@ -23,7 +24,19 @@ def main():
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--payload", type=json.loads, required=True)
+    parser.add_argument(
+        "--django",
+        action="store_true",
+        help="Start Django first (the host project's settings), as any management command does.",
+    )
     options = parser.parse_args()
+    if options.django:
+        import django
+
+        from llmproject.runner import configure
+
+        configure(default_settings="settings.dev")
+        django.setup()
     payload = options.payload
     system = payload.pop("messages")
     client = openai.OpenAI(base_url=options.base_url, api_key="sk-bench", max_retries=0, timeout=30)

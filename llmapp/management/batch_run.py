@@ -132,6 +132,8 @@ class BatchRun:
                 skip=skip,
                 progress=bar.update if bar else None,
                 waiting=self.waiting,
+                # A file never keeps a result waiting for its next line; a pipe may.
+                read_ahead=total is not None,
             )
         finally:
             if bar:

@@ -239,3 +239,24 @@ def test_a_batch_waits_for_the_writer_rather_than_lose_events(settings):
     assert stats.done == 200
     assert CompletionEvent.objects.count() == 200
     assert writer_module.dropped_count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_keeps_one_connection_from_batch_to_batch(settings):
+    # The test database has CONN_MAX_AGE 0, Django's default: a request would reconnect each time.
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND
+    opened = []
+
+    def on_connect(sender, connection, **kwargs):
+        if threading.current_thread().name == "llmapp-events":
+            opened.append(connection.alias)
+
+    connection_created.connect(on_connect)
+    try:
+        for _ in range(3):
+            complete_prompt("summarize", "hi", provider="test")
+            assert eventstream.flush(timeout=10)
+    finally:
+        connection_created.disconnect(on_connect)
+    assert CompletionEvent.objects.count() == 3
+    assert opened == ["default"]

@@ -33,6 +33,8 @@ DROPPED_METRIC = "eventstream.dropped"
 WRITTEN_METRIC = "eventstream.written"
 #: A database that is down fails every batch: log the first loss, then one line per interval.
 LOG_INTERVAL = 60.0
+#: Seconds without an event after which the writer closes its database connection.
+IDLE_CLOSE = 10.0
 
 
 class _Marker:
@@ -128,7 +130,11 @@ class EventWriter:
     def _run(self):
         pending = []
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=IDLE_CLOSE)
+            except queue.Empty:
+                self._close()  # idle: let the connection go; the next batch opens one
+                item = self.queue.get()
             if not isinstance(item, _Marker):
                 self._wake.wait(self.max_wait)
             self._wake.clear()
@@ -198,8 +204,12 @@ class EventWriter:
     def _tidy(self, connection):
         # Under DEBUG, Django keeps the queries of a connection; no request ends to clear them here.
         connection.queries_log.clear()
-        # What the end of a request does: honour CONN_MAX_AGE, drop a broken connection.
-        connection.close_if_unusable_or_obsolete()
+        # Kept between batches whatever CONN_MAX_AGE says (a PostgreSQL connection costs
+        # the server a process): it is this thread's only one. Dropped once broken, and
+        # once the writer has been idle for IDLE_CLOSE seconds.
+        if connection.connection is not None and connection.errors_occurred and not connection.is_usable():
+            with contextlib.suppress(OperationalError, InterfaceError):
+                connection.close()
 
     def _close(self):
         for connection in connections.all(initialized_only=True):

@@ -84,6 +84,7 @@ class AnthropicProvider(SDKProvider):
     package = "anthropic"
     extra = "anthropic"
     api_key_variables = ("ANTHROPIC_API_KEY",)
+    default_timeout = DEFAULT_TIMEOUT
     stream_reader = AnthropicStreamReader
 
     @property
@@ -112,8 +113,9 @@ class AnthropicProvider(SDKProvider):
             payload["temperature"] = self.native_temperature(request.temperature)
         if request.prompt:
             payload["system"] = request.prompt
-        if request.timeout is not None:
-            payload["timeout"] = request.timeout
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            payload["timeout"] = timeout
         return payload
 
     # -- clients ---------------------------------------------------------------------
@@ -133,7 +135,7 @@ class AnthropicProvider(SDKProvider):
             # Always explicit, so that ANTHROPIC_BASE_URL cannot send calls elsewhere than
             # the options say.
             "base_url": self.base_url,
-            "timeout": self.options.get("timeout", DEFAULT_TIMEOUT),
+            "timeout": self.client_timeout,
             # llmapp owns retries: the SDK must not retry on its own.
             "max_retries": 0,
             "default_headers": self.options.get("default_headers"),
@@ -177,7 +179,7 @@ class AnthropicProvider(SDKProvider):
         anthropic = self.import_sdk()
         common = {"provider": self.alias, "request_id": request_id}
         if isinstance(exc, anthropic.APITimeoutError) or _is_timeout(exc):
-            timeout = timeout if timeout is not None else self.options.get("timeout", DEFAULT_TIMEOUT)
+            timeout = timeout if timeout is not None else self.client_timeout
             return ProviderTimeout(
                 f"no answer from {self.redact(self.base_url)} within {timeout}s", transient=True, **common
             )

@@ -250,6 +250,25 @@ class SDKProvider(BaseProvider):
         """Return the keyword arguments of the SDK call for ``request``."""
         raise NotImplementedError
 
+    #: Seconds an attempt may take when OPTIONS["timeout"] does not say: the client's own.
+    default_timeout = 30
+
+    @property
+    def client_timeout(self):
+        """The timeout the client is built with."""
+        return self.options.get("timeout") or self.default_timeout
+
+    def attempt_timeout(self, request):
+        """The timeout this attempt needs on top of the client's, or None when the client's holds.
+
+        Attempts are given what is left of the call's deadline, capped by the client's own
+        timeout; passing the same value again would cost the SDK a per-request copy of its
+        options on every call.
+        """
+        if request.timeout is None or abs(request.timeout - self.client_timeout) < 0.001:
+            return None
+        return request.timeout
+
     def send(self, client, payload):
         """Make the SDK call with ``payload``; with an async client, return its coroutine."""
         raise NotImplementedError

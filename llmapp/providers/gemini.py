@@ -88,6 +88,7 @@ class GeminiProvider(SDKProvider):
     default_model = DEFAULT_MODEL
     package = "google.genai"
     extra = "gemini"
+    default_timeout = DEFAULT_TIMEOUT
     stream_reader = GeminiStreamReader
 
     @property
@@ -98,11 +99,6 @@ class GeminiProvider(SDKProvider):
     def api_key_variables(self):
         # Vertex AI authenticates with credentials; a key there comes from OPTIONS only.
         return () if self.is_vertex else API_KEY_VARIABLES
-
-    @property
-    def timeout(self):
-        """Seconds an attempt may take when the request does not say."""
-        return self.options.get("timeout") or DEFAULT_TIMEOUT
 
     @property
     def api_version(self):
@@ -195,9 +191,10 @@ class GeminiProvider(SDKProvider):
             temperature=self.native_temperature(request.temperature),
             max_output_tokens=request.max_output_tokens,
         )
-        if request.timeout is not None:
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
             # What is left of the call's deadline bounds this attempt.
-            config.http_options = types.HttpOptions(timeout=_milliseconds(request.timeout))
+            config.http_options = types.HttpOptions(timeout=_milliseconds(timeout))
         return {
             "model": request.model,
             "contents": [types.Content(role="user", parts=[types.Part(text=request.message)])],
@@ -213,7 +210,7 @@ class GeminiProvider(SDKProvider):
             "base_url": self.options.get("base_url"),
             "api_version": self.api_version,
             # HttpOptions.timeout is in milliseconds; ours are seconds.
-            "timeout": _milliseconds(self.timeout),
+            "timeout": _milliseconds(self.client_timeout),
         }
         if hasattr(types, "HttpRetryOptions"):
             # llmapp owns retries: one attempt. Setting it also turns off the SDK's
@@ -302,7 +299,7 @@ class GeminiProvider(SDKProvider):
                 hints=_HINTS,
             )
         if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):
-            timeout = timeout if timeout is not None else self.timeout
+            timeout = timeout if timeout is not None else self.client_timeout
             return ProviderTimeout(
                 f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s",
                 transient=True,

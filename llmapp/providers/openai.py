@@ -87,8 +87,9 @@ class OpenAIProvider(SDKProvider):
             "temperature": self.native_temperature(request.temperature),
             limit: request.max_output_tokens,
         }
-        if request.timeout is not None:
-            payload["timeout"] = request.timeout
+        timeout = self.attempt_timeout(request)
+        if timeout is not None:
+            payload["timeout"] = timeout
         return payload
 
     # -- clients ---------------------------------------------------------------------
@@ -126,7 +127,7 @@ class OpenAIProvider(SDKProvider):
     def _client_options(self):
         options = {
             "api_key": self.api_key,
-            "timeout": self.options.get("timeout", 30),
+            "timeout": self.client_timeout,
             # llmapp owns retries: the SDK must not retry on its own.
             "max_retries": 0,
             "default_headers": self.options.get("default_headers"),
@@ -184,7 +185,7 @@ class OpenAIProvider(SDKProvider):
         openai = self.import_sdk()
         common = {"provider": self.alias, "request_id": request_id}
         if isinstance(exc, openai.APITimeoutError):
-            timeout = timeout if timeout is not None else self.options.get("timeout", 30)
+            timeout = timeout if timeout is not None else self.client_timeout
             return ProviderTimeout(
                 f"no answer from {self.redact(self.base_url)} within {timeout:.3g}s",
                 transient=True,

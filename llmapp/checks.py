@@ -140,7 +140,7 @@ def validate_backends():
 
 def _check_eventstream_options():
     try:
-        eventstream.get_eventstream()
+        stream = eventstream.get_eventstream()
     except ConfigurationError as exc:
         return [
             checks.Error(
@@ -150,7 +150,32 @@ def _check_eventstream_options():
                 id="llmapp.E009",
             )
         ]
-    return []
+    if not getattr(stream, "synchronous", False):
+        return []
+    from django.conf import settings
+    from django.db import router
+
+    from .models import CompletionEvent
+
+    alias = router.db_for_write(CompletionEvent)
+    return check_synchronous_connect(alias, settings.DATABASES.get(alias) or {})
+
+
+def check_synchronous_connect(alias, database):
+    """Synchronous events wait on the caller's connection: connecting must be bounded too."""
+    options = database.get("OPTIONS") or {}
+    if "postgresql" not in database.get("ENGINE", "") or options.get("connect_timeout"):
+        return []
+    return [
+        checks.Warning(
+            f"Usage events are recorded synchronously on database {alias!r}, whose OPTIONS set no "
+            "connect_timeout: a PostgreSQL server that does not answer holds every call while it "
+            "connects.",
+            hint=f'Set DATABASES[{alias!r}]["OPTIONS"]["connect_timeout"] (seconds), or leave '
+            'LLM_EVENTSTREAM_OPTIONS["synchronous"] off.',
+            id="llmapp.W006",
+        )
+    ]
 
 
 def _check_providers():

@@ -14,6 +14,8 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     # A test database of this run's own: runs sharing a server (CI jobs, several checkouts)
     # would otherwise create, use and drop the same test_<NAME>.
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+    # Usage events are written synchronously here (below): connecting must be bounded too.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 LLM_PROVIDERS = {

@@ -186,3 +186,18 @@ def test_bad_eventstream_options(settings, options, text):
     ids, output = check()
     assert ids == ["llmapp.E009"]
     assert text in output
+
+
+def test_synchronous_events_on_postgresql_want_a_connect_timeout():
+    from llmapp.checks import check_synchronous_connect
+
+    postgresql = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
+    [warning] = check_synchronous_connect("default", postgresql)
+    assert warning.id == "llmapp.W006" and "connect_timeout" in warning.hint
+    assert check_synchronous_connect("default", postgresql | {"OPTIONS": {"connect_timeout": 5}}) == []
+    assert check_synchronous_connect("default", {"ENGINE": "django.db.backends.sqlite3"}) == []
+
+
+def test_the_synchronous_test_settings_bound_their_connect(settings):
+    settings.LLM_EVENTSTREAM_OPTIONS = {"synchronous": True}
+    assert "llmapp.W006" not in check()[0]

@@ -13,13 +13,13 @@ Callers drive it the same way whether they complete or stream (``async for``,
         break
 """
 
-import dataclasses
 import random
 import time
 from dataclasses import dataclass
 
 from . import metrics
 from .exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from .types import evolve
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0
@@ -91,7 +91,7 @@ class Attempts:
             timeout = min(left, own_timeout) if own_timeout else left
             yield (
                 route.backend,
-                dataclasses.replace(self.request, provider=route.alias, model=route.model, timeout=timeout),
+                evolve(self.request, provider=route.alias, model=route.model, timeout=timeout),
             )
             if self._give_up_route:
                 break

@@ -1,6 +1,5 @@
 """Observe one call: its span, its metrics and its usage event, recorded once it ends."""
 
-import dataclasses
 import logging
 import time
 
@@ -9,6 +8,7 @@ from asgiref.sync import sync_to_async
 from . import eventstream, metrics, tracing
 from .events import ERROR, OK, build_event
 from .frames import capture_exception
+from .types import evolve
 
 logger = logging.getLogger("llmapp")
 
@@ -50,7 +50,7 @@ class Call:
         await _arecord(self._failed(error, attempts))
 
     def _succeeded(self, completion, attempts):
-        completion = dataclasses.replace(completion, latency_ms=self._latency_ms(), attempts=attempts)
+        completion = evolve(completion, latency_ms=self._latency_ms(), attempts=attempts)
         tracing.finish_span(self.span, completion=completion)
         self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
         if not eventstream.keeps_events():

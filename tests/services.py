@@ -11,6 +11,7 @@ never answers.
 """
 
 import contextlib
+import itertools
 import os
 import socket
 import threading
@@ -166,3 +167,42 @@ class BlackHole:
         with self._changed:
             for connection in self._accepted:
                 connection.close()
+
+
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+
+
+def postgresql_database():
+    """Create a PostgreSQL database of this test's own; return its DATABASES entry.
+
+    Skips (fails in CI) when the machine's server or psycopg is missing.
+    """
+    if not reachable(POSTGRES_HOST, POSTGRES_PORT):
+        missing(f"needs PostgreSQL on {POSTGRES_HOST}:{POSTGRES_PORT}")
+    try:
+        import psycopg
+    except ImportError:
+        missing('needs the psycopg package: pip install -e ".[test]"')
+    name = f"llmapp_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(f"host={POSTGRES_HOST} user=postgres dbname=test", autocommit=True) as server:
+        server.execute(f'CREATE DATABASE "{name}"')
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "HOST": POSTGRES_HOST,
+        "PORT": str(POSTGRES_PORT),
+        "OPTIONS": {"connect_timeout": 10},
+    }
+
+
+def drop_postgresql_database(database):
+    """Drop a database made by postgresql_database(), and any test database made from it."""
+    import psycopg
+
+    with psycopg.connect(f"host={POSTGRES_HOST} user=postgres dbname=test", autocommit=True) as server:
+        for name in (database["NAME"], f"test_{database['NAME']}"):
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_counter = itertools.count()

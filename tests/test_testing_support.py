@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from tests.environment import isolated_environ
+from tests.services import drop_postgresql_database, postgresql_database
 
 SETTINGS = """
 SECRET_KEY = "test"
@@ -88,3 +89,68 @@ def test_the_django_runner_resets_locmem(project, parallel):
     result = run(project, "-m", "django", "test", "checks", "--parallel", parallel, "-v", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ran 4 tests" in result.stderr
+
+
+# A project with the default usage recording (the database stream), like any user's.
+RECORDING_SETTINGS = """
+SECRET_KEY = "test"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "llmapp"]
+DATABASES = {"default": DATABASE}
+LLM_PROVIDERS = {"default": {"BACKEND": "llmapp.providers.locmem.LocmemProvider"}}
+TEST_RUNNER = "llmapp.testing.runner.DiscoverRunner"
+"""
+
+RECORDING_TESTS = """
+import time
+
+from django.test import TestCase
+
+from llmapp import complete_prompt
+from llmapp.models import CompletionEvent
+
+
+class RecordingTests(TestCase):
+    def test_1_sees_its_event_at_once(self):
+        complete_prompt("summarize", "first")
+        self.assertEqual(CompletionEvent.objects.count(), 1)
+        time.sleep(0.5)  # longer than the writer thread would wait to write it
+
+    def test_2_sees_no_event_of_another_test(self):
+        self.assertEqual(CompletionEvent.objects.count(), 0)
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def real_database(request, tmp_path):
+    """The project's own database (not the test one): it must get no event from the tests."""
+    if request.param == "sqlite":
+        yield {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "real.sqlite3")}
+        return
+    database = postgresql_database()
+    yield database
+    drop_postgresql_database(database)
+
+
+@pytest.mark.parametrize("runner", ["pytest", "django"])
+def test_usage_events_stay_in_each_test_and_out_of_the_real_database(project, real_database, runner):
+    (project / "proj_settings.py").write_text(f"DATABASE = {real_database!r}\n" + RECORDING_SETTINGS)
+    (project / "checks" / "tests.py").write_text(textwrap.dedent(RECORDING_TESTS))
+    migrated = run(project, "-m", "django", "migrate", "-v0")
+    assert migrated.returncode == 0, migrated.stderr
+    if runner == "pytest":
+        result = run(project, "-m", "pytest", "-p", "no:cacheprovider", "-q", "checks/tests.py")
+        output = result.stdout + result.stderr
+        assert "2 passed" in result.stdout, output
+    else:
+        result = run(project, "-m", "django", "test", "checks", "-v", "2")
+        output = result.stdout + result.stderr
+        assert "Ran 2 tests" in result.stderr, output
+    assert result.returncode == 0, output
+    assert "being accessed by other users" not in output
+    count = run(
+        project,
+        "-c",
+        "import django; django.setup(); from llmapp.models import CompletionEvent as E; "
+        "print(E.objects.count())",
+    )
+    assert count.stdout.strip() == "0", count.stderr

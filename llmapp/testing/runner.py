@@ -1,4 +1,4 @@
-"""A Django test runner that empties the locmem provider around every test.
+"""A Django test runner: the locmem provider emptied around every test, usage events synchronous.
 
 TEST_RUNNER = "llmapp.testing.runner.DiscoverRunner"
 """
@@ -7,7 +7,7 @@ import unittest
 
 from django.test import runner
 
-from . import reset_locmem
+from . import reset_locmem, synchronous_events
 
 
 class ResetLocmemResult:
@@ -36,9 +36,19 @@ class ParallelTestSuite(runner.ParallelTestSuite):
 
 
 class DiscoverRunner(runner.DiscoverRunner):
-    """Django's DiscoverRunner; each test also starts and ends with an empty locmem outbox."""
+    """Django's DiscoverRunner; each test starts and ends with an empty locmem outbox, and usage
+    events are recorded in each test's own transaction."""
 
     parallel_test_suite = ParallelTestSuite
+
+    def setup_test_environment(self, **kwargs):
+        super().setup_test_environment(**kwargs)
+        self._synchronous_events = synchronous_events()
+        self._synchronous_events.__enter__()
+
+    def teardown_test_environment(self, **kwargs):
+        self._synchronous_events.__exit__(None, None, None)
+        super().teardown_test_environment(**kwargs)
 
     def get_resultclass(self):
         base = super().get_resultclass() or unittest.TextTestResult

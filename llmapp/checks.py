@@ -13,7 +13,7 @@ from . import conf, eventstream, tsdb
 from .backends import backend_class
 from .exceptions import ConfigurationError
 from .metrics.checks import check_metrics
-from .providers import PROVIDER_KEYS, providers
+from .providers import PROVIDER_KEYS, check_entry, providers
 from .redaction import redact, url_secrets
 from .sdk.checks import check_sentry
 from .service import (
@@ -34,12 +34,37 @@ PROVIDER_HINT = (
 
 def check_llmapp(app_configs=None, **kwargs):
     """Run every llmapp check; registered with Django's check framework."""
-    problems = (
-        validate_options() + validate_backends() + check_debug_page() + check_shared_state() + check_sentry()
+    problems = collect_problems(
+        (validate_options, validate_backends, check_debug_page, check_shared_state, check_sentry)
     )
     if running_check_command():
         return problems
     return [as_warning(problem) for problem in problems]
+
+
+def collect_problems(validators):
+    """Run ``validators``; return their problems, a crash of one as a problem too, all redacted.
+
+    A value may be a key pasted into the wrong setting: no message shows one, here or in
+    the start-up log.
+    """
+    problems = []
+    for validate in validators:
+        try:
+            problems += validate()
+        except Exception as exc:
+            problems.append(
+                checks.Error(
+                    f"llmapp could not check its configuration ({validate.__name__}): "
+                    f"{type(exc).__name__}: {exc}",
+                    hint="A setting has a shape llmapp does not expect; compare it with the README.",
+                    id="llmapp.E010",
+                )
+            )
+    return [
+        type(problem)(redact(problem.msg), hint=redact(problem.hint), obj=problem.obj, id=problem.id)
+        for problem in problems
+    ]
 
 
 def check_debug_page():
@@ -201,15 +226,11 @@ def _check_providers():
                 )
             )
             continue
-        breaker = config.get("CIRCUIT_BREAKER")
-        if breaker is not None and (not isinstance(breaker, dict) or set(breaker) - {"FAILURES", "COOLDOWN"}):
-            messages.append(
-                checks.Error(
-                    f"{where}['CIRCUIT_BREAKER'] must be a dict with FAILURES and COOLDOWN, or None.",
-                    hint='For example {"FAILURES": 5, "COOLDOWN": 30}; None turns the breaker off.',
-                    id="llmapp.E001",
-                )
-            )
+        try:
+            check_entry(alias, config)
+        except ConfigurationError as exc:
+            messages.append(checks.Error(str(exc), hint=PROVIDER_HINT, id="llmapp.E001"))
+            continue
         options = config.get("OPTIONS") or {}
         known = {key: value for key, value in options.items() if key in cls.option_names}
         backends[alias] = cls(alias, options=known, models=config.get("MODELS"))

@@ -62,11 +62,11 @@ def skip_backend_validation():
 
 def report_problems():
     """Log each error-level problem that SILENCED_SYSTEM_CHECKS does not silence, one line each."""
-    from .checks import validate_backends, validate_options
+    from .checks import collect_problems, validate_backends, validate_options
 
-    problems = validate_options()
-    if not skip_backend_validation():
-        problems += validate_backends()
+    problems = collect_problems(
+        (validate_options,) if skip_backend_validation() else (validate_options, validate_backends)
+    )
     errors = [problem for problem in problems if problem.is_serious() and not problem.is_silenced()]
     for error in errors:
         hint = f" HINT: {error.hint}" if error.hint else ""

@@ -201,3 +201,48 @@ def test_synchronous_events_on_postgresql_want_a_connect_timeout():
 def test_the_synchronous_test_settings_bound_their_connect(settings):
     settings.LLM_EVENTSTREAM_OPTIONS = {"synchronous": True}
     assert "llmapp.W006" not in check()[0]
+
+
+@pytest.mark.parametrize(
+    ("entry", "text"),
+    [
+        ({"OPTIONS": "oops"}, "['OPTIONS'] must be a dict"),
+        ({"MODELS": 5}, "['MODELS'] must be a list of model names"),
+        ({"CIRCUIT_BREAKER": {"FAILURES": "five"}}, "['CIRCUIT_BREAKER'] must be a dict of FAILURES"),
+        ({"CIRCUIT_BREAKER": {"COOLDOWN": -1}}, "['CIRCUIT_BREAKER'] must be a dict of FAILURES"),
+    ],
+)
+def test_a_malformed_entry_is_one_error_and_calls_fail_with_one_line(settings, entry, text):
+    from llmapp import complete_prompt
+    from llmapp.exceptions import ConfigurationError
+    from llmapp.startup import report_problems
+
+    settings.LLM_PROVIDERS = settings.LLM_PROVIDERS | {"test": {"BACKEND": LOCMEM, **entry}}
+    ids, output = check()
+    assert ids == ["llmapp.E001"] and text in output
+    report_problems()  # what a server logs at start-up: no exception either
+    with pytest.raises(ConfigurationError, match=re.escape(text)):
+        complete_prompt("summarize", "hi", provider="test")
+
+
+def test_a_key_pasted_into_any_field_is_never_shown(settings, monkeypatch):
+    key = "abcd1234efgh5678ijklmnop"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    monkeypatch.setenv("LLM_SUMMARIZE_FALLBACKS", key)
+    monkeypatch.setenv("LLM_EXAMPLE_MODEL", key)
+    settings.LLM_PROVIDERS = settings.LLM_PROVIDERS | {"default": {"BACKEND": LOCMEM, "MODELS": ["small"]}}
+    ids, output = check()
+    assert "llmapp.E004" in ids and "llmapp.E005" in ids
+    assert key not in output
+
+
+def test_a_check_that_crashes_is_one_error(monkeypatch):
+    from llmapp import checks as llmapp_checks
+
+    def broken():
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(llmapp_checks, "check_debug_page", broken)
+    ids, output = check()
+    assert ids == ["llmapp.E010"] and "RuntimeError: surprise" in output

@@ -52,6 +52,7 @@ class ProviderHandler:
                 f"unknown provider {alias!r}; LLM_PROVIDERS has: {', '.join(self.settings)}."
             ) from None
         backend_class = self.backend_class(alias, config)
+        check_entry(alias, config)
         return backend_class(alias, options=config.get("OPTIONS") or {}, models=config.get("MODELS"))
 
     def backend_class(self, alias, config):
@@ -76,6 +77,35 @@ class ProviderHandler:
     def reset(self):
         with self._lock:
             self._providers = {}
+
+
+def check_entry(alias, config):
+    """Raise ConfigurationError, saying what to write, when an entry's OPTIONS, MODELS or CIRCUIT_BREAKER
+    has the wrong shape; the BACKEND is backend_class()'s to check."""
+    where = f"LLM_PROVIDERS[{alias!r}]"
+    options, models = config.get("OPTIONS"), config.get("MODELS")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigurationError(f"{where}['OPTIONS'] must be a dict of the backend's options.")
+    if models is not None and (
+        not isinstance(models, list | tuple) or not all(isinstance(model, str) and model for model in models)
+    ):
+        raise ConfigurationError(f"{where}['MODELS'] must be a list of model names.")
+    breaker = config.get("CIRCUIT_BREAKER", {})
+    if breaker is None:
+        return
+    failures, cooldown = (
+        breaker.get(key, 1) if isinstance(breaker, dict) else None for key in ("FAILURES", "COOLDOWN")
+    )
+    if (
+        not isinstance(breaker, dict)
+        or set(breaker) - {"FAILURES", "COOLDOWN"}
+        or not (isinstance(failures, int) and not isinstance(failures, bool) and failures >= 1)
+        or not (isinstance(cooldown, int | float) and not isinstance(cooldown, bool) and cooldown > 0)
+    ):
+        raise ConfigurationError(
+            f"{where}['CIRCUIT_BREAKER'] must be a dict of FAILURES (a whole number from 1) and "
+            'COOLDOWN (seconds above 0), e.g. {"FAILURES": 5, "COOLDOWN": 30}, or None to turn it off.'
+        )
 
 
 providers = ProviderHandler()

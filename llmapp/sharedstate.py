@@ -39,6 +39,7 @@ from django.core.signals import setting_changed
 from django.db import connections
 
 from . import conf, metrics
+from .throttle import Throttle, unsaid_note
 
 logger = getLogger("llmapp.sharedstate")
 
@@ -264,8 +265,8 @@ class _Guard:
         self.down = False
         self._retry_at = 0.0  # while down: when to let one operation try the cache again
         self._down_since = 0.0
-        self._next_log = 0.0
-        self._unlogged = 0  # failures since the last log line
+        # Its own clock may be a test's, set after this: the throttle asks for it each time.
+        self._reports = Throttle(LOG_INTERVAL, clock=lambda: self.clock())
         self._lock = threading.Lock()
         self._worker = None
         self._stuck = []  # workers abandoned in an operation that timed out
@@ -337,11 +338,9 @@ class _Guard:
             if not self.down:
                 self.down, self._down_since = True, now
             self._retry_at = now + RETRY_AFTER
-            if now < self._next_log:
-                self._unlogged += 1
-                return
-            self._next_log = now + LOG_INTERVAL
-            unlogged, self._unlogged = self._unlogged, 0
+        unlogged = self._reports.due()
+        if unlogged is None:
+            return
         logger.warning(
             "Cache %r is unavailable (%s): calls go on without the %s state kept there, and this "
             "process tries the cache again in %gs.%s",
@@ -349,7 +348,7 @@ class _Guard:
             reason,
             state.name,
             RETRY_AFTER,
-            f" {unlogged} more failure(s) since the last report." if unlogged else "",
+            unsaid_note(unlogged, "failure(s)"),
         )
 
     def stop(self):

@@ -59,11 +59,13 @@ def test_a_full_batch_is_written_without_waiting_for_max_wait(settings):
     stream = eventstream.get_eventstream()
     for _ in range(5):
         complete_prompt("summarize", "hi", provider="test")
-    # No flush: the fifth event wakes the writer, which writes the batch at once.
-    written = threading.Event()
-    while not written.wait(0.01):
+    # No flush: the fifth event wakes the writer, which writes the batch at once, long
+    # before max_wait. (A regression fails here, not by waiting 600 s.)
+    for _ in range(1000):
         if stream.writer.written == 5:
-            written.set()
+            break
+        threading.Event().wait(0.01)
+    assert stream.writer.written == 5
     assert CompletionEvent.objects.count() == 5
 
 
@@ -80,13 +82,16 @@ def test_a_full_queue_drops_events_counts_them_and_logs_once(settings, caplog):
 
     writer = EventWriter(queue_size=3, batch_size=1, max_wait=0, insert=stuck_insert)
     usage = _usage_event()
-    accepted = [writer.offer(usage) for _ in range(10)]
-    # The writer holds the first event (stuck in the database); the queue takes three more.
-    assert accepted.count(False) >= 6
-    dropped = accepted.count(False)
-    assert writer_module.dropped_count() == dropped
     with caplog.at_level(logging.WARNING, logger="llmapp.eventstream"):
+        accepted = [writer.offer(usage) for _ in range(10)]
+        # The writer holds the first event (stuck in the database); the queue takes three more.
+        assert accepted.count(False) >= 6
+        dropped = accepted.count(False)
+        assert writer_module.dropped_count() == dropped
         writer.offer(usage)
+    # Said once, however many were dropped within the interval.
+    [said] = caplog.records
+    assert "Dropped 1 usage event(s): the queue of 3 events is full" in said.getMessage()
     release.set()
     assert writer.stop(timeout=10)
     assert writer.written + writer_module.dropped_count() == 11
@@ -114,10 +119,14 @@ def test_a_bad_row_loses_only_itself(settings):
 @pytest.mark.django_db(transaction=True)
 def test_debug_keeps_no_queries_on_the_writers_connection(settings):
     settings.DEBUG = True
+    # The insert itself logs no query (the debug cursor would quote every parameter again)...
+    insert_events(connection, [_usage_event()] * 3)
+    assert list(connection.queries_log) == []
+    # ...and what else the writer sends is let go after each batch.
     writer = EventWriter(queue_size=10, batch_size=10, max_wait=0, insert=insert_events)
     writer._write([_usage_event()])  # on this thread, as the writer thread runs it
     assert list(connection.queries_log) == []
-    assert CompletionEvent.objects.count() == 1
+    assert CompletionEvent.objects.count() == 4
 
 
 @pytest.mark.django_db(transaction=True)
@@ -260,3 +269,15 @@ def test_the_writer_keeps_one_connection_from_batch_to_batch(settings):
         connection_created.disconnect(on_connect)
     assert CompletionEvent.objects.count() == 3
     assert opened == ["default"]
+
+
+@pytest.mark.parametrize("options", [{"queue_sise": 100}, {"batch_size": 0}])
+def test_a_misconfigured_stream_fails_no_call_and_counts_what_it_drops(settings, caplog, options):
+    settings.LLM_EVENTSTREAM_OPTIONS = options
+    writer_module.reset_dropped_count()
+    with caplog.at_level(logging.WARNING, logger="llmapp.eventstream"):
+        for _ in range(3):
+            assert complete_prompt("summarize", "hi", provider="test").text == "locmem answer to: hi"
+    assert writer_module.dropped_count() == 3
+    [record] = caplog.records  # said once, not once per call
+    assert "the event stream is misconfigured (LLM_EVENTSTREAM_OPTIONS" in record.getMessage()

@@ -12,11 +12,13 @@ import logging
 import os
 from collections.abc import Mapping
 
-from django.db import DatabaseError
+from django.db import DatabaseError, ProgrammingError
 
 from .. import conf, metrics
 from ..backends import backend_class
 from ..exceptions import ConfigurationError
+from . import writer
+from .base import EventStream
 from .database import DatabaseEventStream
 from .writer import dropped_count
 
@@ -69,28 +71,64 @@ def get_eventstream():
     return stream
 
 
+def losses():
+    return writer.losses
+
+
+def current():
+    """Return the stream calls record into: the configured one, or one that drops what it is given.
+
+    A mistake in LLM_EVENTSTREAM or its options must not fail the calls whose usage it
+    would record (the check framework reports it, llmapp.E007 and E009): their events
+    are dropped, counted and said once per interval.
+    """
+    try:
+        return get_eventstream()
+    except ConfigurationError as exc:
+        return _misconfigured(str(exc))
+
+
+@functools.cache
+def _misconfigured(problem):
+    return MisconfiguredStream(problem)
+
+
+class MisconfiguredStream(EventStream):
+    """What takes the events while the configured stream cannot be built: it drops them, counted."""
+
+    blocking = False
+
+    def __init__(self, problem):
+        self.problem = problem
+
+    def record(self, event):
+        losses().add(1, f"the event stream is misconfigured ({self.problem})")
+
+
 def keeps_events():
-    """Say whether the configured stream keeps events (``null`` does not): else build none."""
-    return not get_eventstream().discards_events
+    """Say whether the current stream keeps events (``null`` does not): else build none."""
+    return not current().discards_events
 
 
 def blocks():
     """Say whether record() may wait on I/O in the caller's thread (then keep it off an event loop)."""
-    return get_eventstream().blocking
+    return current().blocking
 
 
 def record(event):
-    """Send ``event`` to the configured stream; log and count any failure."""
+    """Send ``event`` to the current stream; log and count any failure."""
     try:
-        get_eventstream().record(event)
+        current().record(event)
     except DatabaseError as exc:
-        # Most often an unmigrated database: one line says it all, no traceback.
+        # One line that says it all, no traceback; most often an unmigrated database.
+        unmigrated = isinstance(exc, ProgrammingError) or "no such table" in str(exc)
+        advice = "; run manage.py migrate or set LLM_EVENTSTREAM to 'logging' or 'null'" if unmigrated else ""
         logger.warning(
-            "Could not record the usage event of use case %r (%s: %s); run manage.py migrate "
-            "or set LLM_EVENTSTREAM to 'logging' or 'null'.",
+            "Could not record the usage event of use case %r (%s: %s)%s.",
             event.usecase,
             type(exc).__name__,
             exc,
+            advice,
         )
         metrics.incr(FAILED_METRIC, tags={"usecase": event.usecase})
     except Exception:
@@ -100,11 +138,7 @@ def record(event):
 
 def flush(timeout=5.0):
     """Wait until every event recorded so far is stored (or dropped); return False on timeout."""
-    try:
-        stream = get_eventstream()
-    except ConfigurationError:
-        return True
-    return stream.flush(timeout)
+    return current().flush(timeout)
 
 
 def wait_for_room(timeout=5.0, headroom=0):
@@ -115,10 +149,7 @@ def wait_for_room(timeout=5.0, headroom=0):
     ``headroom`` is how many events the producer may add before it calls again (its
     calls under way).
     """
-    try:
-        stream = get_eventstream()
-    except ConfigurationError:
-        return
+    stream = current()
     if stream.congested(headroom):
         stream.flush(timeout)
 
@@ -127,6 +158,7 @@ def wait_for_room(timeout=5.0, headroom=0):
 def _reset():
     """Build the stream again from the new settings; the old one writes what it holds first."""
     get_eventstream.cache_clear()
+    _misconfigured.cache_clear()
     while _built:
         _built.pop().close(EXIT_TIMEOUT)
 
@@ -135,7 +167,9 @@ def _after_fork_in_child():
     # The parent's writer thread does not exist here: the child starts its own, and the
     # parent writes what it had queued.
     get_eventstream.cache_clear()
+    _misconfigured.cache_clear()
     _built.clear()
+    writer.reset_dropped_count()  # its lock may have been held by a thread that is not here
 
 
 def _flush_at_exit():

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 
 from django.db import (
     DatabaseError,
@@ -26,6 +25,7 @@ from django.db import (
 )
 
 from .. import metrics
+from ..throttle import Throttle, unsaid_note
 
 logger = logging.getLogger("llmapp.eventstream")
 
@@ -68,8 +68,6 @@ class EventWriter:
         self._waiting = 0  # events offered since the writer last woke
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._next_log = 0.0
-        self._unlogged = 0
 
     # -- the callers' side ---------------------------------------------------------
 
@@ -110,8 +108,7 @@ class EventWriter:
         """Count the events still queued as dropped, for ``reason``: the process is going."""
         count = self.in_flight + sum(1 for item in _drain(self.queue) if not isinstance(item, _Marker))
         if count:
-            self._next_log = 0.0  # said now, whatever was said before
-            self.lost(count, reason)
+            self.lost(count, reason, now=True)
 
     def _start(self):
         with self._lock:
@@ -216,28 +213,9 @@ class EventWriter:
             with contextlib.suppress(OperationalError, InterfaceError):
                 connection.close()
 
-    def lost(self, count, reason, log=True):
-        """Count ``count`` dropped events; log why, at most once per interval."""
-        global _dropped
-        with _dropped_lock:
-            _dropped += count
-        metrics.incr(DROPPED_METRIC, amount=count)
-        if not log:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next_log:
-                self._unlogged += count
-                return
-            self._next_log = now + LOG_INTERVAL
-            unlogged, self._unlogged = self._unlogged, 0
-        logger.warning(
-            "Dropped %d usage event(s): %s.%s They are counted in %s.",
-            count,
-            reason,
-            f" {unlogged} more were dropped since the last report." if unlogged else "",
-            DROPPED_METRIC,
-        )
+    def lost(self, count, reason, log=True, now=False):
+        """Count ``count`` dropped events; log why, at most once per interval (``now``: whatever it is)."""
+        losses.add(count, reason, log=log, now=now)
 
 
 def _drain(items):
@@ -248,16 +226,40 @@ def _drain(items):
             return
 
 
-_dropped = 0
-_dropped_lock = threading.Lock()
+class Losses:
+    """The usage events this process dropped: counted, in metrics too, and said once per interval."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+        self._throttle = Throttle(LOG_INTERVAL)
+
+    def add(self, count, reason, log=True, now=False):
+        with self._lock:
+            self.count += count
+        metrics.incr(DROPPED_METRIC, amount=count)
+        if not log:
+            return
+        unsaid = self._throttle.due(count, now=now)
+        if unsaid is not None:
+            logger.warning(
+                "Dropped %d usage event(s): %s.%s They are counted in %s.",
+                count,
+                reason,
+                unsaid_note(unsaid, "were dropped"),
+                DROPPED_METRIC,
+            )
+
+
+losses = Losses()
 
 
 def dropped_count():
     """Return how many usage events this process dropped (a full queue, a failing database)."""
-    return _dropped
+    return losses.count
 
 
 def reset_dropped_count():
-    global _dropped, _dropped_lock
-    _dropped = 0
-    _dropped_lock = threading.Lock()
+    """Count from 0 (a forked child, a test)."""
+    global losses
+    losses = Losses()

@@ -2,8 +2,9 @@
 
 import queue
 import threading
-import time
 from logging import getLogger
+
+from ..throttle import Throttle, unsaid_note
 
 logger = getLogger("llmapp.metrics")
 
@@ -54,8 +55,7 @@ class MetricsWorker:
         self.thread = threading.Thread(target=self._run, name="llmapp-metrics", daemon=True)
         self._stopping = False
         self._wake = threading.Event()  # cuts the pause short, for flush() and stop()
-        self._next_error_log = 0.0
-        self._suppressed_errors = 0
+        self._errors = Throttle(ERROR_LOG_INTERVAL)
 
     def start(self):
         self.thread.start()
@@ -118,13 +118,10 @@ class MetricsWorker:
 
     def _log_error(self, kind, key, error):
         """Log a failed send, once per interval; call it from the except block."""
-        now = time.monotonic()
-        if now < self._next_error_log:
-            self._suppressed_errors += 1
+        unsaid = self._errors.due()
+        if unsaid is None:
             return
-        self._next_error_log = now + ERROR_LOG_INTERVAL
-        suppressed, self._suppressed_errors = self._suppressed_errors, 0
-        not_logged = f" ({suppressed} earlier errors not logged)" if suppressed else ""
+        not_logged = unsaid_note(unsaid, "error(s)")
         if isinstance(error, OSError):
             # The network or the agent, not a bug: one line that says what to fix.
             logger.error("%s%s", self.backend.describe_error(error), not_logged)

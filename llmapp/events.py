@@ -44,8 +44,8 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         "usecase": request.usecase,
         "latency_ms": latency_ms,
         "created_at": timezone.now(),
-        "prompt": request.prompt if with_content else "",
-        "message": request.message if with_content else "",
+        "prompt": (request.prompt or "") if with_content else "",
+        "message": (request.message or "") if with_content else "",
     }
     if completion is not None:
         return UsageEvent(
@@ -57,7 +57,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
             finish_reason=completion.finish_reason or "",
             attempts=completion.attempts,
             request_id=completion.request_id or "",
-            response=completion.text if with_content else "",
+            response=(completion.text or "") if with_content else "",
             **common,
         )
     return UsageEvent(

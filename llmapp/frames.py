@@ -11,6 +11,7 @@ import json
 import threading
 
 from . import conf
+from .events import UsageEvent
 from .types import Completion, CompletionRequest
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
@@ -58,7 +59,8 @@ def call_contents(error):
     """Return the prompts, messages and answers of the llmapp calls in the frames of ``error``.
 
     ``error`` is an exception or an ``exc_info`` tuple; its causes and contexts count too.
-    Found in the frames' CompletionRequest and Completion objects, and in the ``message``
+    Found in the frames' CompletionRequest, Completion and UsageEvent objects (and lists of
+    UsageEvents), and in the ``message``
     and ``prompt`` arguments of the service's functions (before a request exists).
     """
     if isinstance(error, tuple):
@@ -71,7 +73,12 @@ def call_contents(error):
             frame = traceback.tb_frame
             in_service = frame.f_globals.get("__name__") == "llmapp.service"
             for name, value in frame.f_locals.items():
-                if isinstance(value, CompletionRequest):
+                if isinstance(value, list | tuple) and value and isinstance(value[0], UsageEvent):
+                    for event in value:  # a batch in the usage writer
+                        contents += [event.prompt, event.message, event.response]
+                elif isinstance(value, UsageEvent):
+                    contents += [value.prompt, value.message, value.response]
+                elif isinstance(value, CompletionRequest):
                     contents += [value.message, value.prompt]
                 elif isinstance(value, Completion):
                     contents.append(value.text)

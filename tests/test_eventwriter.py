@@ -281,3 +281,15 @@ def test_a_misconfigured_stream_fails_no_call_and_counts_what_it_drops(settings,
     assert writer_module.dropped_count() == 3
     [record] = caplog.records  # said once, not once per call
     assert "the event stream is misconfigured (LLM_EVENTSTREAM_OPTIONS" in record.getMessage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_use_case_with_no_prompt_records_its_content(settings):
+    settings.LLM_LOG_CONTENT = True
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND
+    settings.LLM_USECASES = {"bare": {"PROVIDER": "test", "PROMPT": None}}
+    writer_module.reset_dropped_count()
+    complete_prompt("bare", "hi")
+    assert eventstream.flush(timeout=10)
+    assert CompletionEvent.objects.get().message == "hi"
+    assert writer_module.dropped_count() == 0

@@ -325,3 +325,47 @@ def test_the_debug_error_page_shows_no_credential(settings):
     assert "LLM_PROVIDERS" in page and "gw.example" in page
     assert_clean(page, "the DEBUG page")
     assert "qs-secret-91" not in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("send_default_pii", [False, True])
+def test_usage_logs_bring_no_content_to_sentry_unless_both_settings_allow(
+    settings, ingests, caplog, send_default_pii
+):
+    from sentry_sdk.integrations.logging import BreadcrumbHandler
+
+    from llmapp.sdk.scrubbing import before_breadcrumb
+
+    caplog.set_level(logging.INFO, logger="llmapp.usage")  # as a project that logs usage has it
+    settings.LLM_EVENTSTREAM = "logging"
+    settings.LLM_TSDB = "null"
+    settings.LLM_LOG_CONTENT = True  # content in the usage log: the operator's choice for logs
+    settings.SENTRY_SDK_CONFIG["send_default_pii"] = send_default_pii
+    configure_sdk()
+    complete_prompt("summarize", CONTENT, provider="test")
+    [record] = [record for record in caplog.records if record.name == "llmapp.usage"]
+    # The breadcrumb the SDK's logging integration makes of that record, through llmapp's hook.
+    crumb = before_breadcrumb(BreadcrumbHandler()._breadcrumb_from_record(record), {"log_record": record})
+    assert crumb["category"] == "llmapp.usage" and crumb["data"]["usage_event"]["usecase"] == "summarize"
+    assert (CONTENT in json.dumps(crumb, default=str)) is send_default_pii
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_says_why_it_lost_events_without_their_frames(settings, caplog):
+    from llmapp.events import build_event
+    from llmapp.eventstream.writer import EventWriter
+    from llmapp.service import prepare_request
+
+    settings.LLM_LOG_CONTENT = True
+
+    def broken(connection, events):
+        raise RuntimeError("a bug in the writer")
+
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=0, insert=broken)
+    request, _ = prepare_request("summarize", CONTENT, provider="test")
+    completion = complete_prompt("summarize", CONTENT, provider="test")
+    writer.offer(build_event(request, 1.0, completion=completion))
+    assert writer.stop(timeout=10)
+    [record] = [record for record in caplog.records if record.name == "llmapp.eventstream"]
+    assert "RuntimeError: a bug in the writer" in record.getMessage()
+    assert record.exc_info is None  # no frames: their variables hold the content

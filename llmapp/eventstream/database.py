@@ -113,7 +113,9 @@ def insert_events(connection, events):
             for event in chunk:
                 values = [getattr(event, name) for name in names]
                 for i in text:
-                    if "\x00" in values[i]:
+                    if values[i] is None:  # the columns hold "" for "none"
+                        values[i] = ""
+                    elif "\x00" in values[i]:
                         values[i] = storable(values[i])
                 for i, field in json:
                     if values[i] is not None:

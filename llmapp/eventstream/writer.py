@@ -179,8 +179,9 @@ class EventWriter:
         except DatabaseError as exc:
             self.lost(len(events), f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            logger.exception("Could not write %d usage event(s)", len(events))
-            self.lost(len(events), f"{type(exc).__name__}: {exc}", log=False)
+            # Said without a traceback: its frames hold the events, and a logging integration
+            # (Sentry's) would send their content along.
+            self.lost(len(events), f"{type(exc).__name__}: {exc}")
         finally:
             self.in_flight = 0
             self._tidy(connection)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 from django.conf import settings
 
 from .sampling import traces_sampler
-from .scrubbing import before_send, before_send_transaction
+from .scrubbing import before_breadcrumb, before_send, before_send_transaction
 
 RELEASE_PREFIX = "llmapp@"
 
@@ -40,6 +40,7 @@ def _get_sdk_options():
     options["send_client_reports"] = True
     options["before_send"] = before_send
     options["before_send_transaction"] = before_send_transaction
+    options["before_breadcrumb"] = before_breadcrumb
     options["traces_sampler"] = traces_sampler
     options["release"] = _release(options.get("release"))
     # The multiplexing transport builds the real transports itself.

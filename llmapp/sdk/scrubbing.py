@@ -1,4 +1,5 @@
-"""Keep secrets and call content out of Sentry events: ``before_send`` and ``before_send_transaction``.
+"""Keep secrets and call content out of Sentry: ``before_send``, ``before_send_transaction`` and
+``before_breadcrumb``.
 
 Two rules for secrets, applied to every string in the event (message, exception
 values, request headers, data and cookies, breadcrumbs, extra, contexts,
@@ -29,6 +30,9 @@ from llmapp.redaction import is_secret_name, known_secrets, mask, redact
 
 logger = logging.getLogger(__name__)
 
+#: The logger of the logging event stream, and the fields of a usage event that hold content.
+USAGE_LOGGER = "llmapp.usage"
+CONTENT_FIELDS = frozenset({"prompt", "message", "response"})
 # Event fields that can hold nothing secret: what a stripped event keeps.
 SAFE_EVENT_FIELDS = ("event_id", "timestamp", "level", "platform", "release", "environment", "sdk")
 
@@ -45,6 +49,26 @@ def before_send(event, hint):
     except Exception:
         logger.exception("Could not scrub a Sentry event; sending a stripped copy instead")
         return _stripped(event)
+
+
+def before_breadcrumb(crumb, hint):
+    """Return the breadcrumb with secrets masked, and usage content dropped; never raises.
+
+    The ``logging`` event stream logs each call with its usage event as ``extra``, its
+    prompt, message and answer included when LLM_LOG_CONTENT is on; the SDK's logging
+    integration makes each record a breadcrumb, which the next error event carries.
+    """
+    try:
+        if crumb.get("category") == USAGE_LOGGER and not content_allowed():
+            usage = (crumb.get("data") or {}).get("usage_event")
+            if isinstance(usage, dict):
+                crumb["data"]["usage_event"] = {
+                    name: value for name, value in usage.items() if name not in CONTENT_FIELDS
+                }
+        return scrub(crumb)
+    except Exception:
+        logger.exception("Could not scrub a Sentry breadcrumb; dropping it")
+        return None
 
 
 def before_send_transaction(event, hint):

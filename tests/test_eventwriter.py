@@ -293,3 +293,24 @@ def test_a_use_case_with_no_prompt_records_its_content(settings):
     assert eventstream.flush(timeout=10)
     assert CompletionEvent.objects.get().message == "hi"
     assert writer_module.dropped_count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_dropped_costs_no_batch(settings):
+    """PostgreSQL ends the writer's idle connection (a restart, an idle timeout); the next batch is kept."""
+    if connection.vendor != "postgresql":
+        pytest.skip("ends a server-side session, which only the PostgreSQL run of the suite has")
+    settings.LLM_EVENTSTREAM_OPTIONS = BACKGROUND
+    writer_module.reset_dropped_count()
+    complete_prompt("summarize", "first", provider="test")
+    assert eventstream.flush(timeout=10)
+    with connection.cursor() as cursor:  # every other session on this test database: the writer's
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchall()
+    complete_prompt("summarize", "second", provider="test")
+    assert eventstream.flush(timeout=10)
+    assert CompletionEvent.objects.count() == 2
+    assert writer_module.dropped_count() == 0

@@ -166,8 +166,7 @@ class EventWriter:
         self.in_flight = len(events)
         try:
             try:
-                with transaction.atomic(using=alias):
-                    self.insert(connection, events)
+                self._insert_reconnecting(connection, events)
             except (DataError, IntegrityError):
                 if len(events) == 1:
                     raise
@@ -185,6 +184,22 @@ class EventWriter:
         finally:
             self.in_flight = 0
             self._tidy(connection)
+
+    def _insert_reconnecting(self, connection, events):
+        """Insert ``events`` in one transaction; on a kept connection the server dropped, once more."""
+        reused = connection.connection is not None
+        try:
+            with transaction.atomic(using=connection.alias):
+                self.insert(connection, events)
+        except (OperationalError, InterfaceError):
+            # A restart, a failover or an idle timeout closed it while the writer waited:
+            # one new connection, not a lost batch. A database that is down fails again.
+            if not reused:
+                raise
+            with contextlib.suppress(OperationalError, InterfaceError):
+                connection.close()
+            with transaction.atomic(using=connection.alias):
+                self.insert(connection, events)
 
     def _write_one(self, connection, event):
         try:

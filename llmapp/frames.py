@@ -8,6 +8,7 @@ events (see ``llmapp.sdk.scrubbing``).
 """
 
 import json
+import os
 import threading
 
 from . import conf
@@ -16,6 +17,15 @@ from .types import Completion, CompletionRequest
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
 _import_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    # A thread of the parent may have held it mid-import: the child's own starts free.
+    global _import_lock
+    _import_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 MAX_FRAMES = 30
 MAX_VARS = 40
 MAX_STRING = 1024

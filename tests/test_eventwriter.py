@@ -314,3 +314,24 @@ def test_a_connection_the_server_dropped_costs_no_batch(settings):
     assert eventstream.flush(timeout=10)
     assert CompletionEvent.objects.count() == 2
     assert writer_module.dropped_count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_given_up_on_still_ends_and_takes_no_more_events():
+    writer_module.reset_dropped_count()
+    release = threading.Event()
+
+    def stuck_insert(connection, events):
+        release.wait()
+        insert_events(connection, events)
+
+    writer = EventWriter(queue_size=10, batch_size=1, max_wait=0, insert=stuck_insert)
+    for _ in range(3):
+        writer.offer(_usage_event())
+    assert writer.stop(timeout=0.05) is False  # its database hangs
+    writer.abandon("the process is going")  # what exit does then
+    assert writer.offer(_usage_event()) is False  # closed: counted, not queued for nobody
+    release.set()
+    writer.thread.join(timeout=30)
+    assert not writer.thread.is_alive()  # it ended once its write came back
+    assert writer.written + writer_module.dropped_count() == 4

@@ -66,6 +66,8 @@ class EventWriter:
         self.written = 0
         self.in_flight = 0  # events of the batch being written now
         self._waiting = 0  # events offered since the writer last woke
+        self.stopped = False
+        self._start_failures = Throttle(LOG_INTERVAL)
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
@@ -73,14 +75,17 @@ class EventWriter:
 
     def offer(self, event):
         """Queue ``event`` for writing; drop it, counted, when the queue is full. Never blocks."""
-        size = self.queue.qsize()
-        if size >= self.queue_size:
+        if self.stopped:
+            self.lost(1, "its event stream was closed (a change of settings, or the process is exiting)")
+            return False
+        if self.queue.qsize() >= self.queue_size:
             self.lost(1, f"the queue of {self.queue_size} events is full")
             return False
         self.queue.put(event)
         # Approximate under races, which only moves a write by max_wait at most.
         self._waiting += 1
-        if self.thread is None:
+        thread = self.thread
+        if thread is None or not thread.is_alive():
             self._start()
         elif self._waiting >= self.batch_size:
             self._wake.set()
@@ -96,7 +101,8 @@ class EventWriter:
         return marker.done.wait(timeout)
 
     def stop(self, timeout):
-        """Write what is queued, within ``timeout``, and let the thread end."""
+        """Write what is queued, within ``timeout``, and let the thread end; take no more events."""
+        self.stopped = True
         if self.thread is None:
             return True
         marker = _Marker(stop=True)
@@ -107,18 +113,21 @@ class EventWriter:
     def abandon(self, reason):
         """Count the events still queued as dropped, for ``reason``: the process is going."""
         count = self.in_flight + sum(1 for item in _drain(self.queue) if not isinstance(item, _Marker))
+        # The stop drained with them: once its write comes back, the thread still ends.
+        self.queue.put(_Marker(stop=True))
         if count:
             self.lost(count, reason, now=True)
 
     def _start(self):
         with self._lock:
-            if self.thread is not None:
+            if self.thread is not None and self.thread.is_alive():
                 return
             thread = threading.Thread(target=self._run, name="llmapp-events", daemon=True)
             try:
                 thread.start()
-            except RuntimeError:  # no threads left: the queue holds what it can, and drops the rest
-                logger.exception("Usage events are not written: the writer thread cannot start")
+            except RuntimeError as exc:  # no threads left: the queue holds what it can, and drops the rest
+                if self._start_failures.due() is not None:
+                    logger.error("Usage events are not written: the writer thread cannot start (%s)", exc)
                 return
             self.thread = thread
 

@@ -78,6 +78,11 @@ class ProviderHandler:
         with self._lock:
             self._providers = {}
 
+    def _after_fork_in_child(self):
+        # Not reset(): a thread of the parent may have held the lock at the fork.
+        self._lock = threading.Lock()
+        self._providers = {}
+
 
 def check_entry(alias, config):
     """Raise ConfigurationError, saying what to write, when an entry's OPTIONS, MODELS or CIRCUIT_BREAKER
@@ -111,4 +116,4 @@ def check_entry(alias, config):
 providers = ProviderHandler()
 conf.on_change(providers.reset)
 # A forked child must not share its parent's SDK clients and their open sockets.
-os.register_at_fork(after_in_child=providers.reset)
+os.register_at_fork(after_in_child=providers._after_fork_in_child)

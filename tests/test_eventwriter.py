@@ -334,4 +334,5 @@ def test_a_writer_given_up_on_still_ends_and_takes_no_more_events():
     release.set()
     writer.thread.join(timeout=30)
     assert not writer.thread.is_alive()  # it ended once its write came back
-    assert writer.written + writer_module.dropped_count() == 4
+    # Given up on at exit, the batch under way is counted lost (the process ends with it).
+    assert writer_module.dropped_count() == 4

@@ -26,6 +26,8 @@ from .service import complete_prompt
 logger = logging.getLogger("llmapp.batch")
 
 #: Keys an input object may carry besides ``id`` and ``message``.
+#: The name of a batch's worker threads.
+WORKER_PREFIX = "llm-batch"
 #: Seconds the end of a batch waits for its usage events to be written.
 FLUSH_TIMEOUT = 5.0
 ITEM_OVERRIDES = frozenset(
@@ -240,7 +242,7 @@ def run_batch(
     def free_slot(future):
         slots.release()
 
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm-batch")
+    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=WORKER_PREFIX)
 
     def emit_oldest():
         record = pending[0].result()  # an interrupt while waiting leaves the item pending

@@ -257,3 +257,33 @@ def test_collect_replaces_an_earlier_output_whole(tmp_path):
     collect(finished_batch(), output)
     assert [record["text"] for record in read_records(output)] == ["answer 1", "answer 2"]
     assert leftovers(tmp_path, "out.jsonl") == []
+
+
+def test_a_full_disk_stops_the_calls_under_way_too(manage, tmp_path, fake_openai):
+    """The output cannot be written: no call under way is waited for (each would be paid and lost)."""
+    for _ in range(3):
+        fake_openai.reply("A long answer. " * 200)  # 3 kB: the second record does not fit
+    for _ in range(20):
+        fake_openai.hang(600)  # longer than the test's bound: waiting for them would time out
+    source = write_lines(tmp_path / "in.jsonl", [json.dumps(f"Ticket {n}. " + "x" * 2000) for n in range(40)])
+    output = tmp_path / "out.jsonl"
+    args = manage_args(
+        "llm", "summarize", "--input", str(source), "--output", str(output), "--concurrency", "4"
+    )
+    env = manage.env(
+        {
+            "LLM_SUMMARIZE_PROVIDER": "openai",
+            "OPENAI_BASE_URL": fake_openai.base_url,
+            "OPENAI_API_KEY": "sk-x",
+        }
+    )
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run(
+        args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, preexec_fn=small_disk
+    )
+    assert result.returncode == 1
+    assert "CommandError: cannot write --output" in result.stderr
+    assert len(fake_openai.requests) < 40  # the items not started were never sent

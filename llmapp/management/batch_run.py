@@ -3,10 +3,11 @@
 import contextlib
 import os
 import sys
+import threading
 
 from django.core.management.base import CommandError
 
-from llmapp import batch
+from llmapp import batch, eventstream
 from llmapp.management import outputfile
 from llmapp.usecases import get_usecase
 
@@ -98,7 +99,7 @@ class BatchRun:
                 try:
                     out.write(batch.dumps(record).encode())
                 except OSError as exc:
-                    raise CommandError(
+                    raise OutputFailed(
                         f"cannot write --output {self.output}: {exc.strerror}. It holds every record "
                         f"written before ({written} by this run); make room, then run the same command "
                         "to resume."
@@ -135,6 +136,11 @@ class BatchRun:
                 # A file never keeps a result waiting for its next line; a pipe may.
                 read_ahead=total is not None,
             )
+        except OutputFailed as exc:
+            # Nothing more can be written: the calls under way would only be paid for and lost.
+            if calls_under_way():
+                self.exit_now(f"CommandError: {exc}", 1)
+            raise
         finally:
             if bar:
                 bar.close()
@@ -163,10 +169,7 @@ class BatchRun:
                 "run the same command to resume."
             )
             if stats.running:
-                # Threads still in a call would hold up the interpreter's exit until their timeout.
-                self.command.stdout.flush()
-                self.command.stderr.flush()
-                os._exit(130)
+                self.exit_now("", 130)
             sys.exit(130)
         summary = f"{stats.done} done, {stats.failed} failed"
         if stats.skipped:
@@ -175,6 +178,19 @@ class BatchRun:
             raise CommandError(f"{summary}; the failed items are in {self.output_name} with their error.")
         if self.options["verbosity"] >= 1 and not self.options["quiet"]:
             self.command.stderr.write(summary)
+
+    def exit_now(self, line, code):
+        """Exit with ``code`` without waiting for the calls under way; say ``line`` first.
+
+        Threads still in a call would hold up the interpreter's exit until their timeout,
+        and exit handlers wait for them: the usage recorded so far is written here instead.
+        """
+        if line:
+            self.command.stderr.write(line)
+        self.command.stdout.flush()
+        self.command.stderr.flush()
+        eventstream.flush(timeout=EXIT_FLUSH_TIMEOUT)
+        os._exit(code)
 
     def progress_bar(self, total):
         stream = self.command.stderr._out
@@ -196,6 +212,21 @@ class BatchRun:
             f"Follow it with `manage.py llm_batch status {created.pk}`; "
             f"write its results with `manage.py llm_batch collect {created.pk} --output FILE`."
         )
+
+
+#: Seconds an exit that cannot wait for the calls under way gives the usage writer.
+EXIT_FLUSH_TIMEOUT = 1.0
+
+
+class OutputFailed(CommandError):
+    """The output could not be written: the batch stops at once."""
+
+
+def calls_under_way():
+    """Say whether a batch worker thread is still in a call."""
+    return any(
+        thread.name.startswith(batch.WORKER_PREFIX) and thread.is_alive() for thread in threading.enumerate()
+    )
 
 
 def _seekable(lines):

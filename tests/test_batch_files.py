@@ -261,8 +261,10 @@ def test_collect_replaces_an_earlier_output_whole(tmp_path):
 
 def test_a_full_disk_stops_the_calls_under_way_too(manage, tmp_path, fake_openai):
     """The output cannot be written: no call under way is waited for (each would be paid and lost)."""
-    for _ in range(3):
-        fake_openai.reply("A long answer. " * 200)  # 3 kB: the second record does not fit
+    # The first 4 requests, sent at once, are answered whatever order they arrive in: the first
+    # item's is written, whichever it was. 3 kB each: the second record does not fit.
+    for _ in range(4):
+        fake_openai.reply("A long answer. " * 200)
     for _ in range(20):
         fake_openai.hang(600)  # longer than the test's bound: waiting for them would time out
     source = write_lines(tmp_path / "in.jsonl", [json.dumps(f"Ticket {n}. " + "x" * 2000) for n in range(40)])

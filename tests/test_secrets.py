@@ -7,6 +7,7 @@ gateway header that does not look secret, and a custom header value of three cha
 """
 
 import base64
+import inspect
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from llmapp.exceptions import ProviderError
 from llmapp.models import CompletionEvent
 from llmapp.providers import providers
 from llmapp.sdk import configure_sdk
+from llmapp.sdk.scrubbing import before_breadcrumb
 from tests.fakes.anthropic_server import fake_anthropic
 from tests.fakes.gemini_server import fake_gemini
 from tests.sentry import wsgi_get
@@ -302,6 +304,38 @@ def test_spans_carry_content_when_both_settings_allow(settings, ingests, openai_
     assert any(CONTENT in body for body in received(ingests))
 
 
+@pytest.mark.django_db
+@pytest.mark.skipif(
+    "data_collection" not in inspect.signature(sentry_sdk.consts.ClientConstructor).parameters,
+    reason="this sentry-sdk predates the data_collection option (2.75)",
+)
+@pytest.mark.parametrize(
+    ("sdk_options", "sent"),
+    [
+        # data_collection, once given, decides alone: as the SDK's own AI integrations read it.
+        ({"send_default_pii": True, "data_collection": {"gen_ai": {"inputs": False}}}, False),
+        ({"send_default_pii": True, "data_collection": {"gen_ai": {"outputs": False}}}, False),
+        ({"data_collection": {"gen_ai": {"inputs": True, "outputs": True}}}, True),
+        ({"data_collection": {"user_info": False}}, True),  # gen_ai is collected unless said otherwise
+    ],
+)
+def test_the_sdks_data_collection_option_decides_with_llm_log_content(
+    settings, ingests, openai_provider, sdk_options, sent
+):
+    settings.LLM_LOG_CONTENT = True
+    settings.SENTRY_SDK_CONFIG.pop("send_default_pii", None)
+    settings.SENTRY_SDK_CONFIG.update(sdk_options)
+    configure_sdk()
+    with sentry_sdk.start_transaction(name="ok"):
+        complete_prompt("summarize", CONTENT, provider="openai")
+    transactions = [body for body in received(ingests) if '"type":"transaction"' in body.replace(" ", "")]
+    assert transactions and any(CONTENT in body for body in transactions) is sent
+    # The SDK's breadcrumb of the usage event's INSERT, which the next error event carries.
+    insert = 'INSERT INTO "llmapp_completionevent" ("prompt", "message") VALUES (%s, %s)'
+    crumb = {"category": "query", "message": insert, "data": {"db.params": ["prompt", CONTENT]}}
+    assert (CONTENT in json.dumps(before_breadcrumb(crumb, {}))) is sent
+
+
 # -- the DEBUG error page --------------------------------------------------------------------
 
 
@@ -334,7 +368,6 @@ def test_usage_logs_bring_no_content_to_sentry_unless_both_settings_allow(
 ):
     from sentry_sdk.integrations.logging import BreadcrumbHandler
 
-    from llmapp.sdk.scrubbing import before_breadcrumb
 
     caplog.set_level(logging.INFO, logger="llmapp.usage")  # as a project that logs usage has it
     settings.LLM_EVENTSTREAM = "logging"
@@ -353,10 +386,12 @@ def test_usage_logs_bring_no_content_to_sentry_unless_both_settings_allow(
 @pytest.mark.django_db(transaction=True)
 def test_the_writer_says_why_it_lost_events_without_their_frames(settings, caplog):
     from llmapp.events import build_event
+    from llmapp.eventstream import writer as writer_module
     from llmapp.eventstream.writer import EventWriter
     from llmapp.service import prepare_request
 
     settings.LLM_LOG_CONTENT = True
+    writer_module.reset_dropped_count()  # a loss an earlier test logged would hold this one's line back
 
     def broken(connection, events):
         raise RuntimeError("a bug in the writer")

@@ -15,7 +15,9 @@ stack-frame ``vars``, span data):
 And one for content: the prompts, messages and answers of the llmapp calls in an
 error's traceback are withheld wherever they appear in its event (frame ``vars``
 such as ``message``, ``request``, ``payload`` or a command's ``options``, the
-request body...), unless both ``LLM_LOG_CONTENT`` and ``send_default_pii`` allow them.
+request body, the parameters of SQL queries on llmapp's tables in spans and breadcrumbs...),
+unless both ``LLM_LOG_CONTENT`` and the SDK's options (``send_default_pii``, or the
+``gen_ai`` part of ``data_collection``) allow them.
 
 If scrubbing fails the hooks do not raise (the SDK would drop the event without a
 word): an error event is replaced by a stripped one that says so, a transaction is
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 USAGE_LOGGER = "llmapp.usage"
 CONTENT_FIELDS = frozenset({"prompt", "message", "response"})
 # Event fields that can hold nothing secret: what a stripped event keeps.
+WITHHELD_PARAMS = "[withheld: llmapp call content]"
 SAFE_EVENT_FIELDS = ("event_id", "timestamp", "level", "platform", "release", "environment", "sdk")
 
 #: The secrets in settings and the environment (kept under this name for the hooks' callers).
@@ -65,6 +68,8 @@ def before_breadcrumb(crumb, hint):
                 crumb["data"]["usage_event"] = {
                     name: value for name, value in usage.items() if name not in CONTENT_FIELDS
                 }
+        elif crumb.get("category") == "query" and not content_allowed():
+            _withhold_content_params(crumb.get("message"), crumb.get("data"))
         return scrub(crumb)
     except Exception:
         logger.exception("Could not scrub a Sentry breadcrumb; dropping it")
@@ -72,19 +77,55 @@ def before_breadcrumb(crumb, hint):
 
 
 def before_send_transaction(event, hint):
-    """Return the transaction with secrets masked, or ``None`` if that fails; never raises."""
+    """Return the transaction with secrets masked, and call content withheld, or ``None`` if
+    that fails; never raises."""
     try:
+        if not content_allowed():
+            for span in event.get("spans") or ():
+                _withhold_content_params(span.get("description"), span.get("data"))
         return scrub(event)
     except Exception:
         logger.exception("Could not scrub a Sentry transaction; dropping it")
         return None
 
 
+def _withhold_content_params(query, data):
+    """Withhold the parameters of an SQL query on llmapp's tables from a span's or breadcrumb's data.
+
+    The SDK records them when ``data_collection`` (or an experiment) lets it, and the usage
+    events and batch items llmapp writes hold prompts and answers when LLM_LOG_CONTENT is on.
+    """
+    if not (isinstance(data, dict) and "db.params" in data and isinstance(query, str)):
+        return
+    if any(table in query for table in _content_tables()):
+        data["db.params"] = WITHHELD_PARAMS
+
+
+def _content_tables():
+    from django.apps import apps
+
+    return [model._meta.db_table for model in apps.get_app_config("llmapp").get_models()]
+
+
 def content_allowed():
-    """Say whether prompts and answers may reach Sentry: if LLM_LOG_CONTENT and send_default_pii agree."""
+    """Say whether prompts and answers may reach Sentry: if LLM_LOG_CONTENT and the SDK's options agree."""
     import sentry_sdk
 
-    return bool(conf.get_setting("LLM_LOG_CONTENT")) and sentry_sdk.get_client().should_send_default_pii()
+    return bool(conf.get_setting("LLM_LOG_CONTENT")) and _sdk_collects_gen_ai(sentry_sdk.get_client())
+
+
+def _sdk_collects_gen_ai(client):
+    """Say whether the SDK's options let prompts and answers (gen_ai inputs and outputs) be sent.
+
+    sentry-sdk 2.75 replaces ``send_default_pii`` with ``data_collection``, which, once the
+    user gives it, decides alone (its ``gen_ai`` inputs and outputs): as the SDK's own AI
+    integrations read it. A prompt comes with its answer, so both must be allowed.
+    """
+    collection = client.options.get("data_collection")
+    if isinstance(collection, dict) and collection.get("provided_by_user"):
+        gen_ai = collection.get("gen_ai") or {}
+        return bool(gen_ai.get("inputs")) and bool(gen_ai.get("outputs"))
+    return bool(client.should_send_default_pii())
 
 
 def scrub(data, secrets=(), key=None):

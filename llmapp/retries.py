@@ -91,7 +91,7 @@ class Attempts:
             timeout = min(left, own_timeout) if own_timeout else left
             yield (
                 route.backend,
-                evolve(self.request, provider=route.alias, model=route.model, timeout=timeout),
+                evolve(self.request, provider=route.alias, model=route.model, timeout=timeout, deadline=self),
             )
             if self._give_up_route:
                 break

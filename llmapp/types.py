@@ -27,6 +27,10 @@ class CompletionRequest:
     max_output_tokens: int
     #: Seconds this attempt may take (what is left of the call's deadline); None: the provider's own.
     timeout: float | None = None
+    #: The call's deadline, shared by all its attempts: the Attempts running the call, whose
+    #: ``left()`` says how many seconds are left and whose ``check_deadline()`` raises its
+    #: ProviderTimeout once none are. None when no call runs the request (a dry run, a test).
+    deadline: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

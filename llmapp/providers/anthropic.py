@@ -124,9 +124,8 @@ class AnthropicProvider(SDKProvider):
         anthropic = self.import_sdk()
         cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
         options = self._client_options()
-        if transport is not None:
-            # No proxies from the environment: they would route around the transport.
-            options["http_client"] = anthropic.DefaultHttpxClient(transport=transport, trust_env=False)
+        http_client = anthropic.DefaultAsyncHttpxClient if asynchronous else anthropic.DefaultHttpxClient
+        options["http_client"] = http_client(**self.http_client_args(asynchronous, transport))
         return cls(**options)
 
     def _client_options(self):

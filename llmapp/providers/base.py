@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import importlib
 import importlib.util
 import json
@@ -11,12 +13,15 @@ import weakref
 
 from asgiref.sync import sync_to_async
 
-from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderUnavailable
+from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
 from ..types import Completion
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
+
+#: The deadline of the call whose SDK request is being sent in this context; see hold_deadline().
+_sending = contextvars.ContextVar("llmapp_deadline", default=None)
 
 
 class BaseProvider:
@@ -209,15 +214,30 @@ class SDKProvider(BaseProvider):
         super().__init__(alias, options=options, models=models)
         self._sdk_lock = threading.Lock()
         self._client = None
-        self._async_clients = weakref.WeakKeyDictionary()
+        # id(loop) -> (a weak reference to the loop, its client, the client's closer); see async_client().
+        self._async_clients = {}
 
     def build_client(self, asynchronous=False, transport=None):
         """Return a new SDK client, an async one when asked; backends with an SDK implement it.
 
-        With ``transport``, every request of the client goes through that HTTP transport
-        (``--dry-run`` records with one).
+        Its HTTP client is built with ``http_client_args()``. With ``transport``, every
+        request of the client goes through that HTTP transport (``--dry-run`` records with one).
         """
         raise NotImplementedError
+
+    def http_client_args(self, asynchronous=False, transport=None):
+        """Return the keyword arguments of the SDK client's HTTP client (the SDK's default kind).
+
+        A sync one holds the call's deadline while an answer's body comes in (``hold_deadline``).
+        An async one is built by the backend rather than by the SDK, whose own closes itself,
+        when collected, on whatever event loop then runs: the wrong one, once its own loop
+        closed without closing it (see ``async_client()``), and the close fails noisily.
+        """
+        args = {} if asynchronous else {"event_hooks": {"response": [hold_deadline]}}
+        if transport is not None:
+            # No proxies from the environment: they would route around the transport.
+            args |= {"transport": transport, "trust_env": False}
+        return args
 
     def new_client(self, asynchronous=False, transport=None):
         """Build a client with the SDK's loggers redacted: httpx logs every URL, userinfo included."""
@@ -235,16 +255,40 @@ class SDKProvider(BaseProvider):
         return self._client
 
     def async_client(self):
-        """The async SDK client of the running event loop."""
-        # An async HTTP client belongs to the event loop it was first used on.
+        """The async SDK client of the running event loop: built on first use, closed with the loop.
+
+        An async HTTP client belongs to the event loop it was first used on, and its open
+        connections hold that loop: a client kept by its loop would never be freed, nor its
+        sockets closed, and ``asyncio.run()`` or ``async_to_sync`` make a loop per call. So the
+        client is closed on its loop as the loop shuts down (see ``_closed_with``), and one
+        whose loop was closed without that is dropped when another loop's client is built.
+        """
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            with self._sdk_lock:
-                client = self._async_clients.get(loop)
-                if client is None:
-                    client = self._async_clients[loop] = self.new_client(asynchronous=True)
+        entry = self._async_clients.get(id(loop))
+        if entry is not None and entry[0]() is loop:
+            return entry[1]
+        with self._sdk_lock:
+            # Clients of loops that are closed, or gone (an id can be reused), cannot be
+            # closed any more: dropped, the collector closes their sockets.
+            for key, (loop_ref, _, _) in list(self._async_clients.items()):
+                if loop_ref() is None or loop_ref().is_closed():
+                    del self._async_clients[key]
+            client = self.new_client(asynchronous=True)
+            # The loop holds its async generators weakly: the entry keeps the closer.
+            closer = _closed_with(self, loop, client)
+            self._async_clients[id(loop)] = (weakref.ref(loop), client, closer)
+        _start(closer)
         return client
+
+    async def aclose_client(self, client):
+        """Close an async SDK client ``async_client()`` built."""
+        await client.close()
+
+    def _forget_async_client(self, loop, client):
+        with self._sdk_lock:
+            entry = self._async_clients.get(id(loop))
+            if entry is not None and entry[1] is client:
+                del self._async_clients[id(loop)]
 
     def build_payload(self, request):
         """Return the keyword arguments of the SDK call for ``request``."""
@@ -288,7 +332,7 @@ class SDKProvider(BaseProvider):
     def complete(self, request):
         payload = self.build_payload(request)
         try:
-            response = self.send(self.client, payload)
+            response = _within(request.deadline, self.send, self.client, payload)
         except Exception as exc:
             raise self.translate_error(exc, timeout=request.timeout) from None
         return self.parse(response, request)
@@ -296,10 +340,33 @@ class SDKProvider(BaseProvider):
     async def acomplete(self, request):
         payload = self.build_payload(request)
         try:
-            response = await self.send(self.async_client(), payload)
+            # httpx's timeouts are per read: a server that trickles its answer is cut here.
+            async with asyncio.timeout(_left(request)):
+                response = await self.send(self.async_client(), payload)
         except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
+            error = self.attempt_error(exc, request)
+        else:
+            return self.parse(response, request)
+        raise error from None
+
+    def attempt_error(self, exc, request, request_id=None):
+        """Return the ProviderError of an attempt that failed with ``exc``.
+
+        The deadline's own ProviderTimeout when ``exc`` is the timeout that cut the attempt
+        at the call's deadline (``asyncio.timeout``), else ``translate_error()``'s.
+        """
+        # An SDK may wrap the ProviderTimeout hold_deadline() raised in a connection error of its own.
+        cause = exc
+        while cause is not None:
+            if isinstance(cause, ProviderTimeout):
+                return cause
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(exc, TimeoutError) and request.deadline is not None:
+            try:
+                request.deadline.check_deadline()
+            except ProviderTimeout as passed:
+                return passed
+        return self.translate_error(exc, request_id=request_id, timeout=request.timeout)
 
     # stream() and astream() differ only in how they open, read and close the SDK's stream:
     # what a chunk means is the reader's, in one place for both.
@@ -311,11 +378,13 @@ class SDKProvider(BaseProvider):
         payload = self.build_payload(request)
         reader = self.stream_reader(self, request)
         try:
-            chunks = self.open_stream(self.client, payload)
+            chunks = _within(request.deadline, self.open_stream, self.client, payload)
             reader.opened(chunks)
             # Closed also when our caller stops reading early: that ends the HTTP response.
             with contextlib.closing(chunks):
-                for chunk in chunks:
+                # Some SDKs send the request only when asked for the first chunk.
+                chunks_left = iter(chunks)
+                while (chunk := _within(request.deadline, next, chunks_left, _END)) is not _END:
                     yield from reader.feed(chunk)
         except Exception as exc:
             raise reader.failed(exc) from None
@@ -329,12 +398,16 @@ class SDKProvider(BaseProvider):
         payload = self.build_payload(request)
         reader = self.stream_reader(self, request)
         try:
-            chunks = await self.open_stream(self.async_client(), payload)
+            # Cut at the deadline as acomplete() is, and so is each wait for a chunk.
+            async with asyncio.timeout(_left(request)):
+                chunks = await self.open_stream(self.async_client(), payload)
             reader.opened(chunks)
             async with _aclosing(chunks):
-                async for chunk in chunks:
-                    for text in reader.feed(chunk):
-                        yield text
+                with ChunkWaits(request.deadline) as waits:
+                    chunks_left = aiter(chunks)
+                    while (chunk := await waits.next(chunks_left)) is not _END:
+                        for text in reader.feed(chunk):
+                            yield text
         except Exception as exc:
             raise reader.failed(exc) from None
         yield reader.completion()
@@ -370,6 +443,137 @@ def _aclosing(chunks):
     return chunks if hasattr(chunks, "__aexit__") else contextlib.aclosing(chunks)
 
 
+#: What the waits for an SDK stream's next chunk return after its last.
+_END = object()
+
+
+class ChunkWaits:
+    """Cut each wait of an async stream for its next chunk at the call's deadline.
+
+    What ``asyncio.timeout()`` does for one wait, for all the waits of a stream at the
+    cost of one timer, not one per chunk. No timeout may span a yield of the stream: it
+    would cancel whatever its caller awaits between two chunks. So the timer cancels the
+    task only while it waits for a chunk; past the deadline, ``next()`` raises TimeoutError.
+    """
+
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.waiting = self.expired = self.cancelled = False
+
+    def __enter__(self):
+        if self.deadline is not None:
+            self.task = asyncio.current_task()
+            self.cancelling = self.task.cancelling()
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_at(loop.time() + self.deadline.left(), self._expire)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.deadline is not None:
+            self.timer.cancel()
+
+    def _expire(self):
+        self.expired = True
+        if self.waiting:
+            self.cancelled = True
+            self.task.cancel()
+
+    async def next(self, chunks):
+        """Return the next chunk of the async iterator ``chunks``, or _END after the last."""
+        if self.expired:
+            raise TimeoutError
+        self.waiting = True
+        try:
+            return await anext(chunks, _END)
+        except asyncio.CancelledError:
+            # As asyncio.timeout() does: any other cancellation of the task goes on.
+            if self.cancelled and self.task.uncancel() <= self.cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self.waiting = False
+
+
+def _within(deadline, call, *args):
+    """Return ``call(*args)``, the sync SDK's responses held to ``deadline`` meanwhile (hold_deadline())."""
+    sending = _sending.set(deadline)
+    try:
+        return call(*args)
+    finally:
+        _sending.reset(sending)
+
+
+def _left(request):
+    """Return the seconds left of ``request``'s call deadline, or None when it has none."""
+    return None if request.deadline is None else request.deadline.left()
+
+
+def hold_deadline(response):
+    """Bind the call's deadline to the body of ``response``: a sync HTTP client's response hook.
+
+    httpx's read timeout is per read: a server that trickles its answer, never idle that
+    long, would keep a call going long past its deadline. This hook checks the deadline once
+    the headers are in, and the body as each piece of it arrives: past the deadline, they
+    raise its ProviderTimeout, which the SDKs let through as it is.
+    """
+    deadline = _sending.get()
+    if deadline is not None:
+        deadline.check_deadline()
+        response.stream = _deadline_body(type(response.stream))(response.stream, deadline)
+
+
+@functools.cache
+def _deadline_body(stream_class):
+    """Return the DeadlineBody class for ``stream_class``'s HTTP library (httpx or httpx2)."""
+    # The library checks that a body is one of its own SyncByteStreams.
+    (byte_stream,) = [cls for cls in stream_class.__mro__ if cls.__name__ == "SyncByteStream"]
+    return type("DeadlineBody", (DeadlineBody, byte_stream), {})
+
+
+class DeadlineBody:
+    """A response body that raises the call's ProviderTimeout once its deadline has passed."""
+
+    def __init__(self, body, deadline):
+        self.body = body
+        self.deadline = deadline
+
+    @property
+    def elapsed(self):
+        # The HTTP library reads the response's elapsed time from its body.
+        return getattr(self.body, "elapsed", None)
+
+    def __iter__(self):
+        for piece in self.body:
+            self.deadline.check_deadline()
+            yield piece
+
+    def close(self):
+        self.body.close()
+
+
+def _start(agen):
+    """Run the async generator ``agen`` to its first yield, now, in the running event loop.
+
+    The loop keeps it among the async generators it finalizes when it shuts down.
+    """
+    with contextlib.suppress(StopIteration):
+        agen.asend(None).send(None)
+
+
+async def _closed_with(provider, loop, client):
+    """Close ``client``, an async client of ``provider``, when ``loop`` shuts down.
+
+    ``asyncio.run()``, ``asyncio.Runner`` and asgiref's ``async_to_sync`` finalize the loop's
+    pending async generators before they close it (``loop.shutdown_asyncgens()``): this one
+    then closes the client on its own loop, the only one its connections can be closed on.
+    """
+    try:
+        yield
+    finally:
+        provider._forget_async_client(loop, client)
+        await provider.aclose_client(client)
+
+
 class StreamReader:
     """What one streamed answer has said so far, fed the SDK's chunks one at a time.
 
@@ -400,7 +604,14 @@ class StreamReader:
         raise NotImplementedError
 
     def feed(self, chunk):
-        """Read ``chunk``; return its texts, which are the answer's next chunks."""
+        """Read ``chunk``; return its texts, which are the answer's next chunks.
+
+        Once the call's deadline has passed, raise its ProviderTimeout instead, whether the
+        chunk has text or not: keep-alives, reasoning and role-only chunks must not carry a
+        stream past it.
+        """
+        if self.request.deadline is not None:
+            self.request.deadline.check_deadline()
         texts = [text for text in self.read(chunk) if text]
         self.parts.extend(texts)
         return texts
@@ -412,7 +623,7 @@ class StreamReader:
 
     def failed(self, exc):
         """Return the ProviderError the stream raises for ``exc``, given the text already yielded."""
-        error = self.provider.translate_error(exc, request_id=self.request_id, timeout=self.request.timeout)
+        error = self.provider.attempt_error(exc, self.request, self.request_id)
         return self.provider.stream_failed(error, len(self.parts), self.request_id)
 
     def completion(self):

@@ -222,14 +222,12 @@ class GeminiProvider(SDKProvider):
             # responses the event loop closes later.
             http_options["async_client_args"] = {"event_hooks": {"response": [_note_response]}}
         connection = self.connection()
-        if transport is not None:
-            # No proxies from the environment: they would route around the transport.
-            http_options["client_args"] = {"transport": transport, "trust_env": False}
-            if connection.get("project") and not connection.get("api_key"):
-                # Getting a real access token is a network call: a dry run shows a stand-in.
-                from google.oauth2.credentials import Credentials
+        http_options["client_args"] = self.http_client_args(transport=transport)
+        if transport is not None and connection.get("project") and not connection.get("api_key"):
+            # Getting a real access token is a network call: a dry run shows a stand-in.
+            from google.oauth2.credentials import Credentials
 
-                connection["credentials"] = Credentials(token="stand-in-access-token")  # noqa: S106
+            connection["credentials"] = Credentials(token="stand-in-access-token")  # noqa: S106
         try:
             client = genai.Client(
                 **{name: value for name, value in connection.items() if value is not None},
@@ -241,6 +239,9 @@ class GeminiProvider(SDKProvider):
                 f"{self.redact(str(exc))}"
             ) from None
         return client.aio if asynchronous else client
+
+    async def aclose_client(self, client):
+        await client.aclose()
 
     # -- calls -----------------------------------------------------------------------
 

@@ -101,9 +101,8 @@ class OpenAIProvider(SDKProvider):
         else:
             cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
         options = self._client_options()
-        if transport is not None:
-            # No proxies from the environment: they would route around the transport.
-            options["http_client"] = openai.DefaultHttpxClient(transport=transport, trust_env=False)
+        http_client = openai.DefaultAsyncHttpxClient if asynchronous else openai.DefaultHttpxClient
+        options["http_client"] = http_client(**self.http_client_args(asynchronous, transport))
         return cls(**options)
 
     def check(self):

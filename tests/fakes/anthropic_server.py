@@ -108,6 +108,7 @@ class FakeAnthropicServer(FakeHTTPServer):
         cut_after: int | None = None,
         error_type: str | None = None,
         delay_between: float = 0.0,
+        keepalives: int = 0,
         delay: float = 0.0,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
@@ -130,6 +131,7 @@ class FakeAnthropicServer(FakeHTTPServer):
                 error_type=error_type,
                 message_stop=message_stop,
                 delay_between=delay_between,
+                keepalives=keepalives,
                 headers=dict(headers or {}),
                 delay=delay,
             )

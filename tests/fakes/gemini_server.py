@@ -95,6 +95,8 @@ class FakeGeminiServer(FakeHTTPServer):
     thread_name = "fake-gemini-server"
     json_content_type = "application/json; charset=UTF-8"
     stream_headers = {"Content-Type": "text/event-stream"}
+    # The SDK reads a line it does not know as JSON: an SSE comment would be a malformed answer.
+    keepalive_event = b"\r\n"
     default_finish_reason = "STOP"
     text_reply_type = _TextReply
 
@@ -145,6 +147,7 @@ class FakeGeminiServer(FakeHTTPServer):
         finish_reason: str | None = "STOP",
         cut_after: int | None = None,
         delay_between: float = 0.0,
+        keepalives: int = 0,
         delay: float = 0.0,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
@@ -163,6 +166,7 @@ class FakeGeminiServer(FakeHTTPServer):
                 completion_tokens=completion_tokens,
                 cut_after=cut_after,
                 delay_between=delay_between,
+                keepalives=keepalives,
                 headers=dict(headers or {}),
                 delay=delay,
             )

@@ -68,6 +68,10 @@ class TextReply:
     completion_tokens: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # A JSON answer (not a stream) led by this many spaces, sent one at a time this many
+    # seconds apart: see FakeHTTPServer.trickle().
+    trickle_bytes: int = 0
+    trickle_every: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -80,6 +84,8 @@ class StreamReply:
     delay_between: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # Events that say nothing (FakeHTTPServer.keepalive_event), sent before the answer's.
+    keepalives: int = 0
 
 
 @dataclass(kw_only=True)
@@ -91,6 +97,20 @@ class EchoReply:
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(kw_only=True)
+class RecordedReply:
+    """A response recorded from a real provider: its status, its headers and nothing else, its body.
+
+    A streamed body (``text/event-stream``) is sent chunked, one recorded event per chunk,
+    as the provider sent it; any other body whole, with a Content-Length.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
     delay: float = 0.0
 
 
@@ -257,6 +277,8 @@ class FakeHTTPServer:
     request_id_header: str | None = None
     json_content_type = "application/json"
     stream_headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    # What a stream's keep-alive says: an SSE comment, which a client skips.
+    keepalive_event = b": keep-alive\n\n"
     default_finish_reason: str | None = None
     # Providers with extra reply fields name their subclasses here, for the default
     # reply and for a text reply streamed word by word.
@@ -267,7 +289,7 @@ class FakeHTTPServer:
         self.base_url: str | None = None
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._replies: deque[RawReply | TextReply | StreamReply | EchoReply] = deque()
+        self._replies: deque[RawReply | TextReply | StreamReply | EchoReply | RecordedReply] = deque()
         self._counter = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -357,6 +379,10 @@ class FakeHTTPServer:
             )
         )
 
+    def reply_recorded(self, status: int, headers: dict[str, str], body: str) -> None:
+        """Queue a real provider's recorded response, served as recorded (see RecordedReply)."""
+        self._enqueue(RecordedReply(status=status, headers=dict(headers), body=body.encode()))
+
     def reply_echo(self, status: int = 401, *, headers: dict[str, str] | None = None) -> None:
         """Queue an error, in this provider's error shape, whose message echoes the request."""
         self._enqueue(EchoReply(status=status, headers=dict(headers or {})))
@@ -365,7 +391,18 @@ class FakeHTTPServer:
         """Queue a default reply that is sent only after sleeping (woken early by stop())."""
         self._enqueue(self._default_reply(delay=seconds))
 
-    def _enqueue(self, reply: RawReply | TextReply | StreamReply | EchoReply) -> None:
+    def trickle(self, spaces: int, *, every: float) -> None:
+        """Queue a default answer whose body trickles in: ``spaces`` spaces, ``every`` seconds apart.
+
+        JSON may start with whitespace, so the answer is valid once whole; meanwhile the
+        connection is never idle for long, and no read timeout fires. A client that hangs
+        up mid-body is noted (``wait_for_hangup``). For answers that are not streamed.
+        """
+        reply = self._default_reply()
+        reply.trickle_bytes, reply.trickle_every = spaces, every
+        self._enqueue(reply)
+
+    def _enqueue(self, reply: RawReply | TextReply | StreamReply | EchoReply | RecordedReply) -> None:
         with self._lock:
             self._replies.append(reply)
 
@@ -451,6 +488,9 @@ class FakeHTTPServer:
             handler.cut()  # stop() was called while a reply was hanging
             return
 
+        if isinstance(reply, RecordedReply):
+            self._send_recorded(handler, reply)
+            return
         body = body or {}
         headers = self._headers(n, reply.headers)
         if isinstance(reply, RawReply):
@@ -463,6 +503,9 @@ class FakeHTTPServer:
         if isinstance(reply, TextReply):
             if not self._streams(request, body):
                 completion = self._completion(reply, request, body, n)
+                if reply.trickle_bytes:
+                    self._send_trickled(handler, reply, json.dumps(completion).encode(), headers)
+                    return
                 handler.send_json(200, completion, self.json_content_type, headers)
                 return
             reply = self.stream_reply_type(
@@ -504,6 +547,39 @@ class FakeHTTPServer:
             return reply.text
         return f"Fake answer to: {self._last_user_text(body)}"
 
+    def _send_trickled(
+        self, handler: RequestHandler, reply: TextReply, body: bytes, headers: dict[str, str]
+    ) -> None:
+        """Send ``body`` after its leading spaces, one at a time; stop if the client hangs up."""
+        length = reply.trickle_bytes + len(body)
+        handler.send_head(
+            200,
+            [("Content-Type", self.json_content_type), ("Content-Length", str(length)), *headers.items()],
+        )
+        for i in range(reply.trickle_bytes):
+            if i and not self._pause_between(handler, reply.trickle_every):
+                handler.cut()
+                return
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+        handler.wfile.write(body)
+        handler.wfile.flush()
+
+    def _send_recorded(self, handler: RequestHandler, reply: RecordedReply) -> None:
+        headers = [(name, value) for name, value in reply.headers.items() if name.lower() != "content-length"]
+        content_type = reply.headers.get("content-type", reply.headers.get("Content-Type", ""))
+        if not content_type.startswith("text/event-stream"):
+            handler.send_head(reply.status, [*headers, ("Content-Length", str(len(reply.body)))])
+            handler.wfile.write(reply.body)
+            handler.wfile.flush()
+            return
+        handler.send_head(reply.status, [*headers, ("Transfer-Encoding", "chunked")])
+        # One chunk per event, each with the separator it was recorded with.
+        for event in re.findall(rb".*?(?:\r\n\r\n|\n\n|$)", reply.body, flags=re.DOTALL):
+            if event:
+                handler.send_chunk(event)
+        handler.send_chunk(b"")
+
     def _send_stream(
         self, handler: RequestHandler, reply: StreamReply, events: Events, headers: dict[str, str]
     ) -> None:
@@ -516,6 +592,7 @@ class FakeHTTPServer:
         for event in events.head:
             handler.send_chunk(event)
         pieces = events.pieces if reply.cut_after is None else events.pieces[: reply.cut_after]
+        pieces = [self.keepalive_event] * reply.keepalives + pieces
         for i, event in enumerate(pieces):
             if i and not self._pause_between(handler, reply.delay_between):
                 handler.cut()  # stop() was called, or the client hung up, mid-stream

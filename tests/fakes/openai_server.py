@@ -102,6 +102,7 @@ class FakeOpenAIServer(FakeHTTPServer):
         usage: bool = True,
         cut_after: int | None = None,
         delay_between: float = 0.0,
+        keepalives: int = 0,
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
     ) -> None:
@@ -116,6 +117,7 @@ class FakeOpenAIServer(FakeHTTPServer):
                 usage=usage,
                 cut_after=cut_after,
                 delay_between=delay_between,
+                keepalives=keepalives,
                 headers=dict(headers or {}),
                 delay=delay,
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from django.db import close_old_connections
 
 from . import eventstream
-from .exceptions import LLMError
+from .exceptions import ConfigurationError, LLMError
 from .redaction import redact
 from .service import complete_prompt
 
@@ -102,13 +102,18 @@ def read_items(lines, positions=None):
         yield item
 
 
-def run_item(usecase, item):
-    """Run one item; return its output record (an error is a record too, never raised)."""
+def run_item(usecase, item, stop_on=()):
+    """Run one item; return its output record (an error is a record too, never raised).
+
+    Except the LLMErrors of the classes ``stop_on``, which are raised.
+    """
     if item.problem:
         return error_record(item.id, "InvalidInput", item.problem)
     try:
         completion = complete_prompt(usecase, item.message, **item.overrides)
     except LLMError as exc:
+        if isinstance(exc, stop_on):
+            raise
         return error_record(item.id, type(exc).__name__, str(exc))
     except Exception as exc:
         # A bug met by one item must not end a batch of thousands: record it and go on.
@@ -117,9 +122,17 @@ def run_item(usecase, item):
     return completion_record(item.id, completion)
 
 
-def _run_in_worker(usecase, item):
+def _run_in_worker(usecase, item, stopped):
+    if stopped.is_set():
+        # An item before this one met a setting to fix: the batch ends there, and this
+        # item's result, after it, is never written.
+        return None
     try:
-        return run_item(usecase, item)
+        # A setting to fix (no key, no SDK) would fail every item alike: it stops the batch.
+        return run_item(usecase, item, stop_on=ConfigurationError)
+    except ConfigurationError:
+        stopped.set()
+        raise
     finally:
         # Each item is like a request: the worker thread's connection follows CONN_MAX_AGE.
         close_old_connections()
@@ -221,7 +234,8 @@ def run_batch(
     calls under way, lets them finish, writes every finished result and returns with
     ``interrupted`` set. A second interrupt stops the wait; ``running`` then counts the
     calls left behind. An InputError from ``items`` stops the batch after the items before
-    it, and is raised. ``progress(record)`` is called once per written record.
+    it, and is raised; so does an item's ConfigurationError, at once, the results of the
+    items before it written. ``progress(record)`` is called once per written record.
     """
     stats = BatchStats()
     window = max(4, concurrency * 4)  # results that may wait for an earlier, slower item
@@ -243,6 +257,7 @@ def run_batch(
         slots.release()
 
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=WORKER_PREFIX)
+    stopped = threading.Event()
 
     def emit_oldest():
         record = pending[0].result()  # an interrupt while waiting leaves the item pending
@@ -256,7 +271,7 @@ def run_batch(
                 continue
             slots.acquire()
             eventstream.wait_for_room(FLUSH_TIMEOUT, headroom=window)
-            future = executor.submit(_run_in_worker, usecase, item)
+            future = executor.submit(_run_in_worker, usecase, item, stopped)
             future.add_done_callback(free_slot)
             pending.append(future)
             # Waiting on the oldest item once the window is full bounds memory.

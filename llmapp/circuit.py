@@ -1,4 +1,9 @@
-"""A circuit breaker per provider alias, its state in the Django cache.
+"""A circuit breaker per provider alias, and one per alias and model; state in the Django cache.
+
+A gateway serves many models under one alias: one model rate limited or overloaded must
+not block the others. So failures that belong to a model (HTTP 429, an overloaded model)
+count on that model's circuit, and failures of the server itself (refused connections,
+timeouts, other 5xx) on the alias's; a call goes to a route only when both are closed.
 
 With a shared cache (Redis, Memcached, the database) every worker of a deployment
 sees the same state. It opens after ``FAILURES`` consecutive transient failures,
@@ -10,6 +15,7 @@ optimisation: while its cache is down or slow, calls go through as if it were cl
     LLM_PROVIDERS = {"openai": {..., "CIRCUIT_BREAKER": {"FAILURES": 5, "COOLDOWN": 30}}}
 """
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,11 +30,13 @@ CACHE_SKIPPED_METRIC = sharedstate.SKIPPED_METRIC.format(name="circuit")
 #: It spares the cache read of nearly every call; a circuit another worker opens is
 #: seen up to this much later here.
 CLOSED_RECHECK = 1.0
+#: How many circuits this process remembers as closed at most.
+MAX_REMEMBERED = 10_000
 
 # What allow() can find in the cache.
 CLOSED, FAILING, OPEN, PROBE = "closed", "failing", "open", "probe"
 
-_closed_until = {}  # alias -> time.monotonic() until which the circuit is taken as closed
+_closed_until = {}  # (alias, model) -> time.monotonic() until which the circuit is taken as closed
 
 
 @dataclass
@@ -43,26 +51,37 @@ class CircuitBreaker:
     alias: str
     failures: int
     cooldown: float
+    #: The model whose circuit this is, on ``alias``; None for the alias's own.
+    model: str | None = None
     #: Whether the cache may hold failures to clear on success; allow() finds out.
     _dirty: bool = field(default=True, repr=False)
     #: When the circuit opened (time.time()), as allow() last read it; None when not open.
     opened_at: float | None = field(default=None, repr=False)
 
     @classmethod
-    def for_provider(cls, alias, config):
-        """Return the breaker of ``alias`` from its LLM_PROVIDERS config; None when turned off."""
+    def for_provider(cls, alias, config, model=None):
+        """Return the breaker of ``alias`` (of its ``model``, if given) from its LLM_PROVIDERS
+        config; None when turned off."""
         settings = config.get("CIRCUIT_BREAKER", {})
         if settings is None:
             return None
         settings = DEFAULTS | settings
-        return cls(alias, int(settings["FAILURES"]), float(settings["COOLDOWN"]))
+        return cls(alias, int(settings["FAILURES"]), float(settings["COOLDOWN"]), model)
+
+    @property
+    def scope(self):
+        """What this circuit covers: (alias, None), or (alias, model)."""
+        return (self.alias, self.model)
 
     @property
     def state(self):
         return sharedstate.get(conf.get_setting("LLM_CIRCUIT_BREAKER_CACHE"), "circuit")
 
     def _key(self, name):
-        return f"llmapp:circuit:{self.alias}:{name}"
+        # A model name may hold any character: the cache key gets a digest of it.
+        if self.model is None:
+            return f"llmapp:circuit:{self.alias}:{name}"
+        return f"llmapp:circuit:{self.alias}:model:{_digest(self.model)}:{name}"
 
     # Each method that needs the cache has an async twin for the event loop: the same
     # decision, from the same one cache operation, awaited instead of waited for.
@@ -111,7 +130,7 @@ class CircuitBreaker:
     # -- the decisions, and the cache operations they rest on --------------------------
 
     def _closed_in_memory(self):
-        if _closed_until.get(self.alias, 0.0) > time.monotonic():
+        if _closed_until.get(self.scope, 0.0) > time.monotonic():
             self._dirty = False
             return True
         return False
@@ -133,7 +152,9 @@ class CircuitBreaker:
     def _allowed(self, decided):
         if decided is None or decided[0] == CLOSED:  # None: the cache failed, so fail open
             self._dirty = False
-            _closed_until[self.alias] = time.monotonic() + CLOSED_RECHECK
+            if len(_closed_until) >= MAX_REMEMBERED:
+                _closed_until.clear()  # models a caller names may be many: a cache, not a ledger
+            _closed_until[self.scope] = time.monotonic() + CLOSED_RECHECK
             return True
         verdict, self.opened_at = decided
         self._dirty = True
@@ -144,12 +165,13 @@ class CircuitBreaker:
         return True
 
     def _failing(self):
-        _closed_until.pop(self.alias, None)
+        _closed_until.pop(self.scope, None)
         self._dirty = True
 
     def _opened(self, opened):
         if opened:
-            metrics.incr(OPENED_METRIC, tags={"provider": self.alias})
+            tags = {"provider": self.alias} | ({} if self.model is None else {"model": self.model})
+            metrics.incr(OPENED_METRIC, tags=tags)
         return opened
 
     def _count_failure(self, cache):
@@ -160,5 +182,18 @@ class CircuitBreaker:
             return True
         return False
 
+
+def _digest(text):
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def model_scoped(error):
+    """Say whether ``error`` is a failure of the model rather than of the server: a rate
+    limit or an overloaded model, which another model behind the same alias may not share."""
+    return getattr(error, "status_code", None) in MODEL_STATUSES
+
+
+#: HTTP statuses that speak of one model: rate limited (429), overloaded (Anthropic's 529).
+MODEL_STATUSES = frozenset({429, 529})
 
 conf.on_change(_closed_until.clear)

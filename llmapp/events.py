@@ -6,10 +6,10 @@ from datetime import datetime
 from django.utils import timezone
 
 from . import conf
-from .exceptions import LLMError
+from .exceptions import LLMError, ProviderRefused
 from .redaction import redact
 
-OK, ERROR = "ok", "error"
+OK, ERROR, REFUSED = "ok", "error", "refused"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         # Which provider failed last, after retries and fallbacks.
         provider=getattr(error, "provider", None) or request.provider,
         model=request.model,
-        status=ERROR,
+        status=REFUSED if isinstance(error, ProviderRefused) else ERROR,
         attempts=attempts,
         error_type=type(error).__name__,
         # llmapp's own errors are redacted when raised; anything else is redacted here.

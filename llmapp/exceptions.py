@@ -70,6 +70,10 @@ class ProviderError(LLMError):
         self.request_id = request_id
         self.transient = transient
         self.retry_after = retry_after
+        #: Whether another route (a fallback) may still answer, when this one cannot be retried.
+        self.try_elsewhere = False
+        #: ("provider:model", error) of each route the call gave up before this error ended it.
+        self.earlier = ()
         super().__init__(message)
 
     def __str__(self):
@@ -78,7 +82,10 @@ class ProviderError(LLMError):
             parts.append(f"HTTP {self.status_code}")
         if self.request_id:
             parts.append(f"request id {self.request_id}")
-        return f"{self.reason} ({', '.join(parts)})"
+        text = f"{self.reason} ({', '.join(parts)})"
+        if self.earlier:
+            text += "; before it, " + "; ".join(f"{route} failed: {error}" for route, error in self.earlier)
+        return text
 
     def __repr__(self):
         return (
@@ -97,3 +104,17 @@ class ProviderTimeout(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """The provider could not be reached at all (refused, DNS, TLS)."""
+
+
+class ProviderRefused(ProviderError):
+    """The model declined to answer: a refusal, or an answer the provider's safety filters blocked.
+
+    ``finish_reason`` is the provider's own word for it (Anthropic ``refusal``, Gemini
+    ``SAFETY``...). Asking the same model again would be refused again: the call moves on
+    to the use case's fallbacks, and its usage event says ``refused``.
+    """
+
+    def __init__(self, message, *, finish_reason=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.finish_reason = finish_reason
+        self.try_elsewhere = True

@@ -8,6 +8,8 @@ class CompletionEvent(models.Model):
     class Status(models.TextChoices):
         OK = "ok", "OK"
         ERROR = "error", "Error"
+        # The model or the provider's filters declined to answer (ProviderRefused), on every route.
+        REFUSED = "refused", "Refused"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     usecase = models.CharField(max_length=100)

@@ -7,34 +7,54 @@ Callers drive it the same way whether they complete or stream (``async for``,
         try:
             completion = backend.complete(request)
         except ProviderError as exc:
-            time.sleep(attempts.failed(exc))  # raises when the call must end now
+            attempts.sleep(attempts.failed(exc))  # raises when the call must end now
             continue
         attempts.succeeded()  # it took attempts.count attempts
         break
 """
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass
 
 from . import metrics
+from .circuit import model_scoped
 from .exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from .types import evolve
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0
 RETRIES_METRIC = "complete_prompt.retries"
+#: The clock and the waits of every call's Attempts: a test replaces them to run in simulated time.
+monotonic = time.monotonic
+sleep = time.sleep
+asleep = asyncio.sleep
 FALLBACKS_METRIC = "complete_prompt.fallbacks"
 
 
 @dataclass(frozen=True)
 class Route:
-    """One provider and model to try, with its circuit breaker (None when turned off)."""
+    """One provider and model to try, with the circuit breakers of the provider and of the
+    model (None when turned off)."""
 
     alias: str
     backend: object
     model: str
     breaker: object = None
+    model_breaker: object = None
+
+    @property
+    def breakers(self):
+        # The model's first: a half-open provider's one probe must not be spent on a route
+        # whose model's circuit then keeps it from being sent.
+        return [breaker for breaker in (self.model_breaker, self.breaker) if breaker is not None]
+
+    def breaker_for(self, error):
+        """The breaker that counts ``error``: the model's for a failure of the model."""
+        if self.model_breaker is not None and model_scoped(error):
+            return self.model_breaker
+        return self.breaker
 
 
 def backoff(retry):
@@ -45,15 +65,22 @@ def backoff(retry):
 class Attempts:
     """Yield (backend, request) for each attempt until one succeeds or the call must end."""
 
-    def __init__(self, request, routes, *, retries, timeout, clock=time.monotonic):
+    def __init__(self, request, routes, *, retries, timeout, clock=None, sleep=None, asleep=None):
         self.request = request
         self.routes = routes
         self.retries = retries
         self.timeout = timeout
-        self.clock = clock
-        self.deadline = clock() + timeout
+        # The module's, looked up now: what a test put there runs this call.
+        self.clock = clock or monotonic
+        self.sleep = sleep or globals()["sleep"]
+        self.asleep = asleep or globals()["asleep"]
+        self.deadline = self.clock() + timeout
         self.count = 0
+        #: Seconds spent importing SDKs and building clients, which are not the providers' time.
+        self.setup = 0.0
         self.last_error = None
+        #: (alias, error) of each route given up, in order: what the call's error reports.
+        self.failures = []
         self.skipped = []
         self._route = None
         self._retry = 0
@@ -62,21 +89,24 @@ class Attempts:
     def __iter__(self):
         for position, route in enumerate(self.routes):
             # The breaker's cache may wait only for what is left of the deadline.
-            allowed = route.breaker is None or route.breaker.allow(budget=self.left())
+            allowed = all(breaker.allow(budget=self.left()) for breaker in route.breakers)
             yield from self._on_route(position, route, allowed)
         raise self._exhausted()
 
     async def __aiter__(self):
         """The same attempts for the event loop: a circuit's cache is awaited, not waited for."""
         for position, route in enumerate(self.routes):
-            allowed = route.breaker is None or await route.breaker.aallow(budget=self.left())
+            allowed = True
+            for breaker in route.breakers:
+                allowed = allowed and await breaker.aallow(budget=self.left())
             for attempt in self._on_route(position, route, allowed):
                 yield attempt
         raise self._exhausted()
 
     def _on_route(self, position, route, allowed):
         if not allowed:
-            self.skipped.append(route.alias)
+            open_models = [b for b in route.breakers if b.model is not None and b.opened_at is not None]
+            self.skipped.append(f"{route.alias} model {route.model!r}" if open_models else route.alias)
             return
         if position:
             metrics.incr(FALLBACKS_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias})
@@ -101,56 +131,79 @@ class Attempts:
 
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
-        breaker = self._failing_route(error).breaker
+        if not self._retryable(error):
+            return 0.0
+        breaker = self._route.breaker_for(error)
         return self._wait_after(error, breaker is not None and breaker.record_failure(budget=self.left()))
 
     async def afailed(self, error):
-        breaker = self._failing_route(error).breaker
+        if not self._retryable(error):
+            return 0.0
+        breaker = self._route.breaker_for(error)
         opened = breaker is not None and await breaker.arecord_failure(budget=self.left())
         return self._wait_after(error, opened)
 
     def succeeded(self):
-        """Record the success on the route's circuit."""
-        if self._route.breaker is not None:
-            self._route.breaker.record_success(budget=self.left())
+        """Record the success on the route's circuits."""
+        for breaker in self._route.breakers:
+            breaker.record_success(budget=self.left())
 
     async def asucceeded(self):
-        if self._route.breaker is not None:
-            await self._route.breaker.arecord_success(budget=self.left())
+        for breaker in self._route.breakers:
+            await breaker.arecord_success(budget=self.left())
 
-    def _failing_route(self, error):
-        """Return the route that failed with ``error``; raise ``error`` when no retry can help."""
-        if not isinstance(error, ProviderError) or not error.transient:
+    def _retryable(self, error):
+        """Say whether ``error`` may be retried on its route; give the route up, or raise, if not.
+
+        A transient error may pass on a retry. A refusal will not, here, but another route
+        may answer. Anything else ends the call, its error saying how the routes before failed.
+        """
+        if not isinstance(error, ProviderError):
             raise error
+        if error.transient:
+            self.last_error = error
+            return True
+        if error.try_elsewhere:
+            self._give_up(error)
+            return False
+        raise self._reported(error)
+
+    def _give_up(self, error, why=None):
+        """Try no more on this route, which failed with ``error``; ``why``, if given, says why not."""
+        if why:
+            error.reason = f"{error.reason}; {why}"
+            error.args = (error.reason,)
         self.last_error = error
-        return self._route
+        self.failures.append((f"{self._route.alias}:{self._route.model}", error))
+        self._give_up_route = True
+        return 0.0
+
+    def _reported(self, error):
+        """Return ``error``, the call's last, saying how the routes given up before it failed."""
+        error.earlier = tuple((route, failure) for route, failure in self.failures if failure is not error)
+        return error
 
     def _wait_after(self, error, opened):
         if opened:
             # This failure opened the circuit (or a probe failed): retry elsewhere, not here.
-            self._give_up_route = True
-            return 0.0
+            return self._give_up(error)
         if self._retry >= self.retries:
-            self._give_up_route = True
-            return 0.0
+            return self._give_up(error)
         left = self.left()
         if error.retry_after is not None:
             if error.retry_after > left:
-                raise ProviderError(
-                    f"{error.reason}; the provider asked to retry after {error.retry_after:g}s, more than "
-                    f"the {max(left, 0):.1f}s left of the {self.timeout:g}s deadline",
-                    provider=error.provider,
-                    status_code=error.status_code,
-                    request_id=error.request_id,
-                    retry_after=error.retry_after,
-                ) from error
+                # That route cannot answer in time; a fallback may.
+                return self._give_up(
+                    error,
+                    f"the provider asked to retry after {error.retry_after:g}s, more than the "
+                    f"{max(left, 0):.1f}s left of the {self.timeout:g}s deadline",
+                )
             delay = error.retry_after
         else:
             delay = backoff(self._retry)
             if delay >= left:
                 # Waiting would use up the deadline: let a fallback try with what is left.
-                self._give_up_route = True
-                return 0.0
+                return self._give_up(error)
         metrics.incr(RETRIES_METRIC, tags={"usecase": self.request.usecase, "provider": self._route.alias})
         return delay
 
@@ -174,11 +227,9 @@ class Attempts:
         if self.count and self.left() <= 0:
             return self._deadline_passed()
         if self.last_error is not None:
-            return self.last_error
-        breaker = self.routes[0].breaker
-        retry_in = ""
-        if breaker is not None:
-            retry_in = f"; it lets a call through again in {breaker.retry_in():.0f}s"
+            return self._reported(self.last_error)
+        waits = [breaker.retry_in() for breaker in self.routes[0].breakers if breaker.opened_at is not None]
+        retry_in = f"; it lets a call through again in {max(waits):.0f}s" if waits else ""
         return ProviderUnavailable(
             f"the circuit of provider(s) {', '.join(self.skipped)} is open after repeated failures"
             f"{retry_in}, and no fallback could take the call",

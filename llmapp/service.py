@@ -1,9 +1,7 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
-import asyncio
 import contextlib
 import numbers
-import time
 
 from .circuit import CircuitBreaker
 from .exceptions import (
@@ -214,14 +212,14 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
             try:
                 completion = backend.complete(attempt)
             except ProviderError as exc:
-                time.sleep(attempts.failed(exc))
+                attempts.sleep(attempts.failed(exc))
                 continue
             attempts.succeeded()
             break
     except BaseException as exc:  # an interrupted call is recorded too
-        call.failed(exc, attempts=attempts.count)
+        call.failed(exc, attempts=attempts.count, setup=attempts.setup)
         raise
-    return call.succeeded(completion, attempts=attempts.count)
+    return call.succeeded(completion, attempts=attempts.count, setup=attempts.setup)
 
 
 def stream_prompt(usecase, message, **overrides):
@@ -245,18 +243,19 @@ def stream_prompt(usecase, message, **overrides):
                         yield item
                         attempts.check_deadline()
             except ProviderError as exc:
-                time.sleep(attempts.failed(exc))
+                attempts.sleep(attempts.failed(exc))
                 continue
             attempts.succeeded()
             break
     except GeneratorExit:
-        call.failed(StreamAbandoned("the caller stopped reading the stream"), attempts=attempts.count)
+        abandoned = StreamAbandoned("the caller stopped reading the stream")
+        call.failed(abandoned, attempts=attempts.count, setup=attempts.setup)
         raise
     except BaseException as exc:
-        call.failed(exc, attempts=attempts.count)
+        call.failed(exc, attempts=attempts.count, setup=attempts.setup)
         raise
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
-    yield call.succeeded(completion, attempts=attempts.count)
+    yield call.succeeded(completion, attempts=attempts.count, setup=attempts.setup)
 
 
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
@@ -274,14 +273,14 @@ async def acomplete_prompt(usecase, message, **overrides) -> Completion:
                 try:
                     completion = await backend.acomplete(attempt)
                 except ProviderError as exc:
-                    await asyncio.sleep(await attempts.afailed(exc))
+                    await attempts.asleep(await attempts.afailed(exc))
                     continue
                 await attempts.asucceeded()
                 break
     except BaseException as exc:  # a cancelled call (the client went away) is recorded too
-        await call.afailed(exc, attempts=attempts.count)
+        await call.afailed(exc, attempts=attempts.count, setup=attempts.setup)
         raise
-    return await call.asucceeded(completion, attempts=attempts.count)
+    return await call.asucceeded(completion, attempts=attempts.count, setup=attempts.setup)
 
 
 async def astream_prompt(usecase, message, **overrides):
@@ -301,22 +300,30 @@ async def astream_prompt(usecase, message, **overrides):
                             yield item
                             attempts.check_deadline()
                 except ProviderError as exc:
-                    await asyncio.sleep(await attempts.afailed(exc))
+                    await attempts.asleep(await attempts.afailed(exc))
                     continue
                 await attempts.asucceeded()
                 break
     except GeneratorExit:
-        await call.afailed(StreamAbandoned("the caller stopped reading the stream"), attempts=attempts.count)
+        abandoned = StreamAbandoned("the caller stopped reading the stream")
+        await call.afailed(abandoned, attempts=attempts.count, setup=attempts.setup)
         raise
     except BaseException as exc:
-        await call.afailed(exc, attempts=attempts.count)
+        await call.afailed(exc, attempts=attempts.count, setup=attempts.setup)
         raise
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
-    yield await call.asucceeded(completion, attempts=attempts.count)
+    yield await call.asucceeded(completion, attempts=attempts.count, setup=attempts.setup)
 
 
 def _route(alias, backend, model):
-    return Route(alias, backend, model, CircuitBreaker.for_provider(alias, providers.settings[alias]))
+    config = providers.settings[alias]
+    return Route(
+        alias,
+        backend,
+        model,
+        CircuitBreaker.for_provider(alias, config),
+        CircuitBreaker.for_provider(alias, config, model=model),
+    )
 
 
 def _fallback_route(config, spec):

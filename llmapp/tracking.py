@@ -12,6 +12,9 @@ from .types import evolve
 
 logger = logging.getLogger("llmapp")
 
+#: The clock of latencies (tests replace it, with the providers', to run in simulated time).
+clock = time.perf_counter
+
 CALLS = "complete_prompt.calls"
 LATENCY = "complete_prompt.latency_ms"
 INPUT_TOKENS = "complete_prompt.input_tokens"
@@ -26,39 +29,40 @@ class Call:
     def __init__(self, request, *, streaming=False):
         self.request = request
         self.span = tracing.start_span(request, streaming=streaming)
-        self.started = time.perf_counter()
+        self.started = clock()
 
-    def _latency_ms(self):
-        return (time.perf_counter() - self.started) * 1000
+    def _latency_ms(self, setup):
+        """The provider's time: the call's, less ``setup`` (SDK imports, client construction)."""
+        return max(0.0, clock() - self.started - setup) * 1000
 
-    def succeeded(self, completion, attempts=1):
+    def succeeded(self, completion, attempts=1, setup=0.0):
         """Record the completion; return it with its latency and attempts filled in."""
-        completion, event = self._succeeded(completion, attempts)
+        completion, event = self._succeeded(completion, attempts, setup)
         _record(event)
         return completion
 
-    def failed(self, error, attempts=1):
-        _record(self._failed(error, attempts))
+    def failed(self, error, attempts=1, setup=0.0):
+        _record(self._failed(error, attempts, setup))
 
-    async def asucceeded(self, completion, attempts=1):
+    async def asucceeded(self, completion, attempts=1, setup=0.0):
         """The async twin of :meth:`succeeded`: off the event loop only for a stream that blocks."""
-        completion, event = self._succeeded(completion, attempts)
+        completion, event = self._succeeded(completion, attempts, setup)
         await _arecord(event)
         return completion
 
-    async def afailed(self, error, attempts=1):
-        await _arecord(self._failed(error, attempts))
+    async def afailed(self, error, attempts=1, setup=0.0):
+        await _arecord(self._failed(error, attempts, setup))
 
-    def _succeeded(self, completion, attempts):
-        completion = evolve(completion, latency_ms=self._latency_ms(), attempts=attempts)
+    def _succeeded(self, completion, attempts, setup):
+        completion = evolve(completion, latency_ms=self._latency_ms(setup), attempts=attempts)
         tracing.finish_span(self.span, completion=completion)
         self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
         if not eventstream.keeps_events():
             return completion, None
         return completion, build_event(self.request, completion.latency_ms, completion=completion)
 
-    def _failed(self, error, attempts):
-        latency_ms = self._latency_ms()
+    def _failed(self, error, attempts, setup):
+        latency_ms = self._latency_ms(setup)
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
         self._count(ERROR, provider, self.request.model, latency_ms)

@@ -79,7 +79,7 @@ def test_request_body_carries_model_system_message_and_limits(anthropic_provider
     assert (completion.provider, completion.model, completion.finish_reason) == (
         "anthropic",
         DEFAULT_MODEL,
-        "end_turn",
+        "stop",
     )
     assert completion.input_tokens > 3 and completion.output_tokens == 7
     assert completion.request_id.startswith("req_fake_")
@@ -114,7 +114,7 @@ def test_no_system_prompt_sends_no_system_parameter(anthropic_provider):
 def test_usage_stop_reason_and_model_come_from_the_answer(anthropic_provider):
     anthropic_provider.reply("Short.", stop_reason="max_tokens", input_tokens=11, output_tokens=2)
     completion = complete_prompt("summarize", "hi", provider="anthropic", model="claude-haiku-5-5")
-    assert (completion.text, completion.finish_reason) == ("Short.", "max_tokens")
+    assert (completion.text, completion.finish_reason) == ("Short.", "length")  # Anthropic says max_tokens
     assert (completion.input_tokens, completion.output_tokens) == (11, 2)
     assert completion.model == "claude-haiku-5-5"
 
@@ -124,7 +124,7 @@ def test_streaming_yields_the_servers_chunks_and_usage(anthropic_provider):
     *chunks, completion = stream_prompt("summarize", "hi", provider="anthropic")
     assert chunks == ["Hel", "lo ", "world"]
     assert completion.text == "Hello world"
-    assert completion.finish_reason == "end_turn"
+    assert completion.finish_reason == "stop"  # Anthropic says end_turn
     assert (completion.input_tokens, completion.output_tokens) == (9, 3)
     assert completion.request_id.startswith("req_fake_")
     assert anthropic_provider.requests[0].body["stream"] is True

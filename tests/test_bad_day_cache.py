@@ -110,9 +110,10 @@ def test_calls_go_on_without_the_circuit_when_its_cache_refuses(settings, refuse
     completion = complete_prompt("summarize", "hi", provider="test", retries=2)
 
     assert (completion.text, completion.attempts) == ("locmem answer to: hi", 3)
-    # The first operation failed; the cache was then skipped (two failures, one success).
+    # The first operation (the model's circuit) failed; the cache was then skipped: the
+    # provider's circuit, two failures (of the server: the provider's), one success.
     assert counted(CACHE_ERRORS_METRIC) == 1
-    assert counted(CACHE_SKIPPED_METRIC) == 3
+    assert counted(CACHE_SKIPPED_METRIC) == 4
     [record] = cache_log(caplog)
     assert record.levelno == logging.WARNING and record.exc_info is None
     # redis-py retries a refused connection, sleeping in between: past LLM_CACHE_TIMEOUT.
@@ -138,7 +139,7 @@ def test_a_passed_deadline_waits_for_no_cache(black_hole, counted, caplog):
         next(iter(attempts))
 
     assert black_hole.connections == 0  # the breaker did not even try the cache
-    assert counted(CACHE_SKIPPED_METRIC) == 1
+    assert counted(CACHE_SKIPPED_METRIC) == 2  # the provider's circuit and the model's
     assert not cache_log(caplog)
 
 

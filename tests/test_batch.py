@@ -376,3 +376,26 @@ def test_a_second_ctrl_c_stops_waiting_for_hung_calls_at_once(manage, tmp_path, 
     assert "Interrupted: stopped waiting for 1 call(s); what finished is in" in err
     assert "Traceback" not in err
     assert [record["text"] for record in read_records(output)] == ["fast answer"]
+
+
+def test_a_setting_to_fix_stops_the_batch_at_once_rather_than_fail_every_item(tmp_path):
+    from llmapp.exceptions import ConfigurationError
+
+    # The third call finds the setting missing, as every call after it would.
+    no_key = ConfigurationError("provider 'test' has no API key: set TEST_API_KEY.")
+    locmem.queue("ok one", "ok two", no_key, "never", "never")
+    lines = [json.dumps({"id": n, "message": f"m{n}", "provider": "test"}) for n in range(5)]
+    source = write_lines(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(CommandError) as raised:
+        run_batch("summarize", "--input", str(source), "--output", str(output))
+    message = str(raised.value)
+    assert message.startswith("provider 'test' has no API key: set TEST_API_KEY. The batch stopped at once")
+    assert "\n" not in message and "run the same command to resume" in message
+    assert [record["text"] for record in read_records(output)] == ["ok one", "ok two"]
+    assert len(locmem.outbox) == 3  # nothing was sent after it
+
+    locmem.reset()
+    _, err = run_batch("summarize", "--input", str(source), "--output", str(output))
+    assert [request.message for request in locmem.outbox] == ["m2", "m3", "m4"]
+    assert "3 done, 0 failed, 2 skipped" in err

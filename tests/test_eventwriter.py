@@ -246,6 +246,8 @@ def test_a_batch_waits_for_the_writer_rather_than_lose_events(settings):
     records = []
     stats = batch.run_batch("summarize", iter(items), records.append, concurrency=8)
     assert stats.done == 200
+    # The batch's own flush waits 5s at most: a loaded machine may need longer, which loses nothing.
+    assert eventstream.flush(timeout=60)
     assert CompletionEvent.objects.count() == 200
     assert writer_module.dropped_count() == 0
 

@@ -148,7 +148,7 @@ def test_thinking_tokens_count_as_output_and_thoughts_are_not_text(gemini):
     gemini.reply_raw(200, json.dumps(answer).encode(), headers={"X-Request-Id": "proxy-req-9"})
     completion = complete_prompt("summarize", "hi", provider="gemini")
     assert completion.text == "Short answer."
-    assert completion.finish_reason == "max_tokens"
+    assert completion.finish_reason == "length"
     assert (completion.input_tokens, completion.output_tokens) == (11, 32)
     assert completion.model == "gemini-2.5-flash-001"
     assert completion.request_id == "proxy-req-9"  # a proxy's x-request-id header wins over responseId
@@ -156,7 +156,7 @@ def test_thinking_tokens_count_as_output_and_thoughts_are_not_text(gemini):
 
 def test_blocked_prompt_is_a_provider_error(gemini):
     gemini.reply_raw(200, json.dumps({"promptFeedback": {"blockReason": "SAFETY"}}).encode())
-    with pytest.raises(ProviderError, match=r"blocked the prompt \(safety\)") as raised:
+    with pytest.raises(ProviderError, match=r"blocked the prompt \(SAFETY\)") as raised:
         complete_prompt("summarize", "hi", provider="gemini")
     assert not raised.value.transient
 

@@ -142,7 +142,7 @@ def test_astream_yields_the_chunks_and_the_completion_stream_yields(provider):
     assert chunks == ["Hel", "lo ", "world"]
     assert completion.text == "Hello world"
     assert (completion.provider, completion.model) == (provider.request.provider, provider.request.model)
-    assert completion.finish_reason in ("stop", "end_turn")
+    assert completion.finish_reason == "stop"
     assert completion.input_tokens > 0 and completion.output_tokens == 2
     assert completion.request_id == REQUEST_ID
     assert len(provider.server.requests) == 2
@@ -238,7 +238,7 @@ def test_gemini_blocked_prompt_is_a_final_error_both_ways():
     (chunks, error), (achunks, aerror) = streamed, astreamed
     assert chunks == achunks == []
     assert described(aerror) == described(error)
-    assert "blocked the prompt (safety)" in str(aerror) and not aerror.transient
+    assert "blocked the prompt (SAFETY)" in str(aerror) and not aerror.transient
 
 
 @pytest.fixture

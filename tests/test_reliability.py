@@ -242,3 +242,29 @@ def test_async_calls_work_with_a_database_cache(settings):
             await sync_to_async(connections.close_all)()
 
     assert asyncio.run(call()).text == "locmem answer to: hi"
+
+
+def test_a_rate_limited_model_opens_its_own_circuit_not_its_gateways(primary, settings):
+    # A gateway (LiteLLM, OpenRouter) serves many models under one alias.
+    settings.LLM_PROVIDERS["openai"]["CIRCUIT_BREAKER"] = {"FAILURES": 1, "COOLDOWN": 60}
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 0}}
+    primary.reply_error(429, "gpt-4o is rate limited")
+    with pytest.raises(ProviderError, match="HTTP 429"):
+        complete_prompt("summarize", "first", model="gpt-4o")
+    with pytest.raises(ProviderUnavailable, match="circuit of provider\\(s\\) openai model 'gpt-4o' is open"):
+        complete_prompt("summarize", "second", model="gpt-4o")
+    assert len(primary.requests) == 1
+    # Another model behind the same alias is not blocked.
+    assert complete_prompt("summarize", "third", model="gpt-4o-mini").attempts == 1
+    assert len(primary.requests) == 2
+
+
+def test_a_failing_server_opens_the_circuit_of_every_model_behind_it(primary, settings):
+    settings.LLM_PROVIDERS["openai"]["CIRCUIT_BREAKER"] = {"FAILURES": 1, "COOLDOWN": 60}
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 0}}
+    primary.reply_error(502, "bad gateway")
+    with pytest.raises(ProviderError, match="HTTP 502"):
+        complete_prompt("summarize", "first", model="gpt-4o")
+    with pytest.raises(ProviderUnavailable, match="circuit of provider\\(s\\) openai is open"):
+        complete_prompt("summarize", "second", model="gpt-4o-mini")
+    assert len(primary.requests) == 1

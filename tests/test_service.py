@@ -163,3 +163,35 @@ def test_a_forked_child_builds_its_own_providers():
         os._exit(0 if providers["test"] is not parent else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class SteppedClock:
+    """A clock that moves only when told."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.django_db
+def test_the_sdks_import_and_client_construction_are_not_latency(openai_provider, settings, monkeypatch):
+    from llmapp import tracking
+    from llmapp.providers import base
+    from llmapp.providers.openai import OpenAIProvider
+
+    clock = SteppedClock()
+    monkeypatch.setattr(tracking, "clock", clock)
+    monkeypatch.setattr(base, "clock", clock)
+    build_client = OpenAIProvider.build_client
+
+    def slow_build(self, *args, **kwargs):
+        clock.now += 2.766  # what the anthropic SDK's first import and client took, measured
+        return build_client(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenAIProvider, "build_client", slow_build)
+    first = complete_prompt("summarize", "hi", provider="openai")
+    second = complete_prompt("summarize", "hi", provider="openai")
+    assert first.latency_ms == second.latency_ms == 0.0  # the clock moved only while building
+    assert clock.now == 102.766  # the client was built, once

@@ -76,7 +76,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
                 {"fields": ("finish_reason", "input_tokens", "output_tokens", "attempts", "request_id")},
             ),
         ]
-        if obj is not None and obj.status == CompletionEvent.Status.ERROR:
+        if obj is not None and obj.status != CompletionEvent.Status.OK:
             fieldsets.append(("Error", {"fields": ("error_type", "status_code", "error_message")}))
         if obj is not None and any(getattr(obj, name) for name in CONTENT_FIELDS):
             fieldsets.append(

@@ -8,6 +8,7 @@ import threading
 from django.core.management.base import CommandError
 
 from llmapp import batch, eventstream
+from llmapp.exceptions import ConfigurationError
 from llmapp.management import outputfile
 from llmapp.usecases import get_usecase
 
@@ -114,6 +115,13 @@ class BatchRun:
                 raise CommandError(
                     f"--input {self.input_name}: {exc}. The batch stopped there; the results of the "
                     f"lines before it are in {self.output}."
+                ) from None
+            except ConfigurationError as exc:
+                if resumed:
+                    self.put_in_order(out, positions)
+                raise CommandError(
+                    f"{exc} The batch stopped at once; the results of the items before are in "
+                    f"{self.output}: fix the setting, then run the same command to resume."
                 ) from None
             if resumed:
                 try:

@@ -149,6 +149,11 @@ class AnthropicProvider(SDKProvider):
         # The raw events, not the messages.stream() helper: see AnthropicStreamReader.
         return client.messages.create(**payload, stream=True)
 
+    def answer_from_json(self, data, response):
+        answer = self.import_sdk().types.Message.model_validate(data)
+        answer._request_id = response.headers.get("request-id")
+        return answer
+
     def parse(self, response, request):
         request_id = getattr(response, "_request_id", None)
         content = getattr(response, "content", None)
@@ -198,7 +203,8 @@ class AnthropicProvider(SDKProvider):
                 self,
                 status,
                 error_message(exc.body) or exc.response.reason_phrase or "error",
-                request_id=exc.response.headers.get("request-id") or request_id,
+                # The API puts it in the error body too; a proxy may keep only that one.
+                request_id=exc.response.headers.get("request-id") or _body_request_id(exc.body) or request_id,
                 retry_after=retry_after(exc.response.headers),
                 hints=_HINTS,
                 transient=TRANSIENT_STATUSES,
@@ -211,6 +217,11 @@ class AnthropicProvider(SDKProvider):
             transient=True,
             **common,
         )
+
+
+def _body_request_id(body):
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    return request_id if isinstance(request_id, str) else None
 
 
 def _error_type(body):

@@ -9,19 +9,24 @@ import importlib.util
 import json
 import os
 import threading
+import time
 import weakref
 
 from asgiref.sync import sync_to_async
 
 from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderTimeout, ProviderUnavailable
 from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
-from ..types import Completion
+from ..types import Completion, evolve
+from .finish import normal_finish_reason, refusal
+from .http import malformed_answer
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
 
 #: The deadline of the call whose SDK request is being sent in this context; see hold_deadline().
 _sending = contextvars.ContextVar("llmapp_deadline", default=None)
+#: The clock of set-up times (tests replace it, with the call's, to run in simulated time).
+clock = time.perf_counter
 
 
 class BaseProvider:
@@ -158,6 +163,7 @@ class BaseProvider:
         """
         if not chunks:
             return error
+        error.try_elsewhere = False  # another route would add to the part the caller has
         if isinstance(error, ProviderUnavailable) or error.transient:
             return ProviderUnavailable(
                 f"the stream was cut after {chunks} chunk(s) of text: {error.reason}",
@@ -243,6 +249,19 @@ class SDKProvider(BaseProvider):
         """Build a client with the SDK's loggers redacted: httpx logs every URL, userinfo included."""
         client = self.build_client(asynchronous, transport=transport)
         redact_sdk_logs()
+        return client
+
+    def client_for(self, request, asynchronous=False):
+        """Return the SDK client for ``request``'s attempt, its set-up time noted on the call.
+
+        A process's first call imports the SDK and builds its client (seconds, for some
+        SDKs): counted as latency, that would skew p50/p95 after every restart. The call
+        (``request.deadline``, its Attempts) adds it up apart; nearly always 0.
+        """
+        started = clock()
+        client = self.async_client() if asynchronous else self.client
+        if request.deadline is not None:
+            request.deadline.setup += clock() - started
         return client
 
     @property
@@ -332,22 +351,60 @@ class SDKProvider(BaseProvider):
     def complete(self, request):
         payload = self.build_payload(request)
         try:
-            response = _within(request.deadline, self.send, self.client, payload)
+            response = _within(request.deadline, self.send, self.client_for(request), payload)
         except Exception as exc:
-            raise self.translate_error(exc, timeout=request.timeout) from None
-        return self.parse(response, request)
+            raise self.attempt_error(exc, request) from None
+        return self.finished(self.parse(response, request))
 
     async def acomplete(self, request):
         payload = self.build_payload(request)
         try:
             # httpx's timeouts are per read: a server that trickles its answer is cut here.
             async with asyncio.timeout(_left(request)):
-                response = await self.send(self.async_client(), payload)
+                response = await self.send(self.client_for(request, asynchronous=True), payload)
         except Exception as exc:
             error = self.attempt_error(exc, request)
         else:
-            return self.parse(response, request)
+            return self.finished(self.parse(response, request))
         raise error from None
+
+    def finished(self, completion, chunks=0):
+        """Return ``completion`` with its finish reason in llmapp's words; raise a refusal as one.
+
+        ``chunks``: how many chunks of its text reached the caller already, for a stream.
+        """
+        refused = refusal(self, completion.finish_reason, request_id=completion.request_id)
+        if refused is not None:
+            if chunks:
+                # The caller has part of an answer: no other route may add to it.
+                refused.try_elsewhere = False
+            raise refused
+        return evolve(completion, finish_reason=normal_finish_reason(completion.finish_reason))
+
+    def answer_from_json(self, data, response):
+        """Return the SDK's answer object of ``data``, a whole answer's JSON sent to a stream
+        request; None for SDKs that take care of it themselves."""
+        return None
+
+    def _whole_answer(self, chunks, request):
+        """The HTTP response of ``chunks`` if it holds one whole JSON answer rather than a stream.
+
+        Some gateways (LiteLLM's proxy on ``/v1/messages``) answer a streamed request so.
+        """
+        response = getattr(chunks, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        if not headers.get("content-type", "").startswith("application/json"):
+            return None
+        return response
+
+    def _parse_whole(self, response, body, request):
+        try:
+            answer = self.answer_from_json(json.loads(body), response)
+        except ValueError:
+            answer = None
+        if answer is None:
+            raise malformed_answer(self, response.headers.get(self.stream_reader.request_id_header or ""))
+        return self.finished(self.parse(answer, request))
 
     def attempt_error(self, exc, request, request_id=None):
         """Return the ProviderError of an attempt that failed with ``exc``.
@@ -378,8 +435,14 @@ class SDKProvider(BaseProvider):
         payload = self.build_payload(request)
         reader = self.stream_reader(self, request)
         try:
-            chunks = _within(request.deadline, self.open_stream, self.client, payload)
+            chunks = _within(request.deadline, self.open_stream, self.client_for(request), payload)
             reader.opened(chunks)
+            whole = self._whole_answer(chunks, request)
+            if whole is not None:
+                with contextlib.closing(chunks):
+                    completion = self._parse_whole(whole, _within(request.deadline, whole.read), request)
+                yield from self.pieces(completion)
+                return
             # Closed also when our caller stops reading early: that ends the HTTP response.
             with contextlib.closing(chunks):
                 # Some SDKs send the request only when asked for the first chunk.
@@ -400,8 +463,15 @@ class SDKProvider(BaseProvider):
         try:
             # Cut at the deadline as acomplete() is, and so is each wait for a chunk.
             async with asyncio.timeout(_left(request)):
-                chunks = await self.open_stream(self.async_client(), payload)
+                chunks = await self.open_stream(self.client_for(request, asynchronous=True), payload)
             reader.opened(chunks)
+            whole = self._whole_answer(chunks, request)
+            if whole is not None:
+                async with _aclosing(chunks), asyncio.timeout(_left(request)):
+                    completion = self._parse_whole(whole, await whole.aread(), request)
+                for piece in self.pieces(completion):
+                    yield piece
+                return
             async with _aclosing(chunks):
                 with ChunkWaits(request.deadline) as waits:
                     chunks_left = aiter(chunks)
@@ -630,6 +700,9 @@ class StreamReader:
         """Return the answer's Completion; raise stream_unfinished if the server did not end it."""
         if not self.ended:
             raise self.provider.stream_unfinished(len(self.parts), self.request_id)
+        return self.provider.finished(self.raw_completion(), len(self.parts))
+
+    def raw_completion(self):
         return Completion(
             text="".join(self.parts),
             usecase=self.request.usecase,

@@ -13,7 +13,13 @@ import math
 import os
 import sys
 
-from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
+from ..exceptions import (
+    ConfigurationError,
+    ProviderError,
+    ProviderRefused,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from ..types import Completion
 from .base import NO_KEY, SDKProvider, StreamReader
 from .http import malformed_answer, retry_after, status_error
@@ -276,8 +282,11 @@ class GeminiProvider(SDKProvider):
         feedback = response.prompt_feedback
         reason = _enum_name(feedback.block_reason) if feedback else None
         if reason and not response.candidates:
-            raise ProviderError(
-                f"Gemini blocked the prompt ({reason})", provider=self.alias, request_id=request_id
+            raise ProviderRefused(
+                f"Gemini blocked the prompt ({reason})",
+                provider=self.alias,
+                request_id=request_id,
+                finish_reason=reason,
             )
 
     # -- errors ----------------------------------------------------------------------
@@ -408,10 +417,10 @@ def _loaded(names):
 
 
 def _enum_name(value):
-    """Return an SDK enum (or an unknown raw string) as a lower-case name, or None."""
+    """Return an SDK enum (or an unknown raw string) as the API names it (``SAFETY``), or None."""
     if value is None:
         return None
-    return str(getattr(value, "value", value)).lower() or None
+    return str(getattr(value, "value", value)) or None
 
 
 def _finish_reason(candidate):

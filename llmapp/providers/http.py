@@ -7,6 +7,9 @@ from ..exceptions import ProviderError
 
 #: Statuses worth retrying; anything else fails at once.
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: How much of a server's error message is kept (a gateway's may carry its upstream's:
+#: OpenRouter's ``metadata.raw``).
+MAX_DETAIL = 1000
 #: What an operator should check, by status; a provider may add its own.
 HINTS = {
     401: "check the provider's api_key",
@@ -21,8 +24,11 @@ def status_error(
 ):
     """Return the ProviderError of an HTTP error answer: redacted, hinted, transient or not."""
     hint = hints.get(status)
+    detail = provider.redact(str(detail))
+    if len(detail) > MAX_DETAIL:
+        detail = detail[:MAX_DETAIL] + "…"
     return ProviderError(
-        provider.redact(f"{detail}; {hint}" if hint else detail),
+        joined(detail, hint),
         provider=provider.alias,
         status_code=status,
         # The server's to choose, like the detail: an echoing one may put a credential in it.
@@ -30,6 +36,16 @@ def status_error(
         transient=status in transient,
         retry_after=retry_after,
     )
+
+
+def joined(detail, hint):
+    """Return ``detail``, then ``hint`` after a semicolon: the detail's own full stop dropped."""
+    if not hint:
+        return detail
+    detail = str(detail).rstrip()
+    if detail.endswith(".") and not detail.endswith(".."):
+        detail = detail[:-1]
+    return f"{detail}; {hint}"
 
 
 def malformed_answer(provider, request_id=None):
@@ -43,7 +59,14 @@ def error_message(body):
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
-            return error.get("message")
+            message = error.get("message")
+            # A gateway's own words ("Provider returned error"), then the upstream's (OpenRouter).
+            metadata = error.get("metadata")
+            upstream = metadata.get("raw") if isinstance(metadata, dict) else None
+            if isinstance(upstream, str) and upstream.strip() and message:
+                # Cut in status_error(), once redacted: a cut secret would no longer be known.
+                return f"{message}: {upstream.strip()}"
+            return message
         return str(error)
     return str(body) if body else None
 

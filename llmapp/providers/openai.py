@@ -155,6 +155,11 @@ class OpenAIProvider(SDKProvider):
             payload = {**payload, "stream_options": {"include_usage": True}}
         return client.chat.completions.create(**payload, stream=True)
 
+    def answer_from_json(self, data, response):
+        answer = self.import_sdk().types.chat.ChatCompletion.model_validate(data)
+        answer._request_id = response.headers.get("x-request-id")
+        return answer
+
     def parse(self, response, request):
         if not getattr(response, "choices", None):
             raise ProviderError(
@@ -169,7 +174,8 @@ class OpenAIProvider(SDKProvider):
             usecase=request.usecase,
             provider=self.alias,
             model=response.model or request.model,
-            finish_reason=choice.finish_reason,
+            # A refusal (structured outputs) comes as its own field, with no content.
+            finish_reason="refusal" if _refused(choice.message) else choice.finish_reason,
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             request_id=getattr(response, "_request_id", None),
@@ -212,3 +218,7 @@ class OpenAIProvider(SDKProvider):
             transient=True,
             **common,
         )
+
+
+def _refused(message):
+    return bool(getattr(message, "refusal", None)) and not message.content

@@ -22,7 +22,8 @@ class DatabaseTSDB(TSDB):
             .values("usecase")
             .annotate(
                 calls=Count("id"),
-                errors=Count("id", filter=Q(status=CompletionEvent.Status.ERROR)),
+                # A refusal is a call that did not answer too.
+                errors=Count("id", filter=~Q(status=CompletionEvent.Status.OK)),
                 input_tokens=Sum("input_tokens"),
                 output_tokens=Sum("output_tokens"),
             )

@@ -30,6 +30,8 @@ CACHE_SKIPPED_METRIC = sharedstate.SKIPPED_METRIC.format(name="circuit")
 #: It spares the cache read of nearly every call; a circuit another worker opens is
 #: seen up to this much later here.
 CLOSED_RECHECK = 1.0
+#: The time shared by every worker, which the cache holds (tests replace it to run in simulated time).
+wall_clock = time.time
 #: How many circuits this process remembers as closed at most.
 MAX_REMEMBERED = 10_000
 
@@ -55,7 +57,7 @@ class CircuitBreaker:
     model: str | None = None
     #: Whether the cache may hold failures to clear on success; allow() finds out.
     _dirty: bool = field(default=True, repr=False)
-    #: When the circuit opened (time.time()), as allow() last read it; None when not open.
+    #: When the circuit opened (wall_clock()), as allow() last read it; None when not open.
     opened_at: float | None = field(default=None, repr=False)
 
     @classmethod
@@ -125,7 +127,7 @@ class CircuitBreaker:
         """Seconds until the open circuit lets a probe through, as allow() last found it."""
         if self.opened_at is None:
             return 0.0
-        return max(0.0, self.cooldown - (time.time() - self.opened_at))
+        return max(0.0, self.cooldown - (wall_clock() - self.opened_at))
 
     # -- the decisions, and the cache operations they rest on --------------------------
 
@@ -143,7 +145,7 @@ class CircuitBreaker:
         opened_at = found.get(self._key("opened"))
         if opened_at is None:
             return FAILING, None
-        if time.time() - opened_at < self.cooldown:
+        if wall_clock() - opened_at < self.cooldown:
             return OPEN, opened_at
         # Half-open: the one worker that adds the probe key sends the probe.
         probe = cache.add(self._key("probe"), 1, timeout=max(self.cooldown, 1))
@@ -177,7 +179,7 @@ class CircuitBreaker:
     def _count_failure(self, cache):
         count = sharedstate.increment(cache, self._key("failures"))
         if count >= self.failures or cache.get(self._key("opened")) is not None:
-            cache.set(self._key("opened"), time.time(), timeout=None)
+            cache.set(self._key("opened"), wall_clock(), timeout=None)
             cache.delete(self._key("probe"))
             return True
         return False

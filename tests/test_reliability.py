@@ -1,6 +1,7 @@
 """Faults against the fake OpenAI server: retries, one deadline, fallbacks, the circuit breaker.
 
-Each test asserts how many requests the server saw and a bound on the elapsed time.
+Each test asserts how many requests the server saw, and the waits the retry loop made in
+simulated time (``simulated_time``); a few, whose server hangs for real, bound the time.
 """
 
 import io
@@ -10,11 +11,12 @@ import time
 import pytest
 from django.core.management import call_command
 
-from llmapp import acomplete_prompt, complete_prompt, stream_prompt
+from llmapp import acomplete_prompt, circuit, complete_prompt, stream_prompt
 from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
 from tests.conftest import API_KEY
+from tests.timekeeping import simulated_time  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -35,33 +37,32 @@ def primary(openai_provider, settings):
     return openai_provider
 
 
-def test_429_with_retry_after_then_success(primary):
+def test_429_with_retry_after_then_success(primary, simulated_time):  # noqa: F811
     primary.reply_error(429, "slow down", headers={"Retry-After": "1"})
-    with Stopwatch() as clock:
-        completion = complete_prompt("summarize", "hi")
+    completion = complete_prompt("summarize", "hi")
     assert len(primary.requests) == 2
-    assert 0.9 <= clock.elapsed < 2.5
+    assert simulated_time.waits == [1.0]
     assert completion.attempts == 2 and completion.provider == "openai"
     assert CompletionEvent.objects.get().attempts == 2
 
 
-def test_retry_after_as_an_http_date(primary):
+def test_retry_after_as_an_http_date(primary, simulated_time):  # noqa: F811
     from email.utils import formatdate
 
-    primary.reply_error(503, "maintenance", headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)})
-    with Stopwatch() as clock:
-        complete_prompt("summarize", "hi")
+    primary.reply_error(503, "maintenance", headers={"Retry-After": formatdate(time.time() + 3, usegmt=True)})
+    complete_prompt("summarize", "hi")
     assert len(primary.requests) == 2
-    assert 0.5 <= clock.elapsed < 3.5  # an HTTP date has whole-second precision
+    [wait] = simulated_time.waits
+    assert 1 < wait <= 3  # an HTTP date has whole-second precision, and the call took a moment
 
 
-def test_500_500_then_success_with_jittered_backoff(primary):
+def test_500_500_then_success_with_jittered_backoff(primary, simulated_time):  # noqa: F811
     primary.reply_error(500, "oops")
     primary.reply_error(500, "oops again")
-    with Stopwatch() as clock:
-        completion = complete_prompt("summarize", "hi")
+    completion = complete_prompt("summarize", "hi")
     assert len(primary.requests) == 3
-    assert clock.elapsed < 0.5 + 1.0 + 1.0  # full jitter: at most 0.5s, then 1s, plus the calls
+    # Full jitter: a random wait up to 0.5s, then up to 1s (a wait of 0 is no wait).
+    assert len(simulated_time.waits) <= 2 and all(0 < wait <= 1.0 for wait in simulated_time.waits)
     assert completion.attempts == 3
 
 
@@ -117,20 +118,20 @@ def test_stream_cut_half_way_is_not_retried(primary):
     assert len(primary.requests) == 1
 
 
-def test_401_is_not_retried(primary):
+def test_401_is_not_retried(primary, simulated_time):  # noqa: F811
     primary.reply_error(401, "Incorrect API key provided")
-    with Stopwatch() as clock, pytest.raises(ProviderError) as raised:
+    with pytest.raises(ProviderError) as raised:
         complete_prompt("summarize", "hi")
     assert len(primary.requests) == 1
-    assert clock.elapsed < 1
+    assert simulated_time.waits == []
     assert raised.value.status_code == 401 and "check the provider's api_key" in str(raised.value)
 
 
-def test_retry_after_longer_than_the_deadline_ends_the_call_at_once(primary):
+def test_retry_after_longer_than_the_deadline_ends_the_call_at_once(primary, simulated_time):  # noqa: F811
     primary.reply_error(429, "quota", headers={"Retry-After": "30"})
-    with Stopwatch() as clock, pytest.raises(ProviderError) as raised:
+    with pytest.raises(ProviderError) as raised:
         complete_prompt("summarize", "hi", timeout=5)
-    assert clock.elapsed < 1
+    assert simulated_time.waits == []
     assert len(primary.requests) == 1
     assert "asked to retry after 30s, more than the" in str(raised.value)
     assert "of the 5s deadline" in str(raised.value)
@@ -163,7 +164,7 @@ def test_non_transient_failure_does_not_fall_back(primary, settings):
     assert locmem.outbox == []
 
 
-def test_open_circuit_sends_calls_straight_to_the_fallback(primary, settings):
+def test_open_circuit_sends_calls_straight_to_the_fallback(primary, settings, monkeypatch):
     settings.LLM_PROVIDERS["openai"]["CIRCUIT_BREAKER"] = {"FAILURES": 2, "COOLDOWN": 1}
     settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai", "RETRIES": 0, "FALLBACKS": ["test"]}}
     primary.reply_error(500, "one")
@@ -180,7 +181,9 @@ def test_open_circuit_sends_calls_straight_to_the_fallback(primary, settings):
         complete_prompt("summarize", "no fallback")
     assert len(primary.requests) == 2
 
-    time.sleep(1.05)  # the cool-down passes: one probe goes through, succeeds and closes the circuit
+    now = time.time()
+    monkeypatch.setattr(circuit, "wall_clock", lambda: now + 1.05)
+    # The cool-down has passed: one probe goes through, succeeds and closes the circuit.
     assert complete_prompt("summarize", "probe").provider == "openai"
     assert complete_prompt("summarize", "closed").provider == "openai"
     assert len(primary.requests) == 4

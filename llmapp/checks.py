@@ -332,7 +332,7 @@ def _check_usecase_values(usecase):
                 f"Use case {usecase.name!r} has TEMPERATURE {usecase.temperature!r} "
                 f"({usecase.origin('TEMPERATURE')}).",
                 hint="Use a number from 0 to 1; llmapp maps it onto each provider's range.",
-                id="llmapp.E006",
+                id="llmapp.E011",
             )
         )
     timeout = usecase.timeout
@@ -342,7 +342,7 @@ def _check_usecase_values(usecase):
                 f"Use case {usecase.name!r} has TIMEOUT {timeout!r} ({usecase.origin('TIMEOUT')}).",
                 hint=f"Use a number of seconds above 0 and at most {MAX_TIMEOUT}: the deadline over all "
                 "attempts and fallbacks.",
-                id="llmapp.E006",
+                id="llmapp.E012",
             )
         )
     retries = usecase.retries
@@ -351,7 +351,7 @@ def _check_usecase_values(usecase):
             checks.Error(
                 f"Use case {usecase.name!r} has RETRIES {retries!r} ({usecase.origin('RETRIES')}).",
                 hint="Use a whole number from 0 up.",
-                id="llmapp.E006",
+                id="llmapp.E013",
             )
         )
     if not is_valid_max_output_tokens(usecase.max_output_tokens):
@@ -360,7 +360,7 @@ def _check_usecase_values(usecase):
                 f"Use case {usecase.name!r} has MAX_OUTPUT_TOKENS {usecase.max_output_tokens!r} "
                 f"({usecase.origin('MAX_OUTPUT_TOKENS')}).",
                 hint="Use a positive whole number.",
-                id="llmapp.E006",
+                id="llmapp.E014",
             )
         )
     return messages

@@ -77,7 +77,8 @@ def test_usecase_naming_an_unconfigured_provider(settings):
 def test_usecase_field_values(settings, monkeypatch):
     settings.LLM_USECASES = {"summarize": {"TEMPERATURE": 1.5, "MAX_OUTPUT_TOKENS": 0}, "bad": {"TONE": "x"}}
     ids, output = check()
-    assert ids.count("llmapp.E006") == 3
+    # One id per problem: the temperature, the token limit, a field that is no field.
+    assert sorted(ids) == ["llmapp.E006", "llmapp.E011", "llmapp.E014"]
     assert (
         "TEMPERATURE 1.5" in output and "MAX_OUTPUT_TOKENS 0" in output and "unknown field(s) TONE" in output
     )
@@ -96,7 +97,7 @@ def test_a_timeout_that_is_no_number_of_seconds_is_an_error(settings, monkeypatc
     monkeypatch.setenv("LLM_SUMMARIZE_TIMEOUT", value)
     settings.LLM_USECASE_ENV_OVERRIDES = True
     ids, output = check()
-    assert ids == ["llmapp.E006"]
+    assert ids == ["llmapp.E012"]
     assert f"TIMEOUT {float(value)!r} (from LLM_SUMMARIZE_TIMEOUT)" in output
 
 
@@ -154,7 +155,7 @@ def test_every_problem_is_listed_at_once_with_hints_and_a_non_zero_exit(manage):
         },
     )
     assert result.returncode == 1
-    for problem in ("llmapp.E004", "llmapp.E006", "llmapp.E008"):
+    for problem in ("llmapp.E004", "llmapp.E011", "llmapp.E008"):
         assert f"({problem})" in result.stderr
     assert result.stderr.count("HINT:") == 3
     assert "Traceback" not in result.stderr

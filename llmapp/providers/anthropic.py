@@ -10,17 +10,14 @@ import functools
 import inspect
 
 from ..exceptions import (
-    ConfigurationError,
     ImproperlyInstalled,
     ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
 from ..types import Completion
 from .base import SDKProvider, StreamReader
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
-from .http import HINTS, error_message, malformed_answer, retry_after, status_error
+from .http import HINTS
 from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
 
 ANTHROPIC_URL = "https://api.anthropic.com"
@@ -41,7 +38,6 @@ ERROR_TYPE_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-_HINTS = HINTS | {529: "Anthropic is overloaded; try again shortly"}
 
 
 class AnthropicStreamReader(StreamReader):
@@ -176,61 +172,18 @@ class AnthropicProvider(SDKProvider):
 
     # -- errors ----------------------------------------------------------------------
 
-    def translate_error(self, exc, request_id=None, timeout=None):
-        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
-        if isinstance(exc, ProviderError | ConfigurationError):
-            return exc
-        anthropic = self.import_sdk()
-        common = {"provider": self.alias, "request_id": request_id}
-        if isinstance(exc, anthropic.APITimeoutError) or _is_timeout(exc):
-            timeout = timeout if timeout is not None else self.client_timeout
-            return ProviderTimeout(
-                f"no answer from {self.redact(self.base_url)} within {timeout}s", transient=True, **common
-            )
-        if isinstance(exc, anthropic.APIConnectionError):
-            cause = exc.__cause__ or exc
-            reason = self.redact(str(cause)) or type(cause).__name__
-            return ProviderUnavailable(
-                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
-            )
-        if isinstance(exc, anthropic.APIStatusError):
-            status = exc.status_code
-            if status < 400:
-                # An error event inside a stream that began with 200.
-                error_type = _error_type(exc.body)
-                status = ERROR_TYPE_STATUS.get(error_type, 500)
-            return status_error(
-                self,
-                status,
-                error_message(exc.body) or exc.response.reason_phrase or "error",
-                # The API puts it in the error body too; a proxy may keep only that one.
-                request_id=exc.response.headers.get("request-id") or _body_request_id(exc.body) or request_id,
-                retry_after=retry_after(exc.response.headers),
-                hints=_HINTS,
-                transient=TRANSIENT_STATUSES,
-            )
-        if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
-            return malformed_answer(self, request_id)
-        # Transport errors raised while reading a stream are not wrapped by the SDK.
-        return ProviderUnavailable(
-            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
-            transient=True,
-            **common,
-        )
+    error_hints = HINTS | {529: "Anthropic is overloaded; try again shortly"}
+    request_id_header = "request-id"
+    transient_statuses = TRANSIENT_STATUSES
 
-
-def _body_request_id(body):
-    request_id = body.get("request_id") if isinstance(body, dict) else None
-    return request_id if isinstance(request_id, str) else None
+    def error_status(self, exc):
+        if exc.status_code < 400:
+            # An error event inside a stream that began with 200.
+            return ERROR_TYPE_STATUS.get(_error_type(exc.body), 500)
+        return exc.status_code
 
 
 def _error_type(body):
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return body["error"].get("type")
     return None
-
-
-def _is_timeout(exc):
-    # The SDK does not wrap a read timeout in the middle of a stream, and its HTTP library
-    # (httpx, or httpx2 in newer SDKs) is not ours to import: go by the class name.
-    return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)

@@ -14,11 +14,17 @@ import weakref
 
 from asgiref.sync import sync_to_async
 
-from ..exceptions import ConfigurationError, ImproperlyInstalled, ProviderTimeout, ProviderUnavailable
+from ..exceptions import (
+    ConfigurationError,
+    ImproperlyInstalled,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
 from ..types import Completion, evolve
 from .finish import normal_finish_reason, refusal
-from .http import malformed_answer
+from .http import HINTS, TRANSIENT_STATUSES, error_message, malformed_answer, retry_after, status_error
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
@@ -340,9 +346,81 @@ class SDKProvider(BaseProvider):
         """Return the Completion of the SDK's ``response``."""
         raise NotImplementedError
 
+    #: What an operator should check, by HTTP status; the statuses worth retrying.
+    error_hints = HINTS
+    transient_statuses = TRANSIENT_STATUSES
+    #: The response header with the request id.
+    request_id_header = None
+
     def translate_error(self, exc, request_id=None, timeout=None):
-        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
-        raise NotImplementedError
+        """Turn an SDK or transport exception into a ProviderError with no secret in it.
+
+        This one reads the errors of the SDKs Stainless generates (openai, anthropic), alike
+        in every SDK of theirs: ``APITimeoutError``, ``APIConnectionError``, ``APIStatusError``,
+        ``APIResponseValidationError``. An SDK of another make overrides it, in the same words
+        (``timed_out``, ``unreachable``, ``connection_failed``).
+        """
+        if isinstance(exc, ProviderError | ConfigurationError):
+            return exc
+        sdk = self.import_sdk()
+        if isinstance(exc, sdk.APITimeoutError) or _is_timeout(exc):
+            return self.timed_out(timeout, request_id)
+        if isinstance(exc, sdk.APIConnectionError):
+            return self.unreachable(exc.__cause__ or exc, request_id)
+        if isinstance(exc, sdk.APIStatusError):
+            return status_error(
+                self,
+                self.error_status(exc),
+                error_message(exc.body) or exc.response.reason_phrase or "error",
+                request_id=self.error_request_id(exc) or request_id,
+                retry_after=retry_after(exc.response.headers),
+                hints=self.error_hints,
+                transient=self.transient_statuses,
+            )
+        if isinstance(exc, sdk.APIResponseValidationError | ValueError):
+            return malformed_answer(self, request_id)
+        # Transport errors raised while reading a stream are not wrapped by the SDK.
+        return self.connection_failed(exc, request_id)
+
+    def error_status(self, exc):
+        """The HTTP status of the SDK's ``APIStatusError`` ``exc``."""
+        return exc.status_code
+
+    def error_request_id(self, exc):
+        """The request id of the SDK's ``APIStatusError`` ``exc``: its header, or its body's."""
+        header = exc.response.headers.get(self.request_id_header) if self.request_id_header else None
+        # A proxy in between may keep only the one in the body.
+        body = exc.body.get("request_id") if isinstance(exc.body, dict) else None
+        return header or (body if isinstance(body, str) else None)
+
+    def timed_out(self, timeout, request_id=None):
+        """The error of an attempt that got no answer within ``timeout`` seconds (None: the client's)."""
+        timeout = timeout if timeout is not None else self.client_timeout
+        return ProviderTimeout(
+            f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s",
+            provider=self.alias,
+            request_id=request_id,
+            transient=True,
+        )
+
+    def unreachable(self, cause, request_id=None):
+        """The error of an attempt that could not connect, for ``cause``."""
+        reason = self.redact(str(cause)) or type(cause).__name__
+        return ProviderUnavailable(
+            f"cannot reach {self.redact(self.base_url)}: {reason}",
+            provider=self.alias,
+            request_id=request_id,
+            transient=True,
+        )
+
+    def connection_failed(self, exc, request_id=None):
+        """The error of a connection that failed once open (a stream cut by the transport)."""
+        return ProviderUnavailable(
+            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
+            provider=self.alias,
+            request_id=request_id,
+            transient=True,
+        )
 
     def open_stream(self, client, payload):
         """Start the SDK's stream of chunks for ``payload``; with an async client, return its coroutine."""
@@ -735,3 +813,9 @@ class RecordingTransport:
 
     def close(self):
         pass
+
+
+def _is_timeout(exc):
+    # An SDK does not wrap a read timeout in the middle of a stream, and its HTTP library
+    # (httpx, or httpx2 in newer SDKs) is not ours to import: go by the class name.
+    return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)

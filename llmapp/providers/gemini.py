@@ -17,8 +17,6 @@ from ..exceptions import (
     ConfigurationError,
     ProviderError,
     ProviderRefused,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
 from ..types import Completion
 from .base import NO_KEY, SDKProvider, StreamReader
@@ -39,12 +37,6 @@ LOCATION_VARIABLE = "GOOGLE_CLOUD_LOCATION"
 # Vertex AI's multi-region locations have their own hosts.
 MULTI_REGIONS = frozenset({"us", "eu"})
 VERTEX_ONLY_OPTIONS = ("project", "location", "credentials")
-_HINTS = {
-    401: "check the provider's credentials",
-    403: "the key or credentials may not use this model or project (is the API enabled?)",
-    404: "check the model name, the location and the base_url",
-    429: "rate limited or out of quota",
-}
 # Transport exceptions by "module.Class"; matched only when their module is already
 # imported (whichever HTTP library the SDK used is), so nothing is imported to check.
 _TIMEOUT_ERRORS = ("httpx.TimeoutException", "httpx2.TimeoutException")
@@ -75,6 +67,13 @@ class GeminiStreamReader(StreamReader):
 
 class GeminiProvider(SDKProvider):
     """generateContent through the official ``google-genai`` SDK."""
+
+    error_hints = {
+        401: "check the provider's credentials",
+        403: "the key or credentials may not use this model or project (is the API enabled?)",
+        404: "check the model name, the location and the base_url",
+        429: "rate limited or out of quota",
+    }
 
     option_names = frozenset(
         {
@@ -306,15 +305,10 @@ class GeminiProvider(SDKProvider):
                 " ".join(str(part) for part in (exc.status, exc.message) if part) or "error",
                 request_id=headers.get("x-request-id") or request_id,
                 retry_after=retry_after(headers) or _retry_delay(exc.details),
-                hints=_HINTS,
+                hints=self.error_hints,
             )
         if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):
-            timeout = timeout if timeout is not None else self.client_timeout
-            return ProviderTimeout(
-                f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s",
-                transient=True,
-                **common,
-            )
+            return self.timed_out(timeout, request_id)
         auth = sys.modules.get("google.auth.exceptions")
         if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
             return ConfigurationError(
@@ -329,10 +323,7 @@ class GeminiProvider(SDKProvider):
                 **common,
             )
         if isinstance(exc, (ConnectionError, *_loaded(_CONNECTION_ERRORS))):
-            reason = self.redact(str(exc)) or type(exc).__name__
-            return ProviderUnavailable(
-                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
-            )
+            return self.unreachable(exc, request_id)
         # json.loads (generateContent) or the SDK's own parser (streams) or its pydantic models.
         invalid = (
             json.JSONDecodeError,

@@ -6,10 +6,9 @@ the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version
 
 from urllib.parse import urlsplit
 
-from ..exceptions import ConfigurationError, ProviderError, ProviderTimeout, ProviderUnavailable
+from ..exceptions import ProviderError
 from ..types import Completion
 from .base import SDKProvider, StreamReader
-from .http import error_message, malformed_answer, retry_after, status_error
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -33,6 +32,8 @@ class OpenAIStreamReader(StreamReader):
 
 class OpenAIProvider(SDKProvider):
     """Chat Completions through the official ``openai`` SDK."""
+
+    request_id_header = "x-request-id"
 
     option_names = frozenset(
         {
@@ -179,44 +180,6 @@ class OpenAIProvider(SDKProvider):
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             request_id=getattr(response, "_request_id", None),
-        )
-
-    # -- errors ----------------------------------------------------------------------
-
-    def translate_error(self, exc, request_id=None, timeout=None):
-        """Turn an SDK or transport exception into a ProviderError with no secret in it."""
-        if isinstance(exc, ProviderError | ConfigurationError):
-            return exc
-        openai = self.import_sdk()
-        common = {"provider": self.alias, "request_id": request_id}
-        if isinstance(exc, openai.APITimeoutError):
-            timeout = timeout if timeout is not None else self.client_timeout
-            return ProviderTimeout(
-                f"no answer from {self.redact(self.base_url)} within {timeout:.3g}s",
-                transient=True,
-                **common,
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            reason = self.redact(str(cause)) or type(cause).__name__
-            return ProviderUnavailable(
-                f"cannot reach {self.redact(self.base_url)}: {reason}", transient=True, **common
-            )
-        if isinstance(exc, openai.APIStatusError):
-            return status_error(
-                self,
-                exc.status_code,
-                error_message(exc.body) or exc.response.reason_phrase or "error",
-                request_id=exc.request_id or request_id,
-                retry_after=retry_after(exc.response.headers),
-            )
-        if isinstance(exc, openai.APIResponseValidationError | ValueError):
-            return malformed_answer(self, request_id)
-        # httpx errors raised while reading a stream are not wrapped by the SDK.
-        return ProviderUnavailable(
-            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
-            transient=True,
-            **common,
         )
 
 

@@ -14,11 +14,12 @@ from ..exceptions import (
     ProviderError,
 )
 from ..types import Completion
-from .base import SDKProvider, StreamReader
+from .base import SDKProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
 from .http import HINTS
 from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
+from .streaming import StreamReader
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"

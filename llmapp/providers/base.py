@@ -2,8 +2,6 @@
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import importlib
 import importlib.util
 import json
@@ -22,15 +20,15 @@ from ..exceptions import (
     ProviderUnavailable,
 )
 from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
-from ..types import Completion, evolve
+from ..types import evolve
+from .deadline import END, ChunkWaits, hold_deadline, left, within
 from .finish import normal_finish_reason, refusal
 from .http import HINTS, TRANSIENT_STATUSES, error_message, malformed_answer, retry_after, status_error
+from .streaming import aclosing
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"
 
-#: The deadline of the call whose SDK request is being sent in this context; see hold_deadline().
-_sending = contextvars.ContextVar("llmapp_deadline", default=None)
 #: The clock of set-up times (tests replace it, with the call's, to run in simulated time).
 clock = time.perf_counter
 
@@ -429,7 +427,7 @@ class SDKProvider(BaseProvider):
     def complete(self, request):
         payload = self.build_payload(request)
         try:
-            response = _within(request.deadline, self.send, self.client_for(request), payload)
+            response = within(request.deadline, self.send, self.client_for(request), payload)
         except Exception as exc:
             raise self.attempt_error(exc, request) from None
         return self.finished(self.parse(response, request))
@@ -438,7 +436,7 @@ class SDKProvider(BaseProvider):
         payload = self.build_payload(request)
         try:
             # httpx's timeouts are per read: a server that trickles its answer is cut here.
-            async with asyncio.timeout(_left(request)):
+            async with asyncio.timeout(left(request)):
                 response = await self.send(self.client_for(request, asynchronous=True), payload)
         except Exception as exc:
             error = self.attempt_error(exc, request)
@@ -513,19 +511,19 @@ class SDKProvider(BaseProvider):
         payload = self.build_payload(request)
         reader = self.stream_reader(self, request)
         try:
-            chunks = _within(request.deadline, self.open_stream, self.client_for(request), payload)
+            chunks = within(request.deadline, self.open_stream, self.client_for(request), payload)
             reader.opened(chunks)
             whole = self._whole_answer(chunks, request)
             if whole is not None:
                 with contextlib.closing(chunks):
-                    completion = self._parse_whole(whole, _within(request.deadline, whole.read), request)
+                    completion = self._parse_whole(whole, within(request.deadline, whole.read), request)
                 yield from self.pieces(completion)
                 return
             # Closed also when our caller stops reading early: that ends the HTTP response.
             with contextlib.closing(chunks):
                 # Some SDKs send the request only when asked for the first chunk.
                 chunks_left = iter(chunks)
-                while (chunk := _within(request.deadline, next, chunks_left, _END)) is not _END:
+                while (chunk := within(request.deadline, next, chunks_left, END)) is not END:
                     yield from reader.feed(chunk)
         except Exception as exc:
             raise reader.failed(exc) from None
@@ -540,20 +538,20 @@ class SDKProvider(BaseProvider):
         reader = self.stream_reader(self, request)
         try:
             # Cut at the deadline as acomplete() is, and so is each wait for a chunk.
-            async with asyncio.timeout(_left(request)):
+            async with asyncio.timeout(left(request)):
                 chunks = await self.open_stream(self.client_for(request, asynchronous=True), payload)
             reader.opened(chunks)
             whole = self._whole_answer(chunks, request)
             if whole is not None:
-                async with _aclosing(chunks), asyncio.timeout(_left(request)):
+                async with aclosing(chunks), asyncio.timeout(left(request)):
                     completion = self._parse_whole(whole, await whole.aread(), request)
                 for piece in self.pieces(completion):
                     yield piece
                 return
-            async with _aclosing(chunks):
+            async with aclosing(chunks):
                 with ChunkWaits(request.deadline) as waits:
                     chunks_left = aiter(chunks)
-                    while (chunk := await waits.next(chunks_left)) is not _END:
+                    while (chunk := await waits.next(chunks_left)) is not END:
                         for text in reader.feed(chunk):
                             yield text
         except Exception as exc:
@@ -586,119 +584,6 @@ class SDKProvider(BaseProvider):
         }
 
 
-def _aclosing(chunks):
-    """Return an async context manager that closes an SDK's async stream: its own, else aclose()."""
-    return chunks if hasattr(chunks, "__aexit__") else contextlib.aclosing(chunks)
-
-
-#: What the waits for an SDK stream's next chunk return after its last.
-_END = object()
-
-
-class ChunkWaits:
-    """Cut each wait of an async stream for its next chunk at the call's deadline.
-
-    What ``asyncio.timeout()`` does for one wait, for all the waits of a stream at the
-    cost of one timer, not one per chunk. No timeout may span a yield of the stream: it
-    would cancel whatever its caller awaits between two chunks. So the timer cancels the
-    task only while it waits for a chunk; past the deadline, ``next()`` raises TimeoutError.
-    """
-
-    def __init__(self, deadline):
-        self.deadline = deadline
-        self.waiting = self.expired = self.cancelled = False
-
-    def __enter__(self):
-        if self.deadline is not None:
-            self.task = asyncio.current_task()
-            self.cancelling = self.task.cancelling()
-            loop = asyncio.get_running_loop()
-            self.timer = loop.call_at(loop.time() + self.deadline.left(), self._expire)
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.deadline is not None:
-            self.timer.cancel()
-
-    def _expire(self):
-        self.expired = True
-        if self.waiting:
-            self.cancelled = True
-            self.task.cancel()
-
-    async def next(self, chunks):
-        """Return the next chunk of the async iterator ``chunks``, or _END after the last."""
-        if self.expired:
-            raise TimeoutError
-        self.waiting = True
-        try:
-            return await anext(chunks, _END)
-        except asyncio.CancelledError:
-            # As asyncio.timeout() does: any other cancellation of the task goes on.
-            if self.cancelled and self.task.uncancel() <= self.cancelling:
-                raise TimeoutError from None
-            raise
-        finally:
-            self.waiting = False
-
-
-def _within(deadline, call, *args):
-    """Return ``call(*args)``, the sync SDK's responses held to ``deadline`` meanwhile (hold_deadline())."""
-    sending = _sending.set(deadline)
-    try:
-        return call(*args)
-    finally:
-        _sending.reset(sending)
-
-
-def _left(request):
-    """Return the seconds left of ``request``'s call deadline, or None when it has none."""
-    return None if request.deadline is None else request.deadline.left()
-
-
-def hold_deadline(response):
-    """Bind the call's deadline to the body of ``response``: a sync HTTP client's response hook.
-
-    httpx's read timeout is per read: a server that trickles its answer, never idle that
-    long, would keep a call going long past its deadline. This hook checks the deadline once
-    the headers are in, and the body as each piece of it arrives: past the deadline, they
-    raise its ProviderTimeout, which the SDKs let through as it is.
-    """
-    deadline = _sending.get()
-    if deadline is not None:
-        deadline.check_deadline()
-        response.stream = _deadline_body(type(response.stream))(response.stream, deadline)
-
-
-@functools.cache
-def _deadline_body(stream_class):
-    """Return the DeadlineBody class for ``stream_class``'s HTTP library (httpx or httpx2)."""
-    # The library checks that a body is one of its own SyncByteStreams.
-    (byte_stream,) = [cls for cls in stream_class.__mro__ if cls.__name__ == "SyncByteStream"]
-    return type("DeadlineBody", (DeadlineBody, byte_stream), {})
-
-
-class DeadlineBody:
-    """A response body that raises the call's ProviderTimeout once its deadline has passed."""
-
-    def __init__(self, body, deadline):
-        self.body = body
-        self.deadline = deadline
-
-    @property
-    def elapsed(self):
-        # The HTTP library reads the response's elapsed time from its body.
-        return getattr(self.body, "elapsed", None)
-
-    def __iter__(self):
-        for piece in self.body:
-            self.deadline.check_deadline()
-            yield piece
-
-    def close(self):
-        self.body.close()
-
-
 def _start(agen):
     """Run the async generator ``agen`` to its first yield, now, in the running event loop.
 
@@ -720,77 +605,6 @@ async def _closed_with(provider, loop, client):
     finally:
         provider._forget_async_client(loop, client)
         await provider.aclose_client(client)
-
-
-class StreamReader:
-    """What one streamed answer has said so far, fed the SDK's chunks one at a time.
-
-    ``stream()`` and ``astream()`` share it, so that a chunk means the same in both. A
-    subclass implements ``read()``, and sets the fields below as the chunks tell them.
-    """
-
-    #: The response header with the request id, for SDKs whose stream object carries the response.
-    request_id_header = None
-
-    def __init__(self, provider, request):
-        self.provider = provider
-        self.request = request
-        self.parts = []
-        self.model = request.model
-        self.request_id = None
-        self.finish_reason = None
-        self.input_tokens = None
-        self.output_tokens = None
-
-    def opened(self, chunks):
-        """Note what the SDK's stream says before its first chunk."""
-        if self.request_id_header:
-            self.request_id = chunks.response.headers.get(self.request_id_header)
-
-    def read(self, chunk):
-        """Take the fields ``chunk`` carries; return the texts it adds to the answer."""
-        raise NotImplementedError
-
-    def feed(self, chunk):
-        """Read ``chunk``; return its texts, which are the answer's next chunks.
-
-        Once the call's deadline has passed, raise its ProviderTimeout instead, whether the
-        chunk has text or not: keep-alives, reasoning and role-only chunks must not carry a
-        stream past it.
-        """
-        if self.request.deadline is not None:
-            self.request.deadline.check_deadline()
-        texts = [text for text in self.read(chunk) if text]
-        self.parts.extend(texts)
-        return texts
-
-    @property
-    def ended(self):
-        """Whether the server said its answer is whole; by default, whether it gave a finish reason."""
-        return self.finish_reason is not None
-
-    def failed(self, exc):
-        """Return the ProviderError the stream raises for ``exc``, given the text already yielded."""
-        error = self.provider.attempt_error(exc, self.request, self.request_id)
-        return self.provider.stream_failed(error, len(self.parts), self.request_id)
-
-    def completion(self):
-        """Return the answer's Completion; raise stream_unfinished if the server did not end it."""
-        if not self.ended:
-            raise self.provider.stream_unfinished(len(self.parts), self.request_id)
-        return self.provider.finished(self.raw_completion(), len(self.parts))
-
-    def raw_completion(self):
-        return Completion(
-            text="".join(self.parts),
-            usecase=self.request.usecase,
-            provider=self.provider.alias,
-            model=self.model,
-            finish_reason=self.finish_reason,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            request_id=self.request_id,
-        )
 
 
 class NotSent(Exception):

@@ -19,8 +19,9 @@ from ..exceptions import (
     ProviderRefused,
 )
 from ..types import Completion
-from .base import NO_KEY, SDKProvider, StreamReader
+from .base import NO_KEY, SDKProvider
 from .http import malformed_answer, retry_after, status_error
+from .streaming import StreamReader
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from ..exceptions import ProviderError
 from ..types import Completion
-from .base import SDKProvider, StreamReader
+from .base import SDKProvider
+from .streaming import StreamReader
 
 OPENAI_URL = "https://api.openai.com/v1"
 

@@ -1,0 +1,81 @@
+"""What a streamed answer has said so far, whichever way it is read (``StreamReader``)."""
+
+import contextlib
+
+from ..types import Completion
+
+
+class StreamReader:
+    """What one streamed answer has said so far, fed the SDK's chunks one at a time.
+
+    ``stream()`` and ``astream()`` share it, so that a chunk means the same in both. A
+    subclass implements ``read()``, and sets the fields below as the chunks tell them.
+    """
+
+    #: The response header with the request id, for SDKs whose stream object carries the response.
+    request_id_header = None
+
+    def __init__(self, provider, request):
+        self.provider = provider
+        self.request = request
+        self.parts = []
+        self.model = request.model
+        self.request_id = None
+        self.finish_reason = None
+        self.input_tokens = None
+        self.output_tokens = None
+
+    def opened(self, chunks):
+        """Note what the SDK's stream says before its first chunk."""
+        if self.request_id_header:
+            self.request_id = chunks.response.headers.get(self.request_id_header)
+
+    def read(self, chunk):
+        """Take the fields ``chunk`` carries; return the texts it adds to the answer."""
+        raise NotImplementedError
+
+    def feed(self, chunk):
+        """Read ``chunk``; return its texts, which are the answer's next chunks.
+
+        Once the call's deadline has passed, raise its ProviderTimeout instead, whether the
+        chunk has text or not: keep-alives, reasoning and role-only chunks must not carry a
+        stream past it.
+        """
+        if self.request.deadline is not None:
+            self.request.deadline.check_deadline()
+        texts = [text for text in self.read(chunk) if text]
+        self.parts.extend(texts)
+        return texts
+
+    @property
+    def ended(self):
+        """Whether the server said its answer is whole; by default, whether it gave a finish reason."""
+        return self.finish_reason is not None
+
+    def failed(self, exc):
+        """Return the ProviderError the stream raises for ``exc``, given the text already yielded."""
+        error = self.provider.attempt_error(exc, self.request, self.request_id)
+        return self.provider.stream_failed(error, len(self.parts), self.request_id)
+
+    def completion(self):
+        """Return the answer's Completion; raise stream_unfinished if the server did not end it."""
+        if not self.ended:
+            raise self.provider.stream_unfinished(len(self.parts), self.request_id)
+        return self.provider.finished(self.raw_completion(), len(self.parts))
+
+    def raw_completion(self):
+        return Completion(
+            text="".join(self.parts),
+            usecase=self.request.usecase,
+            provider=self.provider.alias,
+            model=self.model,
+            finish_reason=self.finish_reason,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            request_id=self.request_id,
+        )
+
+
+def aclosing(chunks):
+    """Return an async context manager that closes an SDK's async stream: its own, else aclose()."""
+    return chunks if hasattr(chunks, "__aexit__") else contextlib.aclosing(chunks)

@@ -149,6 +149,15 @@ class BatchRun:
             if calls_under_way():
                 self.exit_now(f"CommandError: {exc}", 1)
             raise
+        except KeyboardInterrupt:
+            # A second Ctrl-C that came while the batch was already stopping, outside the wait
+            # for the calls under way: it stops now all the same, the calls left behind.
+            if calls_under_way():
+                self.exit_now(
+                    f"\nInterrupted: what finished is in {self.output_name}; run the same command to resume.",
+                    130,
+                )
+            raise
         finally:
             if bar:
                 bar.close()

@@ -26,11 +26,11 @@ from .types import evolve
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0
 RETRIES_METRIC = "complete_prompt.retries"
+FALLBACKS_METRIC = "complete_prompt.fallbacks"
 #: The clock and the waits of every call's Attempts: a test replaces them to run in simulated time.
 monotonic = time.monotonic
 sleep = time.sleep
 asleep = asyncio.sleep
-FALLBACKS_METRIC = "complete_prompt.fallbacks"
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,14 @@ def backoff(retry):
 class Attempts:
     """Yield (backend, request) for each attempt until one succeeds or the call must end."""
 
-    def __init__(self, request, routes, *, retries, timeout, clock=None, sleep=None, asleep=None):
+    def __init__(self, request, routes, *, retries, timeout, clock=None):
         self.request = request
         self.routes = routes
         self.retries = retries
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic
-        self.sleep = sleep or globals()["sleep"]
-        self.asleep = asleep or globals()["asleep"]
+        self.sleep, self.asleep = sleep, asleep
         self.deadline = self.clock() + timeout
         self.count = 0
         #: Seconds spent importing SDKs and building clients, which are not the providers' time.

@@ -205,8 +205,8 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
     ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``,
     ``timeout``, ``retries`` and ``fallbacks``.
     """
-    request, attempts = plan_call(usecase, message, **overrides)
-    call = Call(request)
+    _, attempts = plan_call(usecase, message, **overrides)
+    call = Call(attempts)
     try:
         for backend, attempt in attempts:
             try:
@@ -217,9 +217,9 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
             attempts.succeeded()
             break
     except BaseException as exc:  # an interrupted call is recorded too
-        call.failed(exc, attempts=attempts.count, setup=attempts.setup)
+        call.failed(exc)
         raise
-    return call.succeeded(completion, attempts=attempts.count, setup=attempts.setup)
+    return call.succeeded(completion)
 
 
 def stream_prompt(usecase, message, **overrides):
@@ -229,8 +229,8 @@ def stream_prompt(usecase, message, **overrides):
     any text arrived is retried like any call; once text has reached the caller, a
     failure ends the stream. The deadline holds while text flows, too.
     """
-    request, attempts = plan_call(usecase, message, **overrides)
-    call = Call(request, streaming=True)
+    _, attempts = plan_call(usecase, message, **overrides)
+    call = Call(attempts, streaming=True)
     completion = None
     try:
         for backend, attempt in attempts:
@@ -248,14 +248,13 @@ def stream_prompt(usecase, message, **overrides):
             attempts.succeeded()
             break
     except GeneratorExit:
-        abandoned = StreamAbandoned("the caller stopped reading the stream")
-        call.failed(abandoned, attempts=attempts.count, setup=attempts.setup)
+        call.failed(StreamAbandoned("the caller stopped reading the stream"))
         raise
     except BaseException as exc:
-        call.failed(exc, attempts=attempts.count, setup=attempts.setup)
+        call.failed(exc)
         raise
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
-    yield call.succeeded(completion, attempts=attempts.count, setup=attempts.setup)
+    yield call.succeeded(completion)
 
 
 async def acomplete_prompt(usecase, message, **overrides) -> Completion:
@@ -265,8 +264,8 @@ async def acomplete_prompt(usecase, message, **overrides) -> Completion:
     breaker that answers from memory (its cache, when it must be asked, is awaited on a
     thread of its own) and a usage event put on the writer's queue.
     """
-    request, attempts = plan_call(usecase, message, **overrides)
-    call = Call(request)
+    _, attempts = plan_call(usecase, message, **overrides)
+    call = Call(attempts)
     try:
         async with contextlib.aclosing(aiter(attempts)) as steps:
             async for backend, attempt in steps:
@@ -278,15 +277,15 @@ async def acomplete_prompt(usecase, message, **overrides) -> Completion:
                 await attempts.asucceeded()
                 break
     except BaseException as exc:  # a cancelled call (the client went away) is recorded too
-        await call.afailed(exc, attempts=attempts.count, setup=attempts.setup)
+        await call.afailed(exc)
         raise
-    return await call.asucceeded(completion, attempts=attempts.count, setup=attempts.setup)
+    return await call.asucceeded(completion)
 
 
 async def astream_prompt(usecase, message, **overrides):
     """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
-    request, attempts = plan_call(usecase, message, **overrides)
-    call = Call(request, streaming=True)
+    _, attempts = plan_call(usecase, message, **overrides)
+    call = Call(attempts, streaming=True)
     completion = None
     try:
         async with contextlib.aclosing(aiter(attempts)) as steps:
@@ -305,14 +304,13 @@ async def astream_prompt(usecase, message, **overrides):
                 await attempts.asucceeded()
                 break
     except GeneratorExit:
-        abandoned = StreamAbandoned("the caller stopped reading the stream")
-        await call.afailed(abandoned, attempts=attempts.count, setup=attempts.setup)
+        await call.afailed(StreamAbandoned("the caller stopped reading the stream"))
         raise
     except BaseException as exc:
-        await call.afailed(exc, attempts=attempts.count, setup=attempts.setup)
+        await call.afailed(exc)
         raise
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
-    yield await call.asucceeded(completion, attempts=attempts.count, setup=attempts.setup)
+    yield await call.asucceeded(completion)
 
 
 def _route(alias, backend, model):

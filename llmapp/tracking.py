@@ -24,52 +24,58 @@ OUTPUT_TOKENS = "complete_prompt.output_tokens"
 class Call:
     """Started just before the provider is called; ``succeeded`` or ``failed`` ends it."""
 
-    __slots__ = ("request", "span", "started")
+    __slots__ = ("attempts", "request", "span", "started")
 
-    def __init__(self, request, *, streaming=False):
-        self.request = request
-        self.span = tracing.start_span(request, streaming=streaming)
+    def __init__(self, attempts, *, streaming=False):
+        #: The Attempts running the call: how many it took, and its set-up time.
+        self.attempts = attempts
+        self.request = attempts.request
+        self.span = tracing.start_span(self.request, streaming=streaming)
         self.started = clock()
 
-    def _latency_ms(self, setup):
-        """The provider's time: the call's, less ``setup`` (SDK imports, client construction)."""
-        return max(0.0, clock() - self.started - setup) * 1000
+    def _latency_ms(self):
+        """The provider's time: the call's, less its set-up (SDK imports, client construction)."""
+        return max(0.0, clock() - self.started - self.attempts.setup) * 1000
 
-    def succeeded(self, completion, attempts=1, setup=0.0):
+    def succeeded(self, completion):
         """Record the completion; return it with its latency and attempts filled in."""
-        completion, event = self._succeeded(completion, attempts, setup)
+        completion, event = self._succeeded(completion)
         _record(event)
         return completion
 
-    def failed(self, error, attempts=1, setup=0.0):
-        _record(self._failed(error, attempts, setup))
+    def failed(self, error):
+        _record(self._failed(error))
 
-    async def asucceeded(self, completion, attempts=1, setup=0.0):
+    async def asucceeded(self, completion):
         """The async twin of :meth:`succeeded`: off the event loop only for a stream that blocks."""
-        completion, event = self._succeeded(completion, attempts, setup)
+        completion, event = self._succeeded(completion)
         await _arecord(event)
         return completion
 
-    async def afailed(self, error, attempts=1, setup=0.0):
-        await _arecord(self._failed(error, attempts, setup))
+    async def afailed(self, error):
+        await _arecord(self._failed(error))
 
-    def _succeeded(self, completion, attempts, setup):
-        completion = evolve(completion, latency_ms=self._latency_ms(setup), attempts=attempts)
+    def _succeeded(self, completion):
+        completion = evolve(completion, latency_ms=self._latency_ms(), attempts=self.attempts.count)
         tracing.finish_span(self.span, completion=completion)
         self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
         if not eventstream.keeps_events():
             return completion, None
         return completion, build_event(self.request, completion.latency_ms, completion=completion)
 
-    def _failed(self, error, attempts, setup):
-        latency_ms = self._latency_ms(setup)
+    def _failed(self, error):
+        latency_ms = self._latency_ms()
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
         self._count(ERROR, provider, self.request.model, latency_ms)
         if not eventstream.keeps_events():
             return None
         return build_event(
-            self.request, latency_ms, error=error, exception=_capture(error, self.request), attempts=attempts
+            self.request,
+            latency_ms,
+            error=error,
+            exception=_capture(error, self.request),
+            attempts=self.attempts.count,
         )
 
     def _count(self, status, provider, model, latency_ms, completion=None):

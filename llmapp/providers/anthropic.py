@@ -48,7 +48,6 @@ class AnthropicStreamReader(StreamReader):
     and message_stop says the answer is whole.
     """
 
-    request_id_header = "request-id"
     stopped = False
 
     def read(self, event):
@@ -146,11 +145,6 @@ class AnthropicProvider(SDKProvider):
         # The raw events, not the messages.stream() helper: see AnthropicStreamReader.
         return client.messages.create(**payload, stream=True)
 
-    def answer_from_json(self, data, response):
-        answer = self.import_sdk().types.Message.model_validate(data)
-        answer._request_id = response.headers.get("request-id")
-        return answer
-
     def parse(self, response, request):
         request_id = getattr(response, "_request_id", None)
         content = getattr(response, "content", None)
@@ -175,6 +169,7 @@ class AnthropicProvider(SDKProvider):
 
     error_hints = HINTS | {529: "Anthropic is overloaded; try again shortly"}
     request_id_header = "request-id"
+    answer_type = "types.Message"
     transient_statuses = TRANSIENT_STATUSES
 
     def error_status(self, exc):

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
@@ -457,12 +458,21 @@ class SDKProvider(BaseProvider):
             raise refused
         return evolve(completion, finish_reason=normal_finish_reason(completion.finish_reason))
 
+    #: The SDK's answer type, by its path in the SDK module ("types.Message"), which a whole
+    #: JSON answer to a stream request is read into; None: the SDK takes care of one itself.
+    answer_type = None
+
     def answer_from_json(self, data, response):
         """Return the SDK's answer object of ``data``, a whole answer's JSON sent to a stream
-        request; None for SDKs that take care of it themselves."""
-        return None
+        request (as ``parse()`` takes it), or None."""
+        if self.answer_type is None:
+            return None
+        answer_class = functools.reduce(getattr, self.answer_type.split("."), self.import_sdk())
+        answer = answer_class.model_validate(data)
+        answer._request_id = response.headers.get(self.request_id_header)
+        return answer
 
-    def _whole_answer(self, chunks, request):
+    def _whole_answer(self, chunks):
         """The HTTP response of ``chunks`` if it holds one whole JSON answer rather than a stream.
 
         Some gateways (LiteLLM's proxy on ``/v1/messages``) answer a streamed request so.
@@ -479,7 +489,7 @@ class SDKProvider(BaseProvider):
         except ValueError:
             answer = None
         if answer is None:
-            raise malformed_answer(self, response.headers.get(self.stream_reader.request_id_header or ""))
+            raise malformed_answer(self, response.headers.get(self.request_id_header or ""))
         return self.finished(self.parse(answer, request))
 
     def attempt_error(self, exc, request, request_id=None):
@@ -513,7 +523,7 @@ class SDKProvider(BaseProvider):
         try:
             chunks = within(request.deadline, self.open_stream, self.client_for(request), payload)
             reader.opened(chunks)
-            whole = self._whole_answer(chunks, request)
+            whole = self._whole_answer(chunks)
             if whole is not None:
                 with contextlib.closing(chunks):
                     completion = self._parse_whole(whole, within(request.deadline, whole.read), request)
@@ -541,7 +551,7 @@ class SDKProvider(BaseProvider):
             async with asyncio.timeout(left(request)):
                 chunks = await self.open_stream(self.client_for(request, asynchronous=True), payload)
             reader.opened(chunks)
-            whole = self._whole_answer(chunks, request)
+            whole = self._whole_answer(chunks)
             if whole is not None:
                 async with aclosing(chunks), asyncio.timeout(left(request)):
                     completion = self._parse_whole(whole, await whole.aread(), request)

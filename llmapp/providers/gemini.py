@@ -20,7 +20,7 @@ from ..exceptions import (
 )
 from ..types import Completion
 from .base import NO_KEY, SDKProvider
-from .http import malformed_answer, retry_after, status_error
+from .http import HINTS, malformed_answer, retry_after, status_error
 from .streaming import StreamReader
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
@@ -69,11 +69,10 @@ class GeminiStreamReader(StreamReader):
 class GeminiProvider(SDKProvider):
     """generateContent through the official ``google-genai`` SDK."""
 
-    error_hints = {
+    error_hints = HINTS | {
         401: "check the provider's credentials",
         403: "the key or credentials may not use this model or project (is the API enabled?)",
         404: "check the model name, the location and the base_url",
-        429: "rate limited or out of quota",
     }
 
     option_names = frozenset(

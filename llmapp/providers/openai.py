@@ -17,8 +17,6 @@ OPENAI_URL = "https://api.openai.com/v1"
 class OpenAIStreamReader(StreamReader):
     """Reads chat.completion.chunk objects: the answer is whole once a choice has a finish reason."""
 
-    request_id_header = "x-request-id"
-
     def read(self, chunk):
         self.model = chunk.model or self.model
         if chunk.usage:
@@ -35,6 +33,7 @@ class OpenAIProvider(SDKProvider):
     """Chat Completions through the official ``openai`` SDK."""
 
     request_id_header = "x-request-id"
+    answer_type = "types.chat.ChatCompletion"
 
     option_names = frozenset(
         {
@@ -156,11 +155,6 @@ class OpenAIProvider(SDKProvider):
         if self.options.get("stream_usage", True):
             payload = {**payload, "stream_options": {"include_usage": True}}
         return client.chat.completions.create(**payload, stream=True)
-
-    def answer_from_json(self, data, response):
-        answer = self.import_sdk().types.chat.ChatCompletion.model_validate(data)
-        answer._request_id = response.headers.get("x-request-id")
-        return answer
 
     def parse(self, response, request):
         if not getattr(response, "choices", None):

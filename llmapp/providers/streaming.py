@@ -12,9 +12,6 @@ class StreamReader:
     subclass implements ``read()``, and sets the fields below as the chunks tell them.
     """
 
-    #: The response header with the request id, for SDKs whose stream object carries the response.
-    request_id_header = None
-
     def __init__(self, provider, request):
         self.provider = provider
         self.request = request
@@ -26,9 +23,11 @@ class StreamReader:
         self.output_tokens = None
 
     def opened(self, chunks):
-        """Note what the SDK's stream says before its first chunk."""
-        if self.request_id_header:
-            self.request_id = chunks.response.headers.get(self.request_id_header)
+        """Note what the SDK's stream says before its first chunk: the provider's request-id
+        header, for SDKs whose stream object carries the response."""
+        header = self.provider.request_id_header
+        if header:
+            self.request_id = chunks.response.headers.get(header)
 
     def read(self, chunk):
         """Take the fields ``chunk`` carries; return the texts it adds to the answer."""

@@ -59,7 +59,7 @@ def abatch(loop, call, calls, warmup, settings=None, events=None):
 def astream_prompt():
     """Return llmapp's astream_prompt, or None where llmapp has none yet."""
     import llmapp
-    from llmapp import service
+    from llmapp.calls import service
 
     try:
         return llmapp.astream_prompt

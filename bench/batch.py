@@ -82,9 +82,9 @@ def check_output(finished, output, items, provider):
 
 def raw_payload():
     """The request the CLI's summarize use case sends, but the user message: for rawbatch."""
+    from llmapp.calls.types import CompletionRequest
+    from llmapp.conf.usecases import BUILTIN_USECASES
     from llmapp.providers.openai import OpenAIProvider
-    from llmapp.types import CompletionRequest
-    from llmapp.usecases import BUILTIN_USECASES
 
     summarize = BUILTIN_USECASES["summarize"]
     provider = OpenAIProvider("openai", options={"base_url": "http://127.0.0.1/v1", "api_key": "sk-bench"})

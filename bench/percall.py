@@ -111,7 +111,7 @@ def fake_provider(server):
 
 def raw_payload():
     """The keyword arguments the openai provider passes the SDK, but its per-attempt timeout."""
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request(USECASE, MESSAGE)
     return {key: value for key, value in backend.build_payload(request).items() if key != "timeout"}
@@ -230,8 +230,8 @@ def _openai(server, quick, streams):
 
 def _locmem(quick):
     from llmapp import complete_prompt
+    from llmapp.calls.service import prepare_request
     from llmapp.providers import locmem, providers
-    from llmapp.service import prepare_request
 
     rounds = 6 if quick else 15
     calls = 1000 if quick else 3000

@@ -24,7 +24,7 @@ from django.http import HttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from llmapp import acomplete_prompt  # noqa: E402
-from llmapp.service import prepare_request  # noqa: E402
+from llmapp.calls.service import prepare_request  # noqa: E402
 
 _raw = {}
 

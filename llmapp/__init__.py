@@ -7,12 +7,12 @@ before Django starts) costs nothing.
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "complete_prompt": "llmapp.service",
-    "stream_prompt": "llmapp.service",
-    "acomplete_prompt": "llmapp.service",
-    "astream_prompt": "llmapp.service",
-    "Completion": "llmapp.types",
-    "register_usecase": "llmapp.usecases",
+    "complete_prompt": "llmapp.calls.service",
+    "stream_prompt": "llmapp.calls.service",
+    "acomplete_prompt": "llmapp.calls.service",
+    "astream_prompt": "llmapp.calls.service",
+    "Completion": "llmapp.calls.types",
+    "register_usecase": "llmapp.conf.usecases",
 }
 
 __all__ = sorted(_EXPORTS)

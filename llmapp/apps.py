@@ -9,8 +9,8 @@ class LlmAppConfig(AppConfig):
     def ready(self):
         from django.core import checks
 
-        from .checks import check_llmapp
-        from .startup import initialize_app
+        from llmapp.conf.checks import check_llmapp
+        from llmapp.conf.startup import initialize_app
 
         checks.register(check_llmapp, "llmapp")
         initialize_app()

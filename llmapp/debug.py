@@ -10,7 +10,7 @@ one instead::
 
 from django.views import debug
 
-from .redaction import redact
+from llmapp.redaction import redact
 
 
 class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):

@@ -53,7 +53,7 @@ class UseCase(models.Model):  # noqa: DJ008 (never instantiated, so never printe
     """A placeholder with no table, so that use cases (defined in code) get an admin page.
 
     Its migration only registers the content type and the permissions below; the admin
-    renders the registry (``llmapp.usecases``). Both managers return nothing without a
+    renders the registry (``llmapp.conf.usecases``). Both managers return nothing without a
     query, so that whole-project tools (``dumpdata``, ``loaddata``, serialized test
     databases) pass over it rather than fail on the missing table.
     """

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from . import conf
+from llmapp import conf
 
 MASK = "••••"
 # "token" but not "tokens": max_tokens and input_tokens are counts, not secrets.

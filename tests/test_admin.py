@@ -11,11 +11,11 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from llmapp import register_usecase
+from llmapp.calls.service import complete_prompt
+from llmapp.conf.usecases import unregister_usecase
 from llmapp.exceptions import ProviderError
 from llmapp.models import CompletionEvent, UseCase
 from llmapp.providers import locmem
-from llmapp.service import complete_prompt
-from llmapp.usecases import unregister_usecase
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.django_db
@@ -389,7 +389,7 @@ def test_a_failed_call_shows_its_frames_like_sentry(admin_client):
     # The call's message is withheld when LLM_LOG_CONTENT is off.
     assert "hello there" not in page
     # Most recent call first: the provider's frame comes before the service's.
-    assert page.index("llmapp/providers/locmem.py</code>") < page.index("llmapp/service.py</code>")
+    assert page.index("llmapp/providers/locmem.py</code>") < page.index("llmapp/calls/service.py</code>")
 
 
 def test_stored_frames_render_with_line_numbers_and_nested_vars(admin_client):

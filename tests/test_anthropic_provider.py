@@ -13,6 +13,7 @@ import pytest
 from django.core import checks
 
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
+from llmapp.calls.types import CompletionRequest
 from llmapp.exceptions import (
     ConfigurationError,
     ImproperlyInstalled,
@@ -21,7 +22,6 @@ from llmapp.exceptions import (
     ProviderUnavailable,
 )
 from llmapp.providers.anthropic import DEFAULT_MODEL, AnthropicProvider
-from llmapp.types import CompletionRequest
 from tests.conftest import API_KEY, ROOT
 from tests.fakes.anthropic_server import fake_anthropic  # noqa: F401
 
@@ -254,7 +254,7 @@ def test_slow_reply_times_out_at_the_configured_timeout(anthropic_provider, sett
 
 
 def test_the_requests_own_timeout_wins_over_the_configured_one(anthropic_provider):
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request("summarize", "hi", provider="anthropic")  # OPTIONS timeout: 3
     anthropic_provider.hang(5)
@@ -312,7 +312,7 @@ def test_missing_extra_names_the_pip_command(settings, monkeypatch):
 
 
 def test_dry_run_describes_what_is_sent_with_the_key_masked(anthropic_provider, settings):
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     settings.LLM_PROVIDERS["anthropic"]["OPTIONS"]["default_headers"] = {
         "X-Team": "support",
@@ -360,7 +360,7 @@ def test_the_sdk_is_imported_only_when_the_provider_is_used():
         "import sys, django; from llmproject.runner import configure; configure('settings.test');"
         "django.setup(); from django.conf import settings; from django.core import checks;"
         f"settings.LLM_PROVIDERS = {{'default': {{'BACKEND': {BACKEND!r}, 'OPTIONS': {{'api_key': 'k'}}}}}};"
-        "from llmapp.service import prepare_request; prepare_request('summarize', 'hi');"
+        "from llmapp.calls.service import prepare_request; prepare_request('summarize', 'hi');"
         "checks.run_checks();"
         "print('anthropic' in sys.modules)"
     )

@@ -8,12 +8,12 @@ import threading
 import pytest
 
 from llmapp import acomplete_prompt, astream_prompt, eventstream
-from llmapp.circuit import CircuitBreaker
+from llmapp.calls.circuit import CircuitBreaker
+from llmapp.calls.types import Completion
 from llmapp.eventstream.base import EventStream
 from llmapp.exceptions import ProviderError
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
-from llmapp.types import Completion
 from tests.services import closed_port
 
 

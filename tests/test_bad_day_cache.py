@@ -14,12 +14,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from llmapp import acomplete_prompt, complete_prompt, metrics, sharedstate
-from llmapp.circuit import CACHE_ERRORS_METRIC, CACHE_SKIPPED_METRIC, CircuitBreaker
+from llmapp import acomplete_prompt, complete_prompt, metrics
+from llmapp.calls import sharedstate
+from llmapp.calls.circuit import CACHE_ERRORS_METRIC, CACHE_SKIPPED_METRIC, CircuitBreaker
+from llmapp.calls.service import plan_call
 from llmapp.exceptions import ProviderError, ProviderTimeout
 from llmapp.metrics import locmem as locmem_metrics
 from llmapp.providers import locmem
-from llmapp.service import plan_call
 from tests.services import BlackHole, closed_port, redis_namespace
 
 CACHE = {"cache": "default"}

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import sentry_sdk
 
-from llmapp import sdk
-from llmapp.sdk import configure_sdk, flush_before_exit
-from llmapp.sdk.checks import check_sentry
-from llmapp.sdk.options import Dsns
-from llmapp.sdk.transport import MultiplexingTransport
+from llmapp import sentry as sdk
+from llmapp.sentry import configure_sdk, flush_before_exit
+from llmapp.sentry.checks import check_sentry
+from llmapp.sentry.options import Dsns
+from llmapp.sentry.transport import MultiplexingTransport
 from tests.sentry import restored_sentry
 from tests.services import BlackHole
 
@@ -39,7 +39,7 @@ def _restore_sentry():
 
 
 def sdk_log(caplog):
-    return [record for record in caplog.records if record.name == "llmapp.sdk"]
+    return [record for record in caplog.records if record.name == "llmapp.sentry"]
 
 
 # --- a malformed DSN: a check error, one log line, and no Sentry -------------------------
@@ -98,7 +98,7 @@ def test_the_check_imports_no_sentry_sdk_without_a_dsn():
         "import sys\n"
         "from django.conf import settings\n"
         "settings.configure(SENTRY_SDK_CONFIG={'dsn': None, 'relay_dsn': ''})\n"
-        "from llmapp.sdk.checks import check_sentry\n"
+        "from llmapp.sentry.checks import check_sentry\n"
         "print(check_sentry(), 'sentry_sdk' in sys.modules)\n"
     )
     result = subprocess.run(

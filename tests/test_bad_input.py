@@ -13,10 +13,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from llmapp import complete_prompt
+from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import ConfigurationError, InvalidMessageError, InvalidRequestError, ProviderError
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
-from llmapp.usecases import get_usecase
 from tests.conftest import ROOT
 
 KEY = "sk-proj-Abc123Def456Ghi789Jkl012Mno345"
@@ -58,7 +58,7 @@ def test_library_calls_refuse_nan_and_infinity_and_send_nothing(openai_provider,
 
 
 def test_the_validators_refuse_nan_and_infinity():
-    from llmapp.service import is_valid_retries, is_valid_temperature, is_valid_timeout
+    from llmapp.calls.service import is_valid_retries, is_valid_temperature, is_valid_timeout
 
     for value in (math.nan, math.inf, -math.inf):
         assert not is_valid_timeout(value) and not is_valid_temperature(value)

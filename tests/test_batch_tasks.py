@@ -7,7 +7,8 @@ import re
 import pytest
 from django.core.management import CommandError, call_command
 
-from llmapp import batch, tasks
+from llmapp import batch
+from llmapp.batch import tasks
 from llmapp.models import Batch, BatchItem, CompletionEvent
 from llmapp.providers import locmem
 

@@ -190,7 +190,7 @@ def test_bad_eventstream_options(settings, options, text):
 
 
 def test_synchronous_events_on_postgresql_want_a_connect_timeout():
-    from llmapp.checks import check_synchronous_connect
+    from llmapp.conf.checks import check_synchronous_connect
 
     postgresql = {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}
     [warning] = check_synchronous_connect("default", postgresql)
@@ -215,8 +215,8 @@ def test_the_synchronous_test_settings_bound_their_connect(settings):
 )
 def test_a_malformed_entry_is_one_error_and_calls_fail_with_one_line(settings, entry, text):
     from llmapp import complete_prompt
+    from llmapp.conf.startup import report_problems
     from llmapp.exceptions import ConfigurationError
-    from llmapp.startup import report_problems
 
     settings.LLM_PROVIDERS = settings.LLM_PROVIDERS | {"test": {"BACKEND": LOCMEM, **entry}}
     ids, output = check()
@@ -239,7 +239,7 @@ def test_a_key_pasted_into_any_field_is_never_shown(settings, monkeypatch):
 
 
 def test_a_check_that_crashes_is_one_error(monkeypatch):
-    from llmapp import checks as llmapp_checks
+    from llmapp.conf import checks as llmapp_checks
 
     def broken():
         raise RuntimeError("surprise")

@@ -12,12 +12,12 @@ import openai
 import pytest
 
 from llmapp import acomplete_prompt, astream_prompt, complete_prompt, stream_prompt
+from llmapp.calls.retries import Attempts, Route
+from llmapp.calls.types import CompletionRequest
 from llmapp.exceptions import ProviderError, ProviderTimeout
 from llmapp.providers.anthropic import AnthropicProvider
 from llmapp.providers.gemini import GeminiProvider
 from llmapp.providers.openai import OpenAIProvider, OpenAIStreamReader
-from llmapp.retries import Attempts, Route
-from llmapp.types import CompletionRequest
 from tests.conftest import API_KEY
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.gemini_server import FakeGeminiServer

@@ -138,9 +138,9 @@ def test_a_change_of_settings_writes_what_the_old_stream_held(settings):
 
 
 def _usage_event():
-    from llmapp.events import build_event
-    from llmapp.service import prepare_request
-    from llmapp.types import Completion
+    from llmapp.calls.service import prepare_request
+    from llmapp.calls.types import Completion
+    from llmapp.eventstream.events import build_event
 
     request, _ = prepare_request("summarize", "hi", provider="test")
     completion = Completion(text="ok", usecase="summarize", provider="test", model="locmem")

@@ -1,7 +1,7 @@
 import json
 
-from llmapp.frames import MAX_BYTES, MAX_STRING, WITHHELD, capture_exception
-from llmapp.types import CompletionRequest
+from llmapp.calls.types import CompletionRequest
+from llmapp.sentry.frames import MAX_BYTES, MAX_STRING, WITHHELD, capture_exception
 from tests.conftest import API_KEY
 
 REQUEST = CompletionRequest("summarize", "hi", "Be brief, please.", "test", "m", 0.5, 10)

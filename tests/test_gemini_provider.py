@@ -11,6 +11,7 @@ import pytest
 from django.core import checks
 
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
+from llmapp.calls.types import CompletionRequest
 from llmapp.exceptions import (
     ConfigurationError,
     ImproperlyInstalled,
@@ -19,7 +20,6 @@ from llmapp.exceptions import (
     ProviderUnavailable,
 )
 from llmapp.providers.gemini import DEFAULT_MODEL, GeminiProvider
-from llmapp.types import CompletionRequest
 from tests.conftest import API_KEY, ROOT
 from tests.fakes.gemini_server import fake_gemini
 
@@ -407,7 +407,7 @@ def test_check_warns_about_a_missing_key_or_project():
 
 
 def test_dry_run_description_is_what_the_sdk_sends_with_the_key_masked(gemini):
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request("summarize", "hi", provider="gemini", max_output_tokens=50)
     described = backend.describe_request(request)
@@ -464,7 +464,7 @@ def test_vertex_errors_hide_the_access_token(vertex):
 
 
 def test_vertex_dry_run_matches_what_the_sdk_sends(vertex):
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request("summarize", "hi", provider="vertex")
     described = backend.describe_request(request)
@@ -540,7 +540,7 @@ def test_the_sdk_is_imported_only_when_the_provider_is_used():
         "settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, 'gemini': {'BACKEND': "
         f"{BACKEND!r}, 'OPTIONS': {{'api_key': 'k'}}}}}};"
         "from django.core import checks; checks.run_checks();"
-        "from llmapp.service import prepare_request;"
+        "from llmapp.calls.service import prepare_request;"
         "request, backend = prepare_request('summarize', 'hi', provider='gemini');"
         "backend.check();"
         "print('google.genai' in sys.modules)"

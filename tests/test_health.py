@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from llmapp.health import provider_health
+from llmapp.admin.health import provider_health
 from llmapp.providers.base import BaseProvider
 from tests.conftest import API_KEY
 

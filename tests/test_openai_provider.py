@@ -156,7 +156,7 @@ def test_missing_extra_names_the_pip_command(settings, monkeypatch):
 
 
 def test_dry_run_description_masks_the_key(openai_provider):
-    from llmapp.service import prepare_request
+    from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request("summarize", "hi", provider="openai")
     described = backend.describe_request(request)
@@ -182,7 +182,7 @@ def test_azure_options_select_the_azure_client_and_url():
             "api_version": "2024-10-21",
         },
     )
-    from llmapp.types import CompletionRequest
+    from llmapp.calls.types import CompletionRequest
 
     request = CompletionRequest("summarize", "hi", "", "azure", "gpt-4o", 0.5, 10)
     described = backend.describe_request(request)

@@ -1,8 +1,8 @@
 import asyncio
 
 from llmapp import complete_prompt, stream_prompt
+from llmapp.calls.types import CompletionRequest
 from llmapp.providers.preview import LABEL, PreviewProvider
-from llmapp.types import CompletionRequest
 
 TICKET = (
     "The checkout page times out for customers in Canada. It started after Tuesday's deploy. "

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from llmapp import astream_prompt
+from llmapp.calls.types import Completion, CompletionRequest
 from llmapp.exceptions import ProviderError, ProviderUnavailable
 from llmapp.providers import locmem
 from llmapp.providers.anthropic import AnthropicProvider
@@ -20,7 +21,6 @@ from llmapp.providers.base import SDKProvider
 from llmapp.providers.gemini import GeminiProvider
 from llmapp.providers.locmem import LocmemProvider
 from llmapp.providers.openai import OpenAIProvider
-from llmapp.types import Completion, CompletionRequest
 from tests.conftest import API_KEY
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.gemini_server import FakeGeminiServer

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from llmapp import astream_prompt, complete_prompt, stream_prompt
+from llmapp.calls.types import Completion
 from llmapp.exceptions import ProviderError, ProviderRefused
 from llmapp.models import CompletionEvent
-from llmapp.types import Completion
 from tests.conftest import API_KEY
 from tests.fakes.anthropic_server import FakeAnthropicServer
 from tests.fakes.gemini_server import FakeGeminiServer

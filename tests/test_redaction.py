@@ -7,7 +7,7 @@ import pytest
 
 from llmapp import redaction
 from llmapp.redaction import is_secret_name, mask, redact, redact_mapping
-from llmapp.sdk import scrubbing
+from llmapp.sentry import scrubbing
 
 
 @pytest.mark.parametrize(

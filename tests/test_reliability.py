@@ -11,7 +11,8 @@ import time
 import pytest
 from django.core.management import call_command
 
-from llmapp import acomplete_prompt, circuit, complete_prompt, stream_prompt
+from llmapp import acomplete_prompt, complete_prompt, stream_prompt
+from llmapp.calls import circuit
 from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem

@@ -1,4 +1,4 @@
-"""llmapp.sdk against two real (fake) Sentry ingests on 127.0.0.1; the SDK is not mocked."""
+"""llmapp.sentry against two real (fake) Sentry ingests on 127.0.0.1; the SDK is not mocked."""
 
 import os
 import subprocess
@@ -15,11 +15,11 @@ from sentry_sdk.envelope import Envelope, Item, PayloadRef
 from llmapp import metrics
 from llmapp.metrics import locmem as locmem_metrics
 from llmapp.redaction import MASK
-from llmapp.sdk import configure_sdk, scrubbing
-from llmapp.sdk.options import Dsns, _get_sdk_options
-from llmapp.sdk.sampling import traces_sampler
-from llmapp.sdk.scrubbing import before_send, before_send_transaction
-from llmapp.sdk.transport import METRIC_ITEM_TYPES, MultiplexingTransport
+from llmapp.sentry import configure_sdk, scrubbing
+from llmapp.sentry.options import Dsns, _get_sdk_options
+from llmapp.sentry.sampling import traces_sampler
+from llmapp.sentry.scrubbing import before_send, before_send_transaction
+from llmapp.sentry.transport import METRIC_ITEM_TYPES, MultiplexingTransport
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 from tests.sentry import restored_sentry, wsgi_get
 
@@ -397,7 +397,7 @@ def test_configure_sdk_imports_no_provider_sdk(ingests):
         "import sys, django; django.setup()\n"
         "from django.conf import settings\n"
         f"settings.SENTRY_SDK_CONFIG = {{'dsn': {upstream.dsn!r}, 'relay_dsn': {relay.dsn!r}}}\n"
-        "from llmapp.sdk import configure_sdk\n"
+        "from llmapp.sentry import configure_sdk\n"
         "client = configure_sdk()\n"
         "assert client.is_active()\n"
         "client.close(timeout=2)\n"

@@ -22,8 +22,8 @@ from llmapp import complete_prompt
 from llmapp.exceptions import ProviderError
 from llmapp.models import CompletionEvent
 from llmapp.providers import providers
-from llmapp.sdk import configure_sdk
-from llmapp.sdk.scrubbing import before_breadcrumb
+from llmapp.sentry import configure_sdk
+from llmapp.sentry.scrubbing import before_breadcrumb
 from tests.fakes.anthropic_server import fake_anthropic
 from tests.fakes.gemini_server import fake_gemini
 from tests.sentry import wsgi_get
@@ -368,7 +368,6 @@ def test_usage_logs_bring_no_content_to_sentry_unless_both_settings_allow(
 ):
     from sentry_sdk.integrations.logging import BreadcrumbHandler
 
-
     caplog.set_level(logging.INFO, logger="llmapp.usage")  # as a project that logs usage has it
     settings.LLM_EVENTSTREAM = "logging"
     settings.LLM_TSDB = "null"
@@ -385,10 +384,10 @@ def test_usage_logs_bring_no_content_to_sentry_unless_both_settings_allow(
 
 @pytest.mark.django_db(transaction=True)
 def test_the_writer_says_why_it_lost_events_without_their_frames(settings, caplog):
-    from llmapp.events import build_event
+    from llmapp.calls.service import prepare_request
     from llmapp.eventstream import writer as writer_module
+    from llmapp.eventstream.events import build_event
     from llmapp.eventstream.writer import EventWriter
-    from llmapp.service import prepare_request
 
     settings.LLM_LOG_CONTENT = True
     writer_module.reset_dropped_count()  # a loss an earlier test logged would hold this one's line back

@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
+from llmapp.calls.types import Completion
 from llmapp.exceptions import (
     ConfigurationError,
     InvalidMaxOutputTokens,
@@ -17,7 +18,6 @@ from llmapp.exceptions import (
     ProviderError,
 )
 from llmapp.providers import locmem, providers
-from llmapp.types import Completion
 
 
 def test_complete_prompt_sends_the_usecase_config_to_its_provider(settings):
@@ -177,7 +177,7 @@ class SteppedClock:
 
 @pytest.mark.django_db
 def test_the_sdks_import_and_client_construction_are_not_latency(openai_provider, settings, monkeypatch):
-    from llmapp import tracking
+    from llmapp.calls import recording as tracking
     from llmapp.providers import base
     from llmapp.providers.openai import OpenAIProvider
 

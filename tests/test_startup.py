@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from llmapp import startup
+from llmapp.conf import startup
 from llmproject import runner
 from tests.conftest import ROOT
 
@@ -119,7 +119,7 @@ def test_wsgi_and_asgi_initialize_the_app(module, tmp_path):
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     code = (
-        f"import {module} as entry, llmapp.startup as s;"
+        f"import {module} as entry, llmapp.conf.startup as s;"
         "print(type(entry.application).__name__, s._initialized)"
     )
     env = {

@@ -1,8 +1,7 @@
 import pytest
 
 from llmapp import register_usecase
-from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
-from llmapp.usecases import (
+from llmapp.conf.usecases import (
     BUILTIN,
     CODE,
     ENVIRONMENT,
@@ -12,6 +11,7 @@ from llmapp.usecases import (
     get_usecases,
     unregister_usecase,
 )
+from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 
 
 def test_builtin_usecases_run_on_the_default_provider():

@@ -1,6 +1,6 @@
 """Simulated time for the retry loop: ``simulated_time``, a fixture.
 
-Every call's Attempts read ``llmapp.retries.monotonic`` and wait with ``llmapp.retries.sleep``
+Every call's Attempts read ``llmapp.calls.retries.monotonic`` and wait with ``llmapp.calls.retries.sleep``
 (``asleep`` on the event loop): replaced here by a clock that moves only when a call waits,
 so a test of retries and deadlines neither sleeps nor depends on how loaded the machine is.
 The HTTP exchanges themselves still run on real sockets, in real (and short) time.
@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from llmapp import retries
+from llmapp.calls import retries
 
 
 class SimulatedTime:

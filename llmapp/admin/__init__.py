@@ -5,7 +5,7 @@ shown the way django-rq shows its queues, through an unmanaged placeholder model
 whose ModelAdmin renders the registry. Completions are ordinary rows, read-only.
 """
 
-from .completions import CompletionEventAdmin
-from .usecases import UseCaseAdmin
+from llmapp.admin.completions import CompletionEventAdmin
+from llmapp.admin.usecases import UseCaseAdmin
 
 __all__ = ["CompletionEventAdmin", "UseCaseAdmin"]

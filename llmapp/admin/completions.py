@@ -5,8 +5,8 @@ import json
 from django.contrib import admin
 from django.template.defaultfilters import truncatechars
 
-from ..models import CompletionEvent
-from .display import milliseconds, safe
+from llmapp.admin.display import milliseconds, safe
+from llmapp.models import CompletionEvent
 
 # Text columns scrubbed again before display (see display.safe).
 TEXT_FIELDS = ("error_message", "prompt", "message", "response", "request_id")

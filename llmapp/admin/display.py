@@ -1,6 +1,6 @@
 """Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
 
-from ..sdk.scrubbing import scrub
+from llmapp.sentry.scrubbing import scrub
 
 NO_VALUE = "—"
 

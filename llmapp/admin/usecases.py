@@ -10,14 +10,14 @@ from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from ..exceptions import ConfigurationError, InvalidUsecaseError, LLMError
-from ..health import ProviderHealth, provider_health
-from ..models import CompletionEvent, UseCase
-from ..service import complete_prompt
-from ..tsdb import get_tsdb
-from ..usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
-from ..usecases import UseCase as UseCaseConfig
-from .display import NO_VALUE, count, milliseconds, safe, usage_cells
+from llmapp.admin.display import NO_VALUE, count, milliseconds, safe, usage_cells
+from llmapp.admin.health import ProviderHealth, provider_health
+from llmapp.calls.service import complete_prompt
+from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
+from llmapp.conf.usecases import UseCase as UseCaseConfig
+from llmapp.exceptions import ConfigurationError, InvalidUsecaseError, LLMError
+from llmapp.models import CompletionEvent, UseCase
+from llmapp.tsdb import get_tsdb
 
 TEST_PERMISSION = "test_usecase"
 # Shown with their own headings on the detail page, not in the configuration table.

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 
 from django.db import DatabaseError, ProgrammingError
 
-from .. import conf, metrics
-from ..backends import backend_class
-from ..exceptions import ConfigurationError
-from . import writer
-from .base import EventStream
-from .database import DatabaseEventStream
-from .writer import dropped_count
+from llmapp import conf, metrics
+from llmapp.conf.backends import backend_class
+from llmapp.eventstream import writer
+from llmapp.eventstream.base import EventStream
+from llmapp.eventstream.database import DatabaseEventStream
+from llmapp.eventstream.writer import dropped_count
+from llmapp.exceptions import ConfigurationError
 
 __all__ = [
     "ALIASES",

@@ -4,8 +4,8 @@ import contextlib
 
 from django.db import connections, router, transaction
 
-from .base import EventStream
-from .writer import EventWriter
+from llmapp.eventstream.base import EventStream
+from llmapp.eventstream.writer import EventWriter
 
 DEFAULTS = {
     # Events waiting for the writer; past this many, new ones are dropped and counted.
@@ -59,7 +59,7 @@ class DatabaseEventStream(EventStream):
 
     def insert(self, event):
         """Insert ``event`` now, on this thread's connection; the statement is bounded by ``timeout``."""
-        from ..models import CompletionEvent
+        from llmapp.models import CompletionEvent
 
         connection = connections[router.db_for_write(CompletionEvent)]
         # A savepoint inside the caller's transaction, so that a failed insert cannot break it.
@@ -88,7 +88,7 @@ def insert_events(connection, events):
     the writer thread shares the GIL with the callers, so each µs it spends per event is
     theirs.
     """
-    from ..models import CompletionEvent
+    from llmapp.models import CompletionEvent
 
     fields = [field for field in CompletionEvent._meta.concrete_fields if not field.primary_key]
     names = [field.name for field in fields]

@@ -1,6 +1,6 @@
 import logging
 
-from .base import EventStream
+from llmapp.eventstream.base import EventStream
 
 logger = logging.getLogger("llmapp.usage")
 

@@ -1,4 +1,4 @@
-from .base import EventStream
+from llmapp.eventstream.base import EventStream
 
 
 class NullEventStream(EventStream):

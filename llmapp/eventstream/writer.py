@@ -24,8 +24,8 @@ from django.db import (
     transaction,
 )
 
-from .. import metrics
-from ..throttle import Throttle, unsaid_note
+from llmapp import metrics
+from llmapp.metrics.throttle import Throttle, unsaid_note
 
 logger = logging.getLogger("llmapp.eventstream")
 
@@ -168,7 +168,7 @@ class EventWriter:
     def _write(self, events):
         if not events:
             return
-        from ..models import CompletionEvent
+        from llmapp.models import CompletionEvent
 
         alias = router.db_for_write(CompletionEvent)
         connection = connections[alias]

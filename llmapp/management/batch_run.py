@@ -8,9 +8,9 @@ import threading
 from django.core.management.base import CommandError
 
 from llmapp import batch, eventstream
+from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import ConfigurationError
 from llmapp.management import outputfile
-from llmapp.usecases import get_usecase
 
 
 class BatchRun:
@@ -221,7 +221,7 @@ class BatchRun:
         return ProgressBar(bar)
 
     def enqueue(self, items):
-        from llmapp.tasks import enqueue_batch
+        from llmapp.batch.tasks import enqueue_batch
 
         created = enqueue_batch(self.usecase, items)
         self.command.stdout.write(

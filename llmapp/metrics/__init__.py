@@ -24,10 +24,9 @@ from django.utils.module_loading import import_string
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError
-
-from .base import MetricsBackend
-from .dummy import DummyMetricsBackend
-from .worker import MetricsWorker
+from llmapp.metrics.base import MetricsBackend
+from llmapp.metrics.dummy import DummyMetricsBackend
+from llmapp.metrics.worker import MetricsWorker
 
 __all__ = [
     "MetricsBackend",

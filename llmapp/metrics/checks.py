@@ -4,8 +4,7 @@ from django.core import checks
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError
-
-from . import get_backend
+from llmapp.metrics import get_backend
 
 
 def check_metrics(app_configs=None, **kwargs):

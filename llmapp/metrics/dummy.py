@@ -1,6 +1,6 @@
 """A metrics backend that does nothing: the default."""
 
-from .base import MetricsBackend
+from llmapp.metrics.base import MetricsBackend
 
 
 class DummyMetricsBackend(MetricsBackend):

@@ -7,7 +7,7 @@ Every metric is appended to :data:`sent` as ``(kind, key, value, tags)``: ``kind
 ``llmapp.metrics.flush()`` before looking, since metrics arrive from the worker thread.
 """
 
-from .base import MetricsBackend
+from llmapp.metrics.base import MetricsBackend
 
 sent = []
 

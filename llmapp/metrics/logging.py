@@ -4,7 +4,7 @@ import logging
 
 from django.core import checks
 
-from .base import MetricsBackend
+from llmapp.metrics.base import MetricsBackend
 
 logger = logging.getLogger("llmapp.metrics")
 

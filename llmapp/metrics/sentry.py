@@ -1,6 +1,6 @@
 """A metrics backend that sends llmapp's metrics to Sentry as trace metrics."""
 
-from .base import MetricsBackend
+from llmapp.metrics.base import MetricsBackend
 
 # The SDK's own request counters: sending them to Sentry would make each envelope
 # sent produce another one to send.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from django.core import checks
 
-from .base import MetricsBackend
+from llmapp.metrics.base import MetricsBackend
 
 # What would break a DogStatsD line: ":" ends the name, "|" starts a field, "," and
 # "#" separate tags, a newline starts the next metric. Each becomes "_".

@@ -4,7 +4,7 @@ import queue
 import threading
 from logging import getLogger
 
-from ..throttle import Throttle, unsaid_note
+from llmapp.metrics.throttle import Throttle, unsaid_note
 
 logger = getLogger("llmapp.metrics")
 

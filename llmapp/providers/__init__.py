@@ -9,8 +9,8 @@ import threading
 
 from django.utils.module_loading import import_string
 
-from .. import conf
-from ..exceptions import ConfigurationError, InvalidProviderError
+from llmapp import conf
+from llmapp.exceptions import ConfigurationError, InvalidProviderError
 
 PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER"})
 

@@ -9,17 +9,17 @@ only if the installed SDK's ``messages.create`` takes one: the 2.x SDKs (API ver
 import functools
 import inspect
 
-from ..exceptions import (
+from llmapp.calls.types import Completion
+from llmapp.exceptions import (
     ImproperlyInstalled,
     ProviderError,
 )
-from ..types import Completion
-from .base import SDKProvider
+from llmapp.providers.base import SDKProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
-from .http import HINTS
-from .http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
-from .streaming import StreamReader
+from llmapp.providers.http import HINTS
+from llmapp.providers.http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
+from llmapp.providers.streaming import StreamReader
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-5-5"

@@ -13,19 +13,26 @@ import weakref
 
 from asgiref.sync import sync_to_async
 
-from ..exceptions import (
+from llmapp.calls.types import evolve
+from llmapp.exceptions import (
     ConfigurationError,
     ImproperlyInstalled,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
 )
-from ..redaction import mask_headers, redact, redact_sdk_logs, secrets_in
-from ..types import evolve
-from .deadline import END, ChunkWaits, hold_deadline, left, within
-from .finish import normal_finish_reason, refusal
-from .http import HINTS, TRANSIENT_STATUSES, error_message, malformed_answer, retry_after, status_error
-from .streaming import aclosing
+from llmapp.providers.deadline import END, ChunkWaits, hold_deadline, left, within
+from llmapp.providers.finish import normal_finish_reason, refusal
+from llmapp.providers.http import (
+    HINTS,
+    TRANSIENT_STATUSES,
+    error_message,
+    malformed_answer,
+    retry_after,
+    status_error,
+)
+from llmapp.providers.streaming import aclosing
+from llmapp.redaction import mask_headers, redact, redact_sdk_logs, secrets_in
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"

@@ -12,7 +12,7 @@ A refusal or a safety block is not a finish reason but an error: ``ProviderRefus
 with the provider's own word for it.
 """
 
-from ..exceptions import ProviderRefused
+from llmapp.exceptions import ProviderRefused
 
 FINISH_REASONS = {
     "stop": "stop",

@@ -13,15 +13,15 @@ import math
 import os
 import sys
 
-from ..exceptions import (
+from llmapp.calls.types import Completion
+from llmapp.exceptions import (
     ConfigurationError,
     ProviderError,
     ProviderRefused,
 )
-from ..types import Completion
-from .base import NO_KEY, SDKProvider
-from .http import HINTS, malformed_answer, retry_after, status_error
-from .streaming import StreamReader
+from llmapp.providers.base import NO_KEY, SDKProvider
+from llmapp.providers.http import HINTS, malformed_answer, retry_after, status_error
+from llmapp.providers.streaming import StreamReader
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from ..exceptions import ProviderError
+from llmapp.exceptions import ProviderError
 
 #: Statuses worth retrying; anything else fails at once.
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})

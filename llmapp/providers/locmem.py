@@ -12,9 +12,9 @@ import collections
 import re
 import threading
 
-from ..tokens import estimate_tokens
-from ..types import Completion
-from .base import BaseProvider
+from llmapp.calls.types import Completion
+from llmapp.providers.base import BaseProvider
+from llmapp.providers.tokens import estimate_tokens
 
 #: Every CompletionRequest any locmem provider received, oldest first.
 outbox = []

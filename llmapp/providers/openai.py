@@ -6,10 +6,10 @@ the same backend with ``azure_endpoint``, ``azure_deployment`` and ``api_version
 
 from urllib.parse import urlsplit
 
-from ..exceptions import ProviderError
-from ..types import Completion
-from .base import SDKProvider
-from .streaming import StreamReader
+from llmapp.calls.types import Completion
+from llmapp.exceptions import ProviderError
+from llmapp.providers.base import SDKProvider
+from llmapp.providers.streaming import StreamReader
 
 OPENAI_URL = "https://api.openai.com/v1"
 

@@ -1,8 +1,8 @@
 """The embedded default provider: offline, dependency-free and deterministic."""
 
-from ..tokens import estimate_tokens, leading_sentences
-from ..types import Completion
-from .base import BaseProvider
+from llmapp.calls.types import Completion
+from llmapp.providers.base import BaseProvider
+from llmapp.providers.tokens import estimate_tokens, leading_sentences
 
 LABEL = "[preview answer: no model was called; configure a provider to get real answers]"
 

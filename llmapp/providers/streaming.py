@@ -2,7 +2,7 @@
 
 import contextlib
 
-from ..types import Completion
+from llmapp.calls.types import Completion
 
 
 class StreamReader:

@@ -6,7 +6,7 @@ pytest-django, usage events are also recorded synchronously for the whole sessio
 
 import pytest
 
-from . import reset_locmem, synchronous_events
+from llmapp.testing import reset_locmem, synchronous_events
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ import unittest
 
 from django.test import runner
 
-from . import reset_locmem, synchronous_events
+from llmapp.testing import reset_locmem, synchronous_events
 
 
 class ResetLocmemResult:

@@ -2,8 +2,8 @@
 
 import functools
 
-from .. import conf
-from ..backends import backend_class
+from llmapp import conf
+from llmapp.conf.backends import backend_class
 
 ALIASES = {
     "database": "llmapp.tsdb.database.DatabaseTSDB",

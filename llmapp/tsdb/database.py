@@ -3,7 +3,7 @@ import math
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from .base import DEFAULT_WINDOW, TSDB, UsageSummary
+from llmapp.tsdb.base import DEFAULT_WINDOW, TSDB, UsageSummary
 
 
 class DatabaseTSDB(TSDB):
@@ -12,7 +12,7 @@ class DatabaseTSDB(TSDB):
     reads_from_database = True
 
     def get_usage(self, usecases=None, window=DEFAULT_WINDOW):
-        from ..models import CompletionEvent
+        from llmapp.models import CompletionEvent
 
         events = CompletionEvent.objects.filter(created_at__gte=timezone.now() - window)
         if usecases is not None:

@@ -1,4 +1,4 @@
-from .base import DEFAULT_WINDOW, TSDB
+from llmapp.tsdb.base import DEFAULT_WINDOW, TSDB
 
 
 class NullTSDB(TSDB):

@@ -3,16 +3,16 @@ import sys
 
 from django.core.management.base import CommandError
 
+from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
+from llmapp.calls.types import Completion
+from llmapp.conf.usecases import get_usecase_errors, get_usecases
 from llmapp.exceptions import InvalidMessageError, LLMError
 from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import BatchRun
 from llmapp.providers import providers
 from llmapp.redaction import redact
-from llmapp.service import complete_prompt, plan_call, stream_prompt
-from llmapp.tracing import command_transaction
+from llmapp.sentry.tracing import command_transaction
 from llmapp.tsdb import get_tsdb
-from llmapp.types import Completion
-from llmapp.usecases import get_usecase_errors, get_usecases
 
 
 class Command(LLMCommand):

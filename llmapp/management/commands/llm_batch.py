@@ -126,7 +126,7 @@ class Command(LLMCommand):
     def resume(self, owner, options):
         stale = options["stale_after"]
         try:
-            from llmapp.tasks import enqueue_pending, release_stale
+            from llmapp.batch.tasks import enqueue_pending, release_stale
 
             if stale:
                 released = release_stale(owner, timezone.now() - parse_age(stale, "--stale-after"))

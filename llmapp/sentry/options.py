@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 from django.conf import settings
 
-from .sampling import traces_sampler
-from .scrubbing import before_breadcrumb, before_send, before_send_transaction
+from llmapp.sentry.sampling import traces_sampler
+from llmapp.sentry.scrubbing import before_breadcrumb, before_send, before_send_transaction
 
 RELEASE_PREFIX = "llmapp@"
 

@@ -9,7 +9,7 @@ import sys
 
 from django.core.management.base import CommandError
 
-from .exceptions import InvalidRequestError
+from llmapp.exceptions import InvalidRequestError
 
 
 def sentry_active():
@@ -30,7 +30,7 @@ def start_span(request, *, streaming=False):
     import sentry_sdk
     from sentry_sdk.consts import OP, SPANDATA
 
-    from .sdk.scrubbing import content_allowed
+    from llmapp.sentry.scrubbing import content_allowed
 
     attributes = {"op": OP.GEN_AI_CHAT, "name": f"chat {request.model}", "origin": "auto.ai.llmapp"}
     if sentry_sdk.get_current_span() is None:
@@ -58,7 +58,7 @@ def finish_span(span, completion=None, error=None):
         return
     from sentry_sdk.consts import SPANDATA
 
-    from .sdk.scrubbing import content_allowed
+    from llmapp.sentry.scrubbing import content_allowed
 
     if completion is not None:
         span.set_data(SPANDATA.GEN_AI_RESPONSE_MODEL, completion.model)
@@ -102,6 +102,6 @@ def command_transaction(name):
                 raise
     finally:
         # Within one budget, exit included: a hung ingest must not hold the command's end.
-        from .sdk import flush_before_exit
+        from llmapp.sentry import flush_before_exit
 
         flush_before_exit()

@@ -9,23 +9,23 @@ the errors at start-up in servers, where no command lists them.
 
 from django.core import checks
 
-from . import conf, eventstream, tsdb
-from .backends import backend_class
-from .exceptions import ConfigurationError
-from .metrics.checks import check_metrics
-from .providers import PROVIDER_KEYS, check_entry, providers
-from .redaction import redact, url_secrets
-from .sdk.checks import check_sentry
-from .service import (
+from llmapp import conf, eventstream, tsdb
+from llmapp.calls.service import (
     MAX_TIMEOUT,
     is_valid_max_output_tokens,
     is_valid_retries,
     is_valid_temperature,
     is_valid_timeout,
 )
-from .sharedstate import check_shared_state
-from .startup import called_from
-from .usecases import BUILTIN_USECASES, _code_usecases, _resolve
+from llmapp.calls.sharedstate import check_shared_state
+from llmapp.conf.backends import backend_class
+from llmapp.conf.startup import called_from
+from llmapp.conf.usecases import BUILTIN_USECASES, _code_usecases, _resolve
+from llmapp.exceptions import ConfigurationError
+from llmapp.metrics.checks import check_metrics
+from llmapp.providers import PROVIDER_KEYS, check_entry, providers
+from llmapp.redaction import redact, url_secrets
+from llmapp.sentry.checks import check_sentry
 
 PROVIDER_HINT = (
     'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
@@ -72,7 +72,7 @@ def check_debug_page():
     from django.conf import settings
     from django.utils.module_loading import import_string
 
-    from .debug import SafeExceptionReporterFilter
+    from llmapp.debug import SafeExceptionReporterFilter
 
     if not settings.DEBUG:
         return []
@@ -180,7 +180,7 @@ def _check_eventstream_options():
     from django.conf import settings
     from django.db import router
 
-    from .models import CompletionEvent
+    from llmapp.models import CompletionEvent
 
     alias = router.db_for_write(CompletionEvent)
     return check_synchronous_connect(alias, settings.DATABASES.get(alias) or {})

@@ -5,10 +5,11 @@ import time
 
 from asgiref.sync import sync_to_async
 
-from . import eventstream, metrics, tracing
-from .events import ERROR, OK, build_event
-from .frames import capture_exception
-from .types import evolve
+from llmapp import eventstream, metrics
+from llmapp.calls.types import evolve
+from llmapp.eventstream.events import ERROR, OK, build_event
+from llmapp.sentry import tracing
+from llmapp.sentry.frames import capture_exception
 
 logger = logging.getLogger("llmapp")
 

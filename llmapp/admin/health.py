@@ -7,10 +7,10 @@ SDK's extra installed, is there a key. Secrets are only ever shown masked.
 
 from dataclasses import dataclass, field
 
-from .exceptions import ConfigurationError, ImproperlyInstalled
-from .providers import providers
-from .redaction import mask, redact
-from .sdk.scrubbing import scrub
+from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
+from llmapp.providers import providers
+from llmapp.redaction import mask, redact
+from llmapp.sentry.scrubbing import scrub
 
 
 @dataclass(frozen=True)

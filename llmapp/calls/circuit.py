@@ -10,7 +10,7 @@ sees the same state. It opens after ``FAILURES`` consecutive transient failures,
 sends calls straight to the fallbacks while open, lets one probe through after
 ``COOLDOWN`` seconds, and closes on the first success. The breaker is an
 optimisation: while its cache is down or slow, calls go through as if it were closed
-(see ``llmapp.sharedstate``).
+(see ``llmapp.calls.sharedstate``).
 
     LLM_PROVIDERS = {"openai": {..., "CIRCUIT_BREAKER": {"FAILURES": 5, "COOLDOWN": 30}}}
 """
@@ -19,11 +19,12 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from . import conf, metrics, sharedstate
+from llmapp import conf, metrics
+from llmapp.calls import sharedstate
 
 DEFAULTS = {"FAILURES": 5, "COOLDOWN": 30.0}
 OPENED_METRIC = "circuit.opened"
-#: Counted when the cache failed, or was skipped while it is down (see llmapp.sharedstate).
+#: Counted when the cache failed, or was skipped while it is down (see llmapp.calls.sharedstate).
 CACHE_ERRORS_METRIC = sharedstate.ERRORS_METRIC.format(name="circuit")
 CACHE_SKIPPED_METRIC = sharedstate.SKIPPED_METRIC.format(name="circuit")
 #: How long this process trusts a circuit it found closed with no failures to stay so.

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from django.db import close_old_connections
 
-from . import eventstream
-from .exceptions import ConfigurationError, LLMError
-from .redaction import redact
-from .service import complete_prompt
+from llmapp import eventstream
+from llmapp.calls.service import complete_prompt
+from llmapp.exceptions import ConfigurationError, LLMError
+from llmapp.redaction import redact
 
 logger = logging.getLogger("llmapp.batch")
 

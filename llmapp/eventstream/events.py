@@ -5,9 +5,9 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from . import conf
-from .exceptions import LLMError, ProviderRefused
-from .redaction import redact
+from llmapp import conf
+from llmapp.exceptions import LLMError, ProviderRefused
+from llmapp.redaction import redact
 
 OK, ERROR, REFUSED = "ok", "error", "refused"
 

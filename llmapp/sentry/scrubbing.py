@@ -21,14 +21,14 @@ unless both ``LLM_LOG_CONTENT`` and the SDK's options (``send_default_pii``, or 
 
 If scrubbing fails the hooks do not raise (the SDK would drop the event without a
 word): an error event is replaced by a stripped one that says so, a transaction is
-dropped, and the failure is logged to ``llmapp.sdk.scrubbing``.
+dropped, and the failure is logged to ``llmapp.sentry.scrubbing``.
 """
 
 import logging
 
 from llmapp import conf
-from llmapp.frames import call_contents, withhold
 from llmapp.redaction import is_secret_name, known_secrets, mask, redact
+from llmapp.sentry.frames import call_contents, withhold
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _stripped(event):
         stripped = {field: event[field] for field in SAFE_EVENT_FIELDS if field in event}
         stripped["message"] = (
             "llmapp could not scrub this event, so its content was not sent; "
-            "see the llmapp.sdk.scrubbing log."
+            "see the llmapp.sentry.scrubbing log."
         )
         return stripped
     except Exception:

@@ -14,7 +14,7 @@ def check_sentry(app_configs=None, **kwargs):
 
     Without a DSN this imports nothing from ``sentry_sdk``.
     """
-    from . import configured_dsns, dsn_errors, init_error
+    from llmapp.sentry import configured_dsns, dsn_errors, init_error
 
     dsns = configured_dsns()
     if not any(dsns):

@@ -15,10 +15,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import batch, conf, eventstream
-from .exceptions import ConfigurationError, LLMError
-from .models import Batch, BatchItem
-from .redaction import redact
+from llmapp import batch, conf, eventstream
+from llmapp.exceptions import ConfigurationError, LLMError
+from llmapp.models import Batch, BatchItem
+from llmapp.redaction import redact
 
 try:  # Django 6
     from django.tasks import task

@@ -14,9 +14,9 @@ import re
 import threading
 from dataclasses import dataclass
 
-from . import conf
-from .exceptions import ConfigurationError, InvalidUsecaseError
-from .redaction import mask
+from llmapp import conf
+from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
+from llmapp.redaction import mask
 
 BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
     "built-in",

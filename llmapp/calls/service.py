@@ -3,8 +3,12 @@
 import contextlib
 import numbers
 
-from .circuit import CircuitBreaker
-from .exceptions import (
+from llmapp.calls.circuit import CircuitBreaker
+from llmapp.calls.recording import Call
+from llmapp.calls.retries import Attempts, Route
+from llmapp.calls.types import Completion, CompletionRequest
+from llmapp.conf.usecases import get_usecase
+from llmapp.exceptions import (
     ConfigurationError,
     InvalidMaxOutputTokens,
     InvalidMessageError,
@@ -15,12 +19,8 @@ from .exceptions import (
     ProviderError,
     StreamAbandoned,
 )
-from .providers import providers
-from .redaction import redact
-from .retries import Attempts, Route
-from .tracking import Call
-from .types import Completion, CompletionRequest
-from .usecases import get_usecase
+from llmapp.providers import providers
+from llmapp.redaction import redact
 
 # A day: far beyond any call, far below what a socket timeout can hold (about 1e9 seconds).
 MAX_TIMEOUT = 24 * 60 * 60

@@ -18,10 +18,10 @@ import random
 import time
 from dataclasses import dataclass
 
-from . import metrics
-from .circuit import model_scoped
-from .exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
-from .types import evolve
+from llmapp import metrics
+from llmapp.calls.circuit import model_scoped
+from llmapp.calls.types import evolve
+from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0

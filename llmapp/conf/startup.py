@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from . import conf
+from llmapp import conf
 
 logger = logging.getLogger("llmapp")
 
@@ -33,7 +33,7 @@ def initialize_app():
     if report:
         report_problems()
 
-    from .sdk import configure_sdk
+    from llmapp.sentry import configure_sdk
 
     configure_sdk()
     setup_services(report)
@@ -41,8 +41,8 @@ def initialize_app():
 
 def bootstrap_options():
     """Resolve the effective use cases (settings plus environment) once, up front."""
-    from .exceptions import ConfigurationError
-    from .usecases import get_usecases
+    from llmapp.conf.usecases import get_usecases
+    from llmapp.exceptions import ConfigurationError
 
     # A bad value is reported by the checks, with a hint.
     with contextlib.suppress(ConfigurationError):
@@ -62,7 +62,7 @@ def skip_backend_validation():
 
 def report_problems():
     """Log each error-level problem that SILENCED_SYSTEM_CHECKS does not silence, one line each."""
-    from .checks import collect_problems, validate_backends, validate_options
+    from llmapp.conf.checks import collect_problems, validate_backends, validate_options
 
     problems = collect_problems(
         (validate_options,) if skip_backend_validation() else (validate_options, validate_backends)
@@ -76,8 +76,8 @@ def report_problems():
 
 def setup_services(report=True):
     """Build the metrics backend, the event stream and the TSDB, so a bad one shows now."""
-    from . import eventstream, metrics, tsdb
-    from .exceptions import ConfigurationError
+    from llmapp import eventstream, metrics, tsdb
+    from llmapp.exceptions import ConfigurationError
 
     for build in (metrics.get_backend, eventstream.get_eventstream, tsdb.get_tsdb):
         try:

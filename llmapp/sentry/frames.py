@@ -4,16 +4,16 @@ Built with sentry-sdk's own event builder (frames with source context and local
 variables), then scrubbed of secrets, of the call's content unless
 LLM_LOG_CONTENT is on, and bounded in size before it is stored with the event.
 :func:`call_contents` and :func:`withhold` also keep content out of Sentry's own
-events (see ``llmapp.sdk.scrubbing``).
+events (see ``llmapp.sentry.scrubbing``).
 """
 
 import json
 import os
 import threading
 
-from . import conf
-from .events import UsageEvent
-from .types import Completion, CompletionRequest
+from llmapp import conf
+from llmapp.calls.types import Completion, CompletionRequest
+from llmapp.eventstream.events import UsageEvent
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
 _import_lock = threading.Lock()
@@ -61,7 +61,7 @@ def _builders():
     with _import_lock:
         from sentry_sdk.utils import event_from_exception
 
-        from .sdk.scrubbing import scrub
+        from llmapp.sentry.scrubbing import scrub
     return event_from_exception, scrub
 
 
@@ -81,7 +81,7 @@ def call_contents(error):
         traceback = error.__traceback__
         while traceback is not None:
             frame = traceback.tb_frame
-            in_service = frame.f_globals.get("__name__") == "llmapp.service"
+            in_service = frame.f_globals.get("__name__") == "llmapp.calls.service"
             for name, value in frame.f_locals.items():
                 if isinstance(value, list | tuple) and value and isinstance(value[0], UsageEvent):
                     for event in value:  # a batch in the usage writer

@@ -6,7 +6,7 @@ envelope goes to both; metric items go upstream only when
 ``SENTRY_SDK_UPSTREAM_METRICS_ENABLED`` is true.
 
 Sentry is never a reason to fail: a DSN or an option the SDK rejects is logged in
-one line and reported by the system check ``llmapp.sdk.checks.check_sentry``, and the
+one line and reported by the system check ``llmapp.sentry.checks.check_sentry``, and the
 process goes on without Sentry (or with the one valid DSN).
 
 Importing this package does not import ``sentry_sdk``: with no DSN configured,
@@ -16,11 +16,11 @@ start-up pays nothing for Sentry.
 import logging
 import time
 
-from .options import Dsns, _get_sdk_options, configured_dsns, dsn_errors
+from llmapp.sentry.options import Dsns, _get_sdk_options, configured_dsns, dsn_errors
 
 __all__ = ["Dsns", "configure_sdk", "flush_before_exit"]
 
-logger = logging.getLogger("llmapp.sdk")
+logger = logging.getLogger("llmapp.sentry")
 
 #: Seconds the end of a management command waits, in all, for its metrics and events to be sent.
 COMMAND_FLUSH_BUDGET = 2.0
@@ -71,8 +71,8 @@ def _init():
     from sentry_sdk.integrations.django import DjangoIntegration
     from sentry_sdk.integrations.logging import ignore_logger
 
-    from .scrubbing import logger as scrubbing_logger
-    from .transport import MultiplexingTransport
+    from llmapp.sentry.scrubbing import logger as scrubbing_logger
+    from llmapp.sentry.transport import MultiplexingTransport
 
     # A failure to scrub is logged; that record must not become an event to scrub.
     ignore_logger(scrubbing_logger.name)

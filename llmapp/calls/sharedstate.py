@@ -38,8 +38,8 @@ from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.db import connections
 
-from . import conf, metrics
-from .throttle import Throttle, unsaid_note
+from llmapp import conf, metrics
+from llmapp.metrics.throttle import Throttle, unsaid_note
 
 logger = getLogger("llmapp.sharedstate")
 
@@ -426,7 +426,7 @@ def _caches_changed(*, setting, **kwargs):
         reset()
 
 
-setting_changed.connect(_caches_changed, dispatch_uid="llmapp.sharedstate")
+setting_changed.connect(_caches_changed, dispatch_uid="llmapp.calls.sharedstate")
 
 
 def _after_fork_in_child():

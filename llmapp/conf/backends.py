@@ -2,8 +2,8 @@
 
 from django.utils.module_loading import import_string
 
-from . import conf
-from .exceptions import ConfigurationError
+from llmapp import conf
+from llmapp.exceptions import ConfigurationError
 
 
 def backend_class(setting, aliases):

@@ -1,0 +1,1 @@
+"""The call path: service → retries and circuit breaker → provider, recorded once it ends."""

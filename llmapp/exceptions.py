@@ -8,7 +8,24 @@ class LLMError(Exception):
 
 
 class ConfigurationError(LLMError, ImproperlyConfigured):
-    """A setting is missing or wrong; the message names the setting to fix."""
+    """A setting is missing or wrong; the message names the setting to fix.
+
+    ``check_id`` is the id ``manage.py check`` reports this problem under (one id per
+    problem, listed in the README), ``hint`` what the check adds to the message.
+    """
+
+    def __init__(self, message, *, check_id=None, hint=None):
+        super().__init__(message)
+        self.check_id = check_id
+        self.hint = hint
+
+    def as_check(self, hint=None):
+        """This problem as a Django check message: an Error, a Warning for a ``.W`` id."""
+        from django.core import checks
+
+        check_id = self.check_id or "llmapp.E010"
+        level = checks.Warning if ".W" in check_id else checks.Error
+        return level(str(self), hint=self.hint or hint, id=check_id)
 
 
 class ImproperlyInstalled(ConfigurationError):
@@ -19,7 +36,9 @@ class ImproperlyInstalled(ConfigurationError):
         self.extra = extra
         super().__init__(
             f"provider {provider!r} needs the {package!r} package, which is not installed: "
-            f'run pip install "llmapp[{extra}]"'
+            f'run pip install "llmapp[{extra}]"',
+            check_id="llmapp.W002",
+            hint="A provider no use case relies on may go without its SDK.",
         )
 
 

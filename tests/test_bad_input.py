@@ -57,13 +57,14 @@ def test_library_calls_refuse_nan_and_infinity_and_send_nothing(openai_provider,
     assert openai_provider.requests == []
 
 
-def test_the_validators_refuse_nan_and_infinity():
-    from llmapp.calls.service import is_valid_retries, is_valid_temperature, is_valid_timeout
+def test_the_rules_refuse_nan_and_infinity():
+    from llmapp.conf.usecases import RULES
 
+    timeout, temperature, retries = (RULES[field].valid for field in ("TIMEOUT", "TEMPERATURE", "RETRIES"))
     for value in (math.nan, math.inf, -math.inf):
-        assert not is_valid_timeout(value) and not is_valid_temperature(value)
-    assert is_valid_timeout(0.5) and is_valid_temperature(0) and is_valid_retries(0)
-    assert not is_valid_retries(-1) and not is_valid_retries(True)
+        assert not timeout(value) and not temperature(value)
+    assert timeout(0.5) and temperature(0) and retries(0)
+    assert not retries(-1) and not retries(True)
 
 
 def test_a_nan_timeout_from_the_environment_names_its_variable(manage):

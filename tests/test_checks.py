@@ -37,8 +37,13 @@ def test_the_shipped_configuration_passes():
         ([], "llmapp.E001", "LLM_PROVIDERS must be a non-empty dict"),
         (
             {"default": {"OPTIONS": {}}},
-            "llmapp.E001",
-            "LLM_PROVIDERS['default'] is not a valid provider config",
+            "llmapp.E015",
+            "LLM_PROVIDERS['default'] must be a dict with a 'BACKEND' import string",
+        ),
+        (
+            {"default": {"BACKEND": LOCMEM, "TIMEOUT": 5}},
+            "llmapp.E015",
+            "LLM_PROVIDERS['default'] has unknown key(s) TIMEOUT",
         ),
         (
             {"default": {"BACKEND": "nowhere.Provider"}},
@@ -53,7 +58,7 @@ def test_the_shipped_configuration_passes():
         (
             {"default": {"BACKEND": LOCMEM, "MODELS": ["small"], "OPTIONS": {"model": "large"}}},
             "llmapp.E005",
-            "asks for model 'large', which provider 'default' does not allow",
+            "model 'large' is not allowed for provider 'default'; its MODELS allow: small",
         ),
     ],
 )
@@ -69,26 +74,55 @@ def test_usecase_naming_an_unconfigured_provider(settings):
     ids, output = check()
     assert ids == ["llmapp.E004"]
     assert (
-        "Use case 'summarize' names provider 'opneai' (from LLM_USECASES['summarize']['PROVIDER'])" in output
+        "unknown provider 'opneai' (use case 'summarize', from LLM_USECASES['summarize']['PROVIDER']); "
+        "LLM_PROVIDERS has: default, test." in output
     )
-    assert "HINT: Use one of 'default', 'test', or add 'opneai' to LLM_PROVIDERS." in output
+    assert "HINT: Name one of those, or add 'opneai' to LLM_PROVIDERS." in output
+
+
+def test_the_check_and_a_call_say_the_same(settings):
+    from llmapp import complete_prompt
+    from llmapp.exceptions import LLMError
+
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "opneai"}, "example": {"TEMPERATURE": 3}}
+    _, output = check()
+    for usecase in ("summarize", "example"):
+        with pytest.raises(LLMError) as raised:
+            complete_prompt(usecase, "hi")
+        assert str(raised.value) in output
+
+
+def test_a_fallback_naming_an_unconfigured_provider(settings):
+    settings.LLM_USECASES = {"summarize": {"FALLBACKS": ["test", "opneai:small"]}}
+    ids, output = check()
+    assert ids == ["llmapp.E021"]
+    assert "falls back to unknown provider 'opneai'" in output
 
 
 def test_usecase_field_values(settings, monkeypatch):
     settings.LLM_USECASES = {"summarize": {"TEMPERATURE": 1.5, "MAX_OUTPUT_TOKENS": 0}, "bad": {"TONE": "x"}}
     ids, output = check()
     # One id per problem: the temperature, the token limit, a field that is no field.
-    assert sorted(ids) == ["llmapp.E006", "llmapp.E011", "llmapp.E014"]
-    assert (
-        "TEMPERATURE 1.5" in output and "MAX_OUTPUT_TOKENS 0" in output and "unknown field(s) TONE" in output
-    )
+    assert sorted(ids) == ["llmapp.E011", "llmapp.E014", "llmapp.E019"]
+    assert "temperature must be a number from 0 to 1, got 1.5" in output
+    assert "max_output_tokens must be a positive whole number, got 0" in output
+    assert "unknown field(s) TONE" in output
+
+
+@pytest.mark.parametrize(
+    ("usecases", "expected"),
+    [(["summarize"], "llmapp.E006"), ({"Summarize!": {}}, "llmapp.E018"), ({"summarize": 5}, "llmapp.E019")],
+)
+def test_malformed_use_cases(settings, usecases, expected):
+    settings.LLM_USECASES = usecases
+    assert check()[0] == [expected]
 
 
 def test_environment_values_are_checked_too(settings, monkeypatch):
     monkeypatch.setenv("LLM_EXAMPLE_MAX_OUTPUT_TOKENS", "many")
     settings.LLM_USECASE_ENV_OVERRIDES = True
     ids, output = check()
-    assert ids == ["llmapp.E006"]
+    assert ids == ["llmapp.E020"]
     assert "LLM_EXAMPLE_MAX_OUTPUT_TOKENS must be a whole number" in output and "many" not in output
 
 
@@ -98,7 +132,7 @@ def test_a_timeout_that_is_no_number_of_seconds_is_an_error(settings, monkeypatc
     settings.LLM_USECASE_ENV_OVERRIDES = True
     ids, output = check()
     assert ids == ["llmapp.E012"]
-    assert f"TIMEOUT {float(value)!r} (from LLM_SUMMARIZE_TIMEOUT)" in output
+    assert f"got {float(value)!r} (use case 'summarize', from LLM_SUMMARIZE_TIMEOUT)" in output
 
 
 def test_unknown_eventstream_or_tsdb(settings):
@@ -205,22 +239,30 @@ def test_the_synchronous_test_settings_bound_their_connect(settings):
 
 
 @pytest.mark.parametrize(
-    ("entry", "text"),
+    ("entry", "expected", "text"),
     [
-        ({"OPTIONS": "oops"}, "['OPTIONS'] must be a dict"),
-        ({"MODELS": 5}, "['MODELS'] must be a list of model names"),
-        ({"CIRCUIT_BREAKER": {"FAILURES": "five"}}, "['CIRCUIT_BREAKER'] must be a dict of FAILURES"),
-        ({"CIRCUIT_BREAKER": {"COOLDOWN": -1}}, "['CIRCUIT_BREAKER'] must be a dict of FAILURES"),
+        ({"OPTIONS": "oops"}, "llmapp.E016", "['OPTIONS'] must be a dict"),
+        ({"MODELS": 5}, "llmapp.E016", "['MODELS'] must be a list of model names"),
+        (
+            {"CIRCUIT_BREAKER": {"FAILURES": "five"}},
+            "llmapp.E017",
+            "['CIRCUIT_BREAKER'] must be a dict of FAILURES",
+        ),
+        (
+            {"CIRCUIT_BREAKER": {"COOLDOWN": -1}},
+            "llmapp.E017",
+            "['CIRCUIT_BREAKER'] must be a dict of FAILURES",
+        ),
     ],
 )
-def test_a_malformed_entry_is_one_error_and_calls_fail_with_one_line(settings, entry, text):
+def test_a_malformed_entry_is_one_error_and_calls_fail_with_one_line(settings, entry, expected, text):
     from llmapp import complete_prompt
     from llmapp.conf.startup import report_problems
     from llmapp.exceptions import ConfigurationError
 
     settings.LLM_PROVIDERS = settings.LLM_PROVIDERS | {"test": {"BACKEND": LOCMEM, **entry}}
     ids, output = check()
-    assert ids == ["llmapp.E001"] and text in output
+    assert ids == [expected] and text in output
     report_problems()  # what a server logs at start-up: no exception either
     with pytest.raises(ConfigurationError, match=re.escape(text)):
         complete_prompt("summarize", "hi", provider="test")
@@ -234,7 +276,7 @@ def test_a_key_pasted_into_any_field_is_never_shown(settings, monkeypatch):
     monkeypatch.setenv("LLM_EXAMPLE_MODEL", key)
     settings.LLM_PROVIDERS = settings.LLM_PROVIDERS | {"default": {"BACKEND": LOCMEM, "MODELS": ["small"]}}
     ids, output = check()
-    assert "llmapp.E004" in ids and "llmapp.E005" in ids
+    assert "llmapp.E021" in ids and "llmapp.E005" in ids
     assert key not in output
 
 
@@ -247,3 +289,15 @@ def test_a_check_that_crashes_is_one_error(monkeypatch):
     monkeypatch.setattr(llmapp_checks, "check_debug_page", broken)
     ids, output = check()
     assert ids == ["llmapp.E010"] and "RuntimeError: surprise" in output
+
+
+def test_every_check_id_is_documented_once_and_used():
+    """The README's table lists each id llmapp reports, once; it lists none that nothing reports."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    source = "\n".join(path.read_text() for path in (root / "llmapp").rglob("*.py"))
+    used = set(re.findall(r'"(llmapp\.[EW]\d{3})"', source))
+    documented = re.findall(r"^\| `(llmapp\.[EW]\d{3})` \|", (root / "README.md").read_text(), re.M)
+    assert sorted(documented) == sorted(set(documented)), "an id is documented twice"
+    assert used == set(documented)

@@ -78,7 +78,7 @@ def test_use_cases_that_are_configured_well_keep_working(project):
 
 
 def test_silenced_checks_are_honoured(project):
-    project.add_settings('SILENCED_SYSTEM_CHECKS = ["llmapp.E003", "llmapp.E006"]')
+    project.add_settings('SILENCED_SYSTEM_CHECKS = ["llmapp.E003", "llmapp.E020"]')
     try:
         result = project.manage("check", env=MISCONFIGURED)
     finally:

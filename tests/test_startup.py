@@ -87,8 +87,8 @@ def test_start_up_logs_each_error_once_and_raises_nothing(settings, monkeypatch,
     startup.initialize_app()
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 2
-    assert errors[0].startswith("(llmapp.E004) Use case 'summarize' names provider 'nope'")
-    assert "HINT: Use one of 'default', 'test'" in errors[0]
+    assert errors[0].startswith("(llmapp.E004) unknown provider 'nope' (use case 'summarize'")
+    assert "HINT: Name one of those, or add 'nope' to LLM_PROVIDERS." in errors[0]
     assert errors[1].startswith("(llmapp.E008) LLM_TSDB reads usage from the database")
 
 

@@ -88,7 +88,7 @@ def test_a_broken_usecase_breaks_only_itself(settings, monkeypatch):
     settings.LLM_USECASE_ENV_OVERRIDES = True
     assert get_usecase("example").name == "example"
     assert "summarize" not in get_usecases()
-    assert "LLM_SUMMARIZE_TIMEOUT must be a number" in get_usecase_errors()["summarize"]
+    assert "LLM_SUMMARIZE_TIMEOUT must be a number" in str(get_usecase_errors()["summarize"])
     with pytest.raises(ConfigurationError, match="LLM_SUMMARIZE_TIMEOUT"):
         get_usecase("summarize")
 

@@ -1,15 +1,13 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
 import contextlib
-import numbers
 
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
 from llmapp.calls.types import Completion, CompletionRequest
-from llmapp.conf.usecases import get_usecase
+from llmapp.conf.usecases import RULES, get_usecase, shown
 from llmapp.exceptions import (
-    ConfigurationError,
     InvalidMaxOutputTokens,
     InvalidMessageError,
     InvalidModelError,
@@ -20,66 +18,23 @@ from llmapp.exceptions import (
     StreamAbandoned,
 )
 from llmapp.providers import providers
-from llmapp.redaction import redact
-
-# A day: far beyond any call, far below what a socket timeout can hold (about 1e9 seconds).
-MAX_TIMEOUT = 24 * 60 * 60
 
 
-def is_valid_temperature(value):
-    """A provider-neutral temperature: a real number from 0 to 1 (NaN fails the comparison)."""
-    return _is_number(value) and 0 <= value <= 1
+def _checked(field, value, config, error):
+    """Return ``value``, or the use case's own when None, once it keeps ``field``'s Rule; else raise.
 
-
-def is_valid_max_output_tokens(value):
-    """A positive whole number of tokens."""
-    return _is_whole_number(value) and value >= 1
-
-
-def is_valid_timeout(value):
-    """Seconds over all attempts: a number above 0 and at most MAX_TIMEOUT.
-
-    NaN slips past a ``value <= 0`` test, and infinity or a huge number overflows the HTTP
-    client's socket timeout; the failure would then be blamed on the server.
+    ``error`` for a value the caller gave; the use case's own ConfigurationError otherwise,
+    which says where it came from: the fix belongs there.
     """
-    return _is_number(value) and 0 < value <= MAX_TIMEOUT
-
-
-def is_valid_retries(value):
-    """How often to retry a transient failure: a whole number from 0 up."""
-    return _is_whole_number(value) and value >= 0
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_whole_number(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _shown(value):
-    """Show a value as it is, but a long string only by its length: it may be a misplaced key."""
-    if isinstance(value, str) and len(value) > 10:
-        return f"a {len(value)}-character str"
-    return repr(value)
-
-
-def _checked(name, value, config, valid, error, expected, note=""):
-    """Return ``value``, or the use case's own when None, once ``valid``; else raise ``error``.
-
-    A value the caller did not give is said to come from where the use case got it: the
-    fix belongs there.
-    """
-    given = value is not None
-    value = value if given else getattr(config, name)
-    if not valid(value):
-        raise error(f"{name} must be {expected}, got {_shown(value)}{_origin(config, name, given)}{note}.")
+    if value is None:
+        invalid = config.invalid(field)
+        if invalid is not None:
+            raise invalid
+        return getattr(config, field.lower())
+    rule = RULES[field]
+    if not rule.valid(value):
+        raise error(rule.message(field.lower(), value))
     return value
-
-
-def _origin(config, field, given):
-    return "" if given else f" (use case {config.name!r}, {config.origin(field)})"
 
 
 def prepare_request(
@@ -107,48 +62,22 @@ def prepare_request(
 
     alias = config.provider if provider is None else provider
     if not isinstance(alias, str) or alias not in providers:
-        # redact(): a key pasted into LLM_<USECASE>_PROVIDER must not be echoed.
-        raise InvalidProviderError(
-            redact(
-                f"unknown provider {alias!r}{_origin(config, 'PROVIDER', provider is not None)}; "
-                f"LLM_PROVIDERS has: {', '.join(providers.aliases())}."
-            )
-        )
+        origin = "" if provider is not None else config.named_in("PROVIDER")
+        raise InvalidProviderError(providers.unknown(alias, origin))
     backend = providers[alias]
 
     if model is None:
         model = config.model or backend.model
         if not model:
-            raise ConfigurationError(
-                f"no model for use case {usecase!r}: set its MODEL or OPTIONS['model'] of provider {alias!r}."
-            )
+            raise config.missing_model(alias)
     elif not isinstance(model, str) or not model.strip():
-        raise InvalidModelError(f"the model must be a model name, got {_shown(model)}.")
-    if backend.models and model not in backend.models:
-        raise InvalidModelError(
-            redact(
-                f"model {model!r} is not allowed for provider {alias!r}; "
-                f"its MODELS allow: {', '.join(backend.models)}."
-            )
-        )
+        raise InvalidModelError(f"the model must be a model name, got {shown(model)}.")
+    disallowed = backend.disallowed_model(model)
+    if disallowed:
+        raise InvalidModelError(disallowed)
 
-    temperature = _checked(
-        "temperature",
-        temperature,
-        config,
-        is_valid_temperature,
-        InvalidTemperature,
-        "a number from 0 to 1",
-        note=" (llmapp maps 0-1 onto each provider's own range)",
-    )
-    max_output_tokens = _checked(
-        "max_output_tokens",
-        max_output_tokens,
-        config,
-        is_valid_max_output_tokens,
-        InvalidMaxOutputTokens,
-        "a positive whole number",
-    )
+    temperature = _checked("TEMPERATURE", temperature, config, InvalidTemperature)
+    max_output_tokens = _checked("MAX_OUTPUT_TOKENS", max_output_tokens, config, InvalidMaxOutputTokens)
 
     request = CompletionRequest(
         usecase=config.name,
@@ -181,17 +110,8 @@ def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, *
     """
     request, backend = prepare_request(usecase, message, **overrides)
     config = get_usecase(usecase)
-    timeout = _checked(
-        "timeout",
-        timeout,
-        config,
-        is_valid_timeout,
-        InvalidRequestError,
-        f"a number of seconds above 0 and at most {MAX_TIMEOUT}",
-    )
-    retries = _checked(
-        "retries", retries, config, is_valid_retries, InvalidRequestError, "a whole number from 0 up"
-    )
+    timeout = _checked("TIMEOUT", timeout, config, InvalidRequestError)
+    retries = _checked("RETRIES", retries, config, InvalidRequestError)
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
@@ -327,19 +247,10 @@ def _route(alias, backend, model):
 def _fallback_route(config, spec):
     alias, _, model = str(spec).partition(":")
     if alias not in providers:
-        raise InvalidProviderError(
-            redact(
-                f"use case {config.name!r} falls back to unknown provider {alias!r} "
-                f"({config.origin('FALLBACKS')}); LLM_PROVIDERS has: {', '.join(providers.aliases())}."
-            )
-        )
+        raise InvalidProviderError(config.unknown_fallback(alias))
     backend = providers[alias]
     model = model or backend.model
-    if backend.models and model not in backend.models:
-        raise InvalidModelError(
-            redact(
-                f"fallback model {model!r} is not allowed for provider {alias!r}; "
-                f"its MODELS allow: {', '.join(backend.models)}."
-            )
-        )
+    disallowed = backend.disallowed_model(model, "fallback model")
+    if disallowed:
+        raise InvalidModelError(disallowed)
     return _route(alias, backend, model)

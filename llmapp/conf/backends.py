@@ -15,5 +15,7 @@ def backend_class(setting, aliases):
     except (ImportError, TypeError) as exc:
         raise ConfigurationError(
             f"{setting} = {value!r} is neither one of {', '.join(map(repr, aliases))} "
-            f"nor an importable backend ({exc})."
+            f"nor an importable backend ({exc}).",
+            check_id="llmapp.E007",
+            hint=f"Set {setting} to one of {', '.join(aliases)}, or a backend's import string.",
         ) from None

@@ -10,26 +10,15 @@ the errors at start-up in servers, where no command lists them.
 from django.core import checks
 
 from llmapp import conf, eventstream, tsdb
-from llmapp.calls.service import (
-    MAX_TIMEOUT,
-    is_valid_max_output_tokens,
-    is_valid_retries,
-    is_valid_temperature,
-    is_valid_timeout,
-)
 from llmapp.calls.sharedstate import check_shared_state
 from llmapp.conf.backends import backend_class
 from llmapp.conf.startup import called_from
-from llmapp.conf.usecases import BUILTIN_USECASES, _code_usecases, _resolve
-from llmapp.exceptions import ConfigurationError
+from llmapp.conf.usecases import get_usecase_errors, get_usecases
+from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
 from llmapp.metrics.checks import check_metrics
-from llmapp.providers import PROVIDER_KEYS, check_entry, providers
+from llmapp.providers import check_entry, providers
 from llmapp.redaction import redact, url_secrets
 from llmapp.sentry.checks import check_sentry
-
-PROVIDER_HINT = (
-    'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
-)
 
 
 def check_llmapp(app_configs=None, **kwargs):
@@ -128,13 +117,7 @@ def validate_backends():
         try:
             cls = backend_class(setting, aliases)
         except ConfigurationError as exc:
-            messages.append(
-                checks.Error(
-                    str(exc),
-                    hint=f"Set {setting} to one of {', '.join(aliases)}, or a backend's import string.",
-                    id="llmapp.E007",
-                )
-            )
+            messages.append(exc.as_check())
             continue
         if setting == "LLM_EVENTSTREAM":
             stream = cls
@@ -167,14 +150,7 @@ def _check_eventstream_options():
     try:
         stream = eventstream.get_eventstream()
     except ConfigurationError as exc:
-        return [
-            checks.Error(
-                str(exc),
-                hint='For example {"queue_size": 10000, "batch_size": 500, "max_wait": 0.2, '
-                '"synchronous": False, "timeout": 1.0}.',
-                id="llmapp.E009",
-            )
-        ]
+        return [exc.as_check()]
     if not getattr(stream, "synchronous", False):
         return []
     from django.conf import settings
@@ -204,163 +180,48 @@ def check_synchronous_connect(alias, database):
 
 
 def _check_providers():
-    """Return {alias: backend} for the importable providers, and the problems found."""
-    configured = conf.get_setting("LLM_PROVIDERS")
-    if not isinstance(configured, dict) or not configured:
-        error = checks.Error("LLM_PROVIDERS must be a non-empty dict.", hint=PROVIDER_HINT, id="llmapp.E001")
-        return {}, [error]
+    """Return {alias: backend} for the providers that can be built, and the problems of the others.
+
+    Each entry reports its own problems (``providers.backend_class``, ``check_entry``, the
+    backend's ``unknown_options``): the same errors a call raises.
+    """
+    try:
+        configured = providers.settings
+    except ConfigurationError as exc:
+        return {}, [exc.as_check()]
     backends, messages = {}, []
     for alias, config in configured.items():
-        where = f"LLM_PROVIDERS[{alias!r}]"
-        if not isinstance(config, dict) or "BACKEND" not in config or set(config) - PROVIDER_KEYS:
-            messages.append(
-                checks.Error(f"{where} is not a valid provider config.", hint=PROVIDER_HINT, id="llmapp.E001")
-            )
-            continue
         try:
             cls = providers.backend_class(alias, config)
-        except ConfigurationError as exc:
-            messages.append(
-                checks.Error(
-                    str(exc), hint="Fix the import string, or install the package it names.", id="llmapp.E002"
-                )
-            )
-            continue
-        try:
             check_entry(alias, config)
         except ConfigurationError as exc:
-            messages.append(checks.Error(str(exc), hint=PROVIDER_HINT, id="llmapp.E001"))
+            messages.append(exc.as_check())
             continue
         options = config.get("OPTIONS") or {}
+        unknown = cls.unknown_options(alias, options)
+        if unknown is not None:
+            messages.append(unknown.as_check())
         known = {key: value for key, value in options.items() if key in cls.option_names}
         backends[alias] = cls(alias, options=known, models=config.get("MODELS"))
-        unknown = sorted(set(options) - cls.option_names)
-        if unknown:
-            messages.append(
-                checks.Error(
-                    f"{where}['OPTIONS'] has unknown key(s) {', '.join(unknown)} for {cls.__name__}.",
-                    hint=f"Known options: {', '.join(sorted(cls.option_names)) or 'none'}.",
-                    id="llmapp.E003",
-                )
-            )
     return backends, messages
 
 
 def _check_usecases(backends):
-    configured = conf.get_setting("LLM_USECASES")
-    if not isinstance(configured, dict):
-        return [
-            checks.Error(
-                "LLM_USECASES must be a dict of use-case name to a dict of fields.",
-                hint='For example {"summarize": {"PROVIDER": "openai", "MODEL": "gpt-4o-mini"}}.',
-                id="llmapp.E006",
-            )
-        ]
-    providers_config = conf.get_setting("LLM_PROVIDERS") or {}
-    names = dict.fromkeys([*BUILTIN_USECASES, *_code_usecases, *configured])
-    read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
-    messages, providers_used = [], set()
-    for name in names:
-        try:
-            usecase = _resolve(name, configured.get(name) or {}, read_env)
-        except ConfigurationError as exc:
-            messages.append(checks.Error(str(exc), hint="Fix the use case's fields.", id="llmapp.E006"))
-            continue
-        messages += _check_usecase_values(usecase)
-        if usecase.provider not in providers_config:
-            messages.append(
-                checks.Error(
-                    # redact(): the name may be a key pasted into LLM_<USECASE>_PROVIDER.
-                    redact(
-                        f"Use case {name!r} names provider {usecase.provider!r} "
-                        f"({usecase.origin('PROVIDER')}), which LLM_PROVIDERS does not configure."
-                    ),
-                    hint=redact(
-                        f"Use one of {', '.join(map(repr, providers_config))}, or add {usecase.provider!r} "
-                        "to LLM_PROVIDERS."
-                    ),
-                    id="llmapp.E004",
-                )
-            )
-            continue
-        for spec in usecase.fallbacks:
-            alias = str(spec).partition(":")[0]
-            if alias not in providers_config:
-                messages.append(
-                    checks.Error(
-                        f"Use case {name!r} falls back to provider {alias!r} "
-                        f"({usecase.origin('FALLBACKS')}), which LLM_PROVIDERS does not configure.",
-                        hint='FALLBACKS lists "provider" or "provider:model" of configured providers.',
-                        id="llmapp.E004",
-                    )
-                )
-        backend = backends.get(usecase.provider)
-        if backend is None:
-            continue  # its own problem is reported above
-        providers_used.add(usecase.provider)
-        model = usecase.model or backend.model
-        if backend.models and model not in backend.models:
-            messages.append(
-                checks.Error(
-                    f"Use case {name!r} asks for model {model!r}, which provider {usecase.provider!r} does "
-                    "not allow.",
-                    hint=f"Use one of its MODELS ({', '.join(backend.models)}), or add {model!r} to them.",
-                    id="llmapp.E005",
-                )
-            )
+    """The problems each use case reports of itself, then those of the providers they rely on."""
+    try:
+        usecases = get_usecases()
+    except ConfigurationError as exc:
+        return [exc.as_check()]
+    messages = [error.as_check() for error in get_usecase_errors().values()]
+    providers_used = set()
+    for usecase in usecases.values():
+        messages += [problem.as_check() for problem in usecase.problems()]
+        if usecase.provider in backends:
+            providers_used.add(usecase.provider)
     # A provider no use case relies on may lack its SDK or key without harm.
     for alias in sorted(providers_used):
         backend = backends[alias]
         if not backend.sdk_installed():
-            messages.append(
-                checks.Warning(
-                    f"LLM_PROVIDERS[{alias!r}] needs the {backend.package!r} package, "
-                    "which is not installed.",
-                    hint=f'Run pip install "llmapp[{backend.extra}]".',
-                    id="llmapp.W002",
-                )
-            )
+            messages.append(ImproperlyInstalled(alias, backend.package, backend.extra).as_check())
         messages += backend.check()
-    return messages
-
-
-def _check_usecase_values(usecase):
-    messages = []
-    if not is_valid_temperature(usecase.temperature):
-        messages.append(
-            checks.Error(
-                f"Use case {usecase.name!r} has TEMPERATURE {usecase.temperature!r} "
-                f"({usecase.origin('TEMPERATURE')}).",
-                hint="Use a number from 0 to 1; llmapp maps it onto each provider's range.",
-                id="llmapp.E011",
-            )
-        )
-    timeout = usecase.timeout
-    if not is_valid_timeout(timeout):
-        messages.append(
-            checks.Error(
-                f"Use case {usecase.name!r} has TIMEOUT {timeout!r} ({usecase.origin('TIMEOUT')}).",
-                hint=f"Use a number of seconds above 0 and at most {MAX_TIMEOUT}: the deadline over all "
-                "attempts and fallbacks.",
-                id="llmapp.E012",
-            )
-        )
-    retries = usecase.retries
-    if not is_valid_retries(retries):
-        messages.append(
-            checks.Error(
-                f"Use case {usecase.name!r} has RETRIES {retries!r} ({usecase.origin('RETRIES')}).",
-                hint="Use a whole number from 0 up.",
-                id="llmapp.E013",
-            )
-        )
-    if not is_valid_max_output_tokens(usecase.max_output_tokens):
-        messages.append(
-            checks.Error(
-                f"Use case {usecase.name!r} has MAX_OUTPUT_TOKENS {usecase.max_output_tokens!r} "
-                f"({usecase.origin('MAX_OUTPUT_TOKENS')}).",
-                hint="Use a positive whole number.",
-                id="llmapp.E014",
-            )
-        )
     return messages

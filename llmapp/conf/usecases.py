@@ -9,14 +9,16 @@ and the registry remembers which layer each value came from.
 """
 
 import functools
+import numbers
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
-from llmapp.redaction import mask
+from llmapp.redaction import mask, redact
 
 BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
     "built-in",
@@ -47,7 +49,7 @@ comma_list.__name__ = "comma-separated list"
 
 
 def number(text):
-    """Parse "0.3"; whether the number fits its field is for service.py's validators to say."""
+    """Parse "0.3"; whether the number fits its field is for its Rule to say."""
     return float(text)
 
 
@@ -106,6 +108,64 @@ _DEFAULTS = {
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+FIELDS_HINT = 'For example {"PROVIDER": "openai", "MODEL": "gpt-4o-mini", "TEMPERATURE": 0.2}.'
+
+# A day: far beyond any call, far below what a socket timeout can hold (about 1e9 seconds).
+MAX_TIMEOUT = 24 * 60 * 60
+
+
+def is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole_number(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's value must be, said once for the use case's checks and for each call."""
+
+    valid: Callable
+    expected: str
+    check_id: str
+    note: str = ""
+
+    def message(self, field, value, origin=""):
+        """Say that ``value`` of ``field`` (as the caller names it) breaks the rule; ``origin`` says
+        where a value the caller did not give came from."""
+        return f"{field} must be {self.expected}, got {shown(value)}{origin}{self.note}."
+
+
+RULES = {
+    # NaN fails every comparison, so it is never in range.
+    "TEMPERATURE": Rule(
+        lambda value: is_number(value) and 0 <= value <= 1,
+        "a number from 0 to 1",
+        "llmapp.E011",
+        " (llmapp maps 0-1 onto each provider's own range)",
+    ),
+    # Infinity or a huge number would overflow the HTTP client's socket timeout, and the
+    # failure would then be blamed on the server.
+    "TIMEOUT": Rule(
+        lambda value: is_number(value) and 0 < value <= MAX_TIMEOUT,
+        f"a number of seconds above 0 and at most {MAX_TIMEOUT}",
+        "llmapp.E012",
+    ),
+    "RETRIES": Rule(
+        lambda value: is_whole_number(value) and value >= 0, "a whole number from 0 up", "llmapp.E013"
+    ),
+    "MAX_OUTPUT_TOKENS": Rule(
+        lambda value: is_whole_number(value) and value >= 1, "a positive whole number", "llmapp.E014"
+    ),
+}
+
+
+def shown(value):
+    """Show a value as it is, but a long string only by its length: it may be a misplaced key."""
+    if isinstance(value, str) and len(value) > 10:
+        return f"a {len(value)}-character str"
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -136,6 +196,90 @@ class UseCase:
         if source == ENVIRONMENT:
             return f"from {env_variable(self.name, field)}"
         return f"from {source}"
+
+    def named_in(self, field):
+        """`` (use case 'x', from ...)``: where a value the caller did not give came from."""
+        return f" (use case {self.name!r}, {self.origin(field)})"
+
+    def invalid(self, field):
+        """The ConfigurationError of ``field``'s value when it breaks its Rule, else None."""
+        rule = RULES[field]
+        value = getattr(self, field.lower())
+        if rule.valid(value):
+            return None
+        return ConfigurationError(
+            rule.message(field.lower(), value, self.named_in(field)),
+            check_id=rule.check_id,
+            hint=f"Fix it where it is set, or leave it unset for llmapp's default, {_DEFAULTS[field]!r}.",
+        )
+
+    def problems(self):
+        """Everything wrong with this use case, each a ConfigurationError with its check id.
+
+        Its values, and the providers and models it names; the checks list them all, a
+        call raises the first it meets. A broken provider entry is that entry's problem.
+        """
+        from llmapp.providers import providers
+
+        problems = [error for field in RULES if (error := self.invalid(field)) is not None]
+        configured = conf.get_setting("LLM_PROVIDERS")
+        if not isinstance(configured, dict) or not configured:
+            return problems  # LLM_PROVIDERS's own problem
+        if self.provider not in configured:
+            problems.append(
+                ConfigurationError(
+                    providers.unknown(self.provider, self.named_in("PROVIDER")),
+                    check_id="llmapp.E004",
+                    hint=redact(f"Name one of those, or add {self.provider!r} to LLM_PROVIDERS."),
+                )
+            )
+        else:
+            problems += self._model_problems(self.provider, self.model, "model", "MODEL")
+        for spec in self.fallbacks:
+            alias, _, model = str(spec).partition(":")
+            if alias not in configured:
+                problems.append(
+                    ConfigurationError(
+                        self.unknown_fallback(alias),
+                        check_id="llmapp.E021",
+                        hint='FALLBACKS lists "provider" or "provider:model" of configured providers.',
+                    )
+                )
+            else:
+                problems += self._model_problems(alias, model or None, "fallback model", "FALLBACKS")
+        return problems
+
+    def unknown_fallback(self, alias):
+        from llmapp.providers import providers
+
+        return redact(
+            f"use case {self.name!r} falls back to unknown provider {alias!r} ({self.origin('FALLBACKS')}); "
+            f"LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+        )
+
+    def missing_model(self, alias):
+        """The ConfigurationError of a use case whose provider ``alias`` has no model to give it."""
+        return ConfigurationError(
+            f"no model for use case {self.name!r}: set its MODEL or OPTIONS['model'] of provider {alias!r}.",
+            check_id="llmapp.E022",
+            hint="A provider's default model is its OPTIONS['model'], else the first of its MODELS.",
+        )
+
+    def _model_problems(self, alias, model, what, field):
+        from llmapp.providers import providers
+
+        try:
+            backend = providers[alias]
+        except ConfigurationError:
+            return []
+        model = model or backend.model
+        if not model:
+            return [self.missing_model(alias)]
+        disallowed = backend.disallowed_model(model, what)
+        if not disallowed:
+            return []
+        hint = redact(f"Name one of those in {field}, or add {model!r} to the MODELS of {alias!r}.")
+        return [ConfigurationError(disallowed, check_id="llmapp.E005", hint=hint)]
 
 
 _code_usecases = {}
@@ -173,7 +317,11 @@ def _registry():
     """
     configured = conf.get_setting("LLM_USECASES")
     if not isinstance(configured, dict):
-        raise ConfigurationError("LLM_USECASES must be a dict of use-case name to a dict of fields.")
+        raise ConfigurationError(
+            "LLM_USECASES must be a dict of use-case name to a dict of fields.",
+            check_id="llmapp.E006",
+            hint='For example {"summarize": {"PROVIDER": "openai", "MODEL": "gpt-4o-mini"}}.',
+        )
     names = list(BUILTIN_USECASES)
     names += [name for name in _code_usecases if name not in names]
     names += [name for name in configured if name not in names]
@@ -183,7 +331,7 @@ def _registry():
         try:
             usecases[name] = _resolve(name, configured.get(name) or {}, read_env)
         except ConfigurationError as exc:
-            errors[name] = str(exc)
+            errors[name] = exc
     return usecases, errors
 
 
@@ -193,7 +341,7 @@ def get_usecases():
 
 
 def get_usecase_errors():
-    """Return {name: what is wrong} for the use cases that do not resolve."""
+    """Return {name: its ConfigurationError} for the use cases that do not resolve."""
     return _registry()[1]
 
 
@@ -202,7 +350,8 @@ def get_usecase(name):
     wrong, or InvalidUsecaseError naming the known ones when there is no such use case."""
     usecases, errors = _registry()
     if name in errors:
-        raise ConfigurationError(errors[name])
+        error = errors[name]
+        raise ConfigurationError(str(error), check_id=error.check_id, hint=error.hint)
     try:
         return usecases[name]
     except KeyError:
@@ -243,7 +392,9 @@ def _resolve(name, from_settings, read_env):
                 # Masked: this may be a key pasted into the wrong variable.
                 raise ConfigurationError(
                     f"{variable} must be a {parse.__name__}, not {mask(raw)} (shown masked, as it "
-                    "may be a secret); fix or unset it."
+                    "may be a secret); fix or unset it.",
+                    check_id="llmapp.E020",
+                    hint="Environment values override the use case's settings; unset it to use them.",
                 ) from None
             sources[field] = ENVIRONMENT
     return UseCase(
@@ -270,17 +421,23 @@ def _as_tuple(value):
 def _check_name(name, where):
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigurationError(
-            f"{where}: use-case name {name!r} must be lower-case letters, digits, '-' or '_'."
+            f"{where}: use-case name {name!r} must be lower-case letters, digits, '-' or '_'.",
+            check_id="llmapp.E018",
+            hint="For example 'ticket-triage'.",
         )
 
 
 def _check_fields(fields, where):
     if not isinstance(fields, dict):
-        raise ConfigurationError(f"{where} must be a dict of fields.")
+        raise ConfigurationError(
+            f"{where} must be a dict of fields.", check_id="llmapp.E019", hint=FIELDS_HINT
+        )
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise ConfigurationError(
-            f"{where} has unknown field(s) {', '.join(unknown)}; known fields: {', '.join(FIELDS)}."
+            f"{where} has unknown field(s) {', '.join(unknown)}; known fields: {', '.join(FIELDS)}.",
+            check_id="llmapp.E019",
+            hint=FIELDS_HINT,
         )
 
 

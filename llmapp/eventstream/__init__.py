@@ -44,6 +44,12 @@ EXIT_TIMEOUT = 1.0
 
 logger = logging.getLogger("llmapp.eventstream")
 
+OPTIONS_PROBLEM = {
+    "check_id": "llmapp.E009",
+    "hint": 'For example {"queue_size": 10000, "batch_size": 500, "max_wait": 0.2, '
+    '"synchronous": False, "timeout": 1.0}.',
+}
+
 _built = []  # the streams built in this process, to flush at exit and close on a change
 
 
@@ -53,7 +59,9 @@ def get_eventstream():
     cls = backend_class("LLM_EVENTSTREAM", ALIASES)
     options = conf.get_setting("LLM_EVENTSTREAM_OPTIONS") or {}
     if not isinstance(options, Mapping):
-        raise ConfigurationError(f"LLM_EVENTSTREAM_OPTIONS must be a dict, not {type(options).__name__}.")
+        raise ConfigurationError(
+            f"LLM_EVENTSTREAM_OPTIONS must be a dict, not {type(options).__name__}.", **OPTIONS_PROBLEM
+        )
     # A stream takes the options it names; the database stream's are left alone by the others,
     # so that switching LLM_EVENTSTREAM to "logging" for a while needs no other change.
     known = cls.option_names | DatabaseEventStream.option_names
@@ -61,12 +69,15 @@ def get_eventstream():
     if unknown:
         raise ConfigurationError(
             f"LLM_EVENTSTREAM_OPTIONS has unknown key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}."
+            f"known: {', '.join(sorted(known))}.",
+            **OPTIONS_PROBLEM,
         )
     try:
         stream = cls(**{name: value for name, value in options.items() if name in cls.option_names})
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"LLM_EVENTSTREAM_OPTIONS do not fit {cls.__name__}: {exc}") from None
+        raise ConfigurationError(
+            f"LLM_EVENTSTREAM_OPTIONS do not fit {cls.__name__}: {exc}", **OPTIONS_PROBLEM
+        ) from None
     _built.append(stream)
     return stream
 

@@ -11,8 +11,10 @@ from django.utils.module_loading import import_string
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
+from llmapp.redaction import redact
 
 PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER"})
+ENTRY_HINT = 'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
 
 
 class ProviderHandler:
@@ -23,8 +25,12 @@ class ProviderHandler:
     @property
     def settings(self):
         configured = conf.get_setting("LLM_PROVIDERS")
-        if not isinstance(configured, dict):
-            raise ConfigurationError("LLM_PROVIDERS must be a dict of alias to provider config.")
+        if not isinstance(configured, dict) or not configured:
+            raise ConfigurationError(
+                "LLM_PROVIDERS must be a non-empty dict of alias to provider config.",
+                check_id="llmapp.E001",
+                hint=ENTRY_HINT,
+            )
         return configured
 
     def aliases(self):
@@ -48,9 +54,7 @@ class ProviderHandler:
         try:
             config = self.settings[alias]
         except KeyError:
-            raise InvalidProviderError(
-                f"unknown provider {alias!r}; LLM_PROVIDERS has: {', '.join(self.settings)}."
-            ) from None
+            raise InvalidProviderError(self.unknown(alias)) from None
         backend_class = self.backend_class(alias, config)
         check_entry(alias, config)
         return backend_class(alias, options=config.get("OPTIONS") or {}, models=config.get("MODELS"))
@@ -58,18 +62,35 @@ class ProviderHandler:
     def backend_class(self, alias, config):
         where = f"LLM_PROVIDERS[{alias!r}]"
         if not isinstance(config, dict) or "BACKEND" not in config:
-            raise ConfigurationError(f"{where} must be a dict with a 'BACKEND' import string.")
+            raise ConfigurationError(
+                f"{where} must be a dict with a 'BACKEND' import string.",
+                check_id="llmapp.E015",
+                hint=ENTRY_HINT,
+            )
         unknown = sorted(set(config) - PROVIDER_KEYS)
         if unknown:
             raise ConfigurationError(
-                f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PROVIDER_KEYS))}."
+                f"{where} has unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(PROVIDER_KEYS))}.",
+                check_id="llmapp.E015",
+                hint=ENTRY_HINT,
             )
         try:
             return import_string(config["BACKEND"])
-        except ImportError as exc:
+        except (ImportError, TypeError) as exc:
             raise ConfigurationError(
-                f"{where}['BACKEND'] = {config['BACKEND']!r} cannot be imported ({exc})."
+                f"{where}['BACKEND'] = {config['BACKEND']!r} cannot be imported ({exc}).",
+                check_id="llmapp.E002",
+                hint="Fix the import string, or install the package it names.",
             ) from None
+
+    def unknown(self, alias, origin=""):
+        """The message of a provider alias that LLM_PROVIDERS does not configure.
+
+        ``origin`` says where the alias was named (" (use case 'x', from ...)").
+        Redacted: the alias may be a key pasted into LLM_<USECASE>_PROVIDER.
+        """
+        return redact(f"unknown provider {alias!r}{origin}; LLM_PROVIDERS has: {', '.join(self.settings)}.")
 
     def all(self):
         return [self[alias] for alias in self.settings]
@@ -90,11 +111,17 @@ def check_entry(alias, config):
     where = f"LLM_PROVIDERS[{alias!r}]"
     options, models = config.get("OPTIONS"), config.get("MODELS")
     if options is not None and not isinstance(options, dict):
-        raise ConfigurationError(f"{where}['OPTIONS'] must be a dict of the backend's options.")
+        raise ConfigurationError(
+            f"{where}['OPTIONS'] must be a dict of the backend's options.",
+            check_id="llmapp.E016",
+            hint=ENTRY_HINT,
+        )
     if models is not None and (
         not isinstance(models, list | tuple) or not all(isinstance(model, str) and model for model in models)
     ):
-        raise ConfigurationError(f"{where}['MODELS'] must be a list of model names.")
+        raise ConfigurationError(
+            f"{where}['MODELS'] must be a list of model names.", check_id="llmapp.E016", hint=ENTRY_HINT
+        )
     breaker = config.get("CIRCUIT_BREAKER", {})
     if breaker is None:
         return
@@ -109,7 +136,9 @@ def check_entry(alias, config):
     ):
         raise ConfigurationError(
             f"{where}['CIRCUIT_BREAKER'] must be a dict of FAILURES (a whole number from 1) and "
-            'COOLDOWN (seconds above 0), e.g. {"FAILURES": 5, "COOLDOWN": 30}, or None to turn it off.'
+            "COOLDOWN (seconds above 0), or None to turn it off.",
+            check_id="llmapp.E017",
+            hint='For example {"FAILURES": 5, "COOLDOWN": 30}, the defaults.',
         )
 
 

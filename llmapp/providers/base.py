@@ -64,14 +64,33 @@ class BaseProvider:
     def __init__(self, alias, *, options=None, models=None):
         self.alias = alias
         self.options = dict(options or {})
-        unknown = sorted(set(self.options) - self.option_names)
-        if unknown:
-            known = ", ".join(sorted(self.option_names)) or "none"
-            raise ConfigurationError(
-                f"LLM_PROVIDERS[{alias!r}]['OPTIONS'] has unknown key(s) {', '.join(unknown)} "
-                f"for {type(self).__name__}; known: {known}."
-            )
+        unknown = self.unknown_options(alias, self.options)
+        if unknown is not None:
+            raise unknown
         self.models = list(models) if models else []
+
+    @classmethod
+    def unknown_options(cls, alias, options):
+        """The ConfigurationError of OPTIONS keys this backend does not take, or None."""
+        unknown = sorted(set(options) - cls.option_names)
+        if not unknown:
+            return None
+        known = ", ".join(sorted(cls.option_names)) or "none"
+        return ConfigurationError(
+            f"LLM_PROVIDERS[{alias!r}]['OPTIONS'] has unknown key(s) {', '.join(unknown)} "
+            f"for {cls.__name__}; known: {known}.",
+            check_id="llmapp.E003",
+            hint="Check its spelling against the known options, or remove it.",
+        )
+
+    def disallowed_model(self, model, what="model"):
+        """The message of a model that MODELS does not allow on this provider, or None."""
+        if not self.models or model in self.models:
+            return None
+        return redact(
+            f"{what} {model!r} is not allowed for provider {self.alias!r}; "
+            f"its MODELS allow: {', '.join(self.models)}."
+        )
 
     def __repr__(self):
         # Never the options: they hold the API key.
@@ -109,9 +128,15 @@ class BaseProvider:
             return NO_KEY
         variables = " or ".join(self.api_key_variables) or "an API key"
         # No word of .env or CLI flags: this reaches views of projects that have neither.
-        raise ConfigurationError(
+        raise self.cannot_call(
             f"provider {self.alias!r} has no API key: set {variables} "
             f"or LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['api_key']."
+        )
+
+    def cannot_call(self, message):
+        """The ConfigurationError of a provider that calls cannot reach as configured (no key...)."""
+        return ConfigurationError(
+            message, check_id="llmapp.W003", hint="Calls to this provider will fail until this is fixed."
         )
 
     def secrets(self):
@@ -201,16 +226,10 @@ class BaseProvider:
 
     def check(self):
         """Return Django check messages about this backend's configuration."""
-        from django.core import checks
-
         try:
             self.check_connection()
         except ConfigurationError as exc:
-            return [
-                checks.Warning(
-                    str(exc), hint="Calls to this provider will fail until this is fixed.", id="llmapp.W003"
-                )
-            ]
+            return [exc.as_check()]
         return []
 
 

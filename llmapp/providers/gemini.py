@@ -121,14 +121,14 @@ class GeminiProvider(SDKProvider):
         if not self.is_vertex:
             misplaced = [name for name in VERTEX_ONLY_OPTIONS if self.options.get(name)]
             if misplaced:
-                raise ConfigurationError(
+                raise self.cannot_call(
                     f"{where} sets {', '.join(misplaced)}, which only Vertex AI uses: "
                     f"add 'vertexai': True or remove them."
                 )
             key = self.options.get("api_key") or _first_variable(self.api_key_variables)
             if not key:
                 if not self.options.get("base_url"):
-                    raise ConfigurationError(
+                    raise self.cannot_call(
                         f"provider {self.alias!r} has no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) "
                         f"or {where}['api_key']."
                     )
@@ -138,14 +138,14 @@ class GeminiProvider(SDKProvider):
 
         key = self.options.get("api_key")
         if key and self.options.get("credentials"):
-            raise ConfigurationError(f"{where} sets both api_key and credentials: keep one of them.")
+            raise self.cannot_call(f"{where} sets both api_key and credentials: keep one of them.")
         project = self.options.get("project")
         if key and not project:
             # Vertex AI express mode: an API key and no project.
             return {"vertexai": True, "api_key": key}
         project = project or os.environ.get(PROJECT_VARIABLE)
         if not project:
-            raise ConfigurationError(
+            raise self.cannot_call(
                 f"provider {self.alias!r} uses Vertex AI but has no project: set {where}['project'] "
                 f"(or {PROJECT_VARIABLE}), or {where}['api_key'] for Vertex AI express mode."
             )
@@ -311,7 +311,7 @@ class GeminiProvider(SDKProvider):
             return self.timed_out(timeout, request_id)
         auth = sys.modules.get("google.auth.exceptions")
         if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
-            return ConfigurationError(
+            return self.cannot_call(
                 f"provider {self.alias!r} found no Google Cloud credentials for Vertex AI: run "
                 "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or set "
                 f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['credentials'] ({self.redact(str(exc))})."

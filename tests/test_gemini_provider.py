@@ -2,9 +2,6 @@
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,13 +11,12 @@ from llmapp import acomplete_prompt, complete_prompt, stream_prompt
 from llmapp.calls.types import CompletionRequest
 from llmapp.exceptions import (
     ConfigurationError,
-    ImproperlyInstalled,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
 )
 from llmapp.providers.gemini import DEFAULT_MODEL, GeminiProvider
-from tests.conftest import API_KEY, ROOT
+from tests.conftest import API_KEY
 from tests.fakes.gemini_server import fake_gemini
 
 # Listing the imported fixture as used keeps ruff from reporting F401 on the import
@@ -174,28 +170,6 @@ def test_streaming_yields_the_servers_chunks_then_the_completion(gemini):
     assert request.query == {"alt": "sse"}
 
 
-def test_stream_cut_mid_way_is_an_error_after_the_text_so_far(gemini):
-    gemini.reply_stream(["one ", "two ", "three"], cut_after=2)
-    received = []
-    with pytest.raises(ProviderUnavailable) as raised:
-        for item in stream_prompt("summarize", "hi", provider="gemini", retries=0):
-            received.append(item)
-    assert received == ["one ", "two "]
-    assert "the stream was cut after 2 chunk(s) of text" in str(raised.value)
-    assert not raised.value.transient
-    assert_no_key(raised.value)
-
-
-def test_stream_cut_before_any_text_can_be_retried(gemini):
-    gemini.reply_stream(["one ", "two "], cut_after=0)
-    with pytest.raises(ProviderUnavailable) as raised:
-        list(stream_prompt("summarize", "hi", provider="gemini", retries=0))
-    assert raised.value.transient
-    gemini.reply_stream(["one ", "two "], cut_after=0)
-    *_, completion = stream_prompt("summarize", "hi", provider="gemini", retries=1)
-    assert completion.text == "Fake answer to: hi" and completion.attempts == 2
-
-
 def test_stream_that_ends_without_a_finish_reason_is_an_error(gemini):
     gemini.reply_stream(["one ", "two"], finish_reason=None)
     with pytest.raises(ProviderUnavailable, match="ended before the server finished") as raised:
@@ -264,40 +238,6 @@ def test_retry_info_in_the_error_body_gives_retry_after(gemini):
     assert len(gemini.requests) == 1
 
 
-def test_server_error_on_a_stream_makes_one_request(gemini):
-    gemini.reply_error(503, "The model is overloaded.")
-    with pytest.raises(ProviderError) as raised:
-        list(stream_prompt("summarize", "hi", provider="gemini", retries=0))
-    assert (raised.value.status_code, raised.value.transient) == (503, True)
-    assert len(gemini.requests) == 1
-
-
-def test_async_error_makes_one_request(gemini):
-    gemini.reply_error(500, "Internal error")
-    with pytest.raises(ProviderError) as raised:
-        asyncio.run(acomplete_prompt("summarize", "hi", provider="gemini", retries=0))
-    assert (raised.value.status_code, raised.value.transient) == (500, True)
-    assert len(gemini.requests) == 1
-
-
-def test_malformed_json_is_a_provider_error(gemini):
-    gemini.reply_raw(200, b'{"candidates": [')
-    with pytest.raises(ProviderError, match="not valid JSON") as raised:
-        complete_prompt("summarize", "hi", provider="gemini")
-    assert not raised.value.transient
-
-
-def test_slow_reply_times_out_at_the_configured_timeout(gemini, settings):
-    settings.LLM_PROVIDERS["gemini"]["OPTIONS"]["timeout"] = 0.5
-    gemini.hang(5)
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeout, match=r"within 0\.5s") as raised:
-        complete_prompt("summarize", "hi", provider="gemini", retries=0)
-    assert time.monotonic() - started < 3
-    assert raised.value.transient
-    assert len(gemini.requests) == 1
-
-
 def test_the_requests_own_timeout_bounds_the_attempt(gemini):
     backend = GeminiProvider(
         "gemini", options={"api_key": API_KEY, "base_url": gemini.base_url, "timeout": 30}
@@ -319,39 +259,6 @@ def test_async_slow_reply_times_out(gemini, settings):
     assert time.monotonic() - started < 3
 
 
-def test_unreachable_base_url_is_one_clear_error(settings):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
-    settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
-    settings.LLM_PROVIDERS = {
-        "default": {
-            "BACKEND": BACKEND,
-            "OPTIONS": {
-                "base_url": f"http://user:pa55word@127.0.0.1:{port}",
-                "api_key": API_KEY,
-                "timeout": 3,
-            },
-        }
-    }
-    with pytest.raises(ProviderUnavailable, match=f"cannot reach http://••••@127.0.0.1:{port}") as raised:
-        complete_prompt("summarize", "hi", retries=0)
-    assert raised.value.transient
-    assert "pa55word" not in str(raised.value)
-    assert_no_key(raised.value)
-
-
-def test_missing_api_key_for_the_developer_api_names_the_setting(settings):
-    settings.LLM_PROVIDERS = {"default": {"BACKEND": BACKEND}}
-    with pytest.raises(ConfigurationError) as raised:
-        complete_prompt("summarize", "hi")
-    # Raised from views too: no word of a .env file or CLI flags the host project may not have.
-    assert str(raised.value) == (
-        "provider 'default' has no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) "
-        "or LLM_PROVIDERS['default']['OPTIONS']['api_key']."
-    )
-
-
 def test_the_api_key_falls_back_to_the_environment(gemini, settings, monkeypatch):
     del settings.LLM_PROVIDERS["gemini"]["OPTIONS"]["api_key"]
     monkeypatch.setenv("GEMINI_API_KEY", "AIzaFromTheEnvironment123")
@@ -366,13 +273,6 @@ def test_the_environment_key_is_redacted_from_errors(gemini, settings, monkeypat
     with pytest.raises(ProviderError) as raised:
         complete_prompt("summarize", "hi", provider="gemini")
     assert "0123456789abcdef" not in str(raised.value)
-
-
-def test_missing_extra_names_the_pip_command(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "google.genai", None)  # what an uninstalled package looks like to import
-    settings.LLM_PROVIDERS = {"default": {"BACKEND": BACKEND, "OPTIONS": {"api_key": API_KEY}}}
-    with pytest.raises(ImproperlyInstalled, match=r'pip install "llmapp\[gemini\]"'):
-        complete_prompt("summarize", "hi")
 
 
 def test_unknown_option_is_a_configuration_error():
@@ -531,21 +431,3 @@ def test_vertex_without_credentials_says_how_to_get_them(settings, fake_gemini, 
     with pytest.raises(ConfigurationError, match="gcloud auth application-default login"):
         complete_prompt("summarize", "hi")
     assert fake_gemini.requests == []
-
-
-def test_the_sdk_is_imported_only_when_the_provider_is_used():
-    code = (
-        "import sys, django; from llmproject.runner import configure; configure('settings.test');"
-        "django.setup(); from django.conf import settings;"
-        "settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, 'gemini': {'BACKEND': "
-        f"{BACKEND!r}, 'OPTIONS': {{'api_key': 'k'}}}}}};"
-        "from django.core import checks; checks.run_checks();"
-        "from llmapp.calls.service import prepare_request;"
-        "request, backend = prepare_request('summarize', 'hi', provider='gemini');"
-        "backend.check();"
-        "print('google.genai' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    assert result.stdout.strip() == "False"

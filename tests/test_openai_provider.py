@@ -1,23 +1,8 @@
 """The openai provider against a fake OpenAI-compatible server on 127.0.0.1."""
 
-import asyncio
-import socket
-import subprocess
-import sys
-import time
-
-import pytest
-
-from llmapp import acomplete_prompt, complete_prompt, stream_prompt
-from llmapp.exceptions import (
-    ConfigurationError,
-    ImproperlyInstalled,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-)
+from llmapp import complete_prompt
 from llmapp.providers.openai import OpenAIProvider
-from tests.conftest import API_KEY, ROOT
+from tests.conftest import API_KEY
 
 
 def test_request_body_carries_model_messages_and_mapped_settings(openai_provider):
@@ -51,111 +36,7 @@ def test_official_api_limit_parameter_is_max_completion_tokens(openai_provider, 
     assert "max_tokens" not in openai_provider.requests[0].body
 
 
-def test_streaming_yields_the_servers_chunks_and_usage(openai_provider):
-    openai_provider.reply_stream(["Hel", "lo ", "world"])
-    *chunks, completion = stream_prompt("summarize", "hi", provider="openai")
-    assert chunks == ["Hel", "lo ", "world"]
-    assert completion.text == "Hello world"
-    assert completion.finish_reason == "stop"
-    assert completion.output_tokens is not None and completion.request_id.startswith("req_fake_")
-    body = openai_provider.requests[0].body
-    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-
-
-def test_stream_cut_mid_way_is_an_error_after_the_text_so_far(openai_provider):
-    openai_provider.reply_stream(["one ", "two ", "three"], cut_after=2)
-    received = []
-    with pytest.raises(ProviderError) as raised:
-        for item in stream_prompt("summarize", "hi", provider="openai", retries=0):
-            received.append(item)
-    assert received == ["one ", "two "]
-    assert "the stream was cut after 2 chunk(s)" in str(raised.value)
-    assert not raised.value.transient
-    assert API_KEY not in str(raised.value)
-
-
-def test_async_completion(openai_provider):
-    completion = asyncio.run(acomplete_prompt("example", "async please", provider="openai"))
-    assert completion.text == "Fake answer to: async please"
-
-
-@pytest.mark.parametrize(
-    ("status", "transient", "hint"),
-    [
-        (400, False, "bad"),
-        (401, False, "check the provider's api_key"),
-        (429, True, "rate limited"),
-        (500, True, "boom"),
-    ],
-)
-def test_error_replies_become_provider_errors(openai_provider, status, transient, hint):
-    openai_provider.reply_error(status, f"bad {status} boom, key was {API_KEY}", headers={"Retry-After": "3"})
-    with pytest.raises(ProviderError) as raised:
-        complete_prompt("summarize", "hi", provider="openai", retries=0)
-    error = raised.value
-    assert (error.provider, error.status_code, error.transient) == ("openai", status, transient)
-    assert error.request_id.startswith("req_fake_")
-    assert error.retry_after == 3
-    assert hint in str(error)
-    assert len(openai_provider.requests) == 1  # the SDK's own retries are off
-    for text in (str(error), repr(error), error.reason):
-        assert API_KEY not in text
-        assert API_KEY[-12:] not in text
-
-
-def test_malformed_json_is_a_provider_error(openai_provider):
-    openai_provider.reply_raw(200, b'{"id": "chatcmpl-1", "choices": [')
-    with pytest.raises(ProviderError, match="not valid JSON"):
-        complete_prompt("summarize", "hi", provider="openai", retries=0)
-
-
-def test_slow_reply_times_out_at_the_configured_timeout(openai_provider, settings):
-    settings.LLM_PROVIDERS["openai"]["OPTIONS"]["timeout"] = 0.5
-    openai_provider.hang(5)
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeout, match=r"within 0\.5s") as raised:
-        complete_prompt("summarize", "hi", provider="openai", retries=0)
-    assert time.monotonic() - started < 3
-    assert raised.value.transient
-
-
-def test_unreachable_base_url_is_one_clear_error(settings):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
-    settings.LLM_PROVIDERS = {
-        "default": {
-            "BACKEND": "llmapp.providers.openai.OpenAIProvider",
-            "OPTIONS": {"base_url": f"http://user:pa55word@127.0.0.1:{port}/v1", "api_key": API_KEY},
-        }
-    }
-    with pytest.raises(ProviderUnavailable, match=f"cannot reach http://••••@127.0.0.1:{port}/v1") as raised:
-        complete_prompt("summarize", "hi", retries=0)
-    assert "pa55word" not in str(raised.value)
-
-
-def test_missing_api_key_for_the_official_api_names_the_setting(settings, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    settings.LLM_PROVIDERS = {"default": {"BACKEND": "llmapp.providers.openai.OpenAIProvider"}}
-    with pytest.raises(ConfigurationError) as raised:
-        complete_prompt("summarize", "hi")
-    # Raised from views too: no word of a .env file or CLI flags the host project may not have.
-    assert str(raised.value) == (
-        "provider 'default' has no API key: set OPENAI_API_KEY "
-        "or LLM_PROVIDERS['default']['OPTIONS']['api_key']."
-    )
-
-
-def test_missing_extra_names_the_pip_command(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "openai", None)  # what an uninstalled package looks like to import
-    settings.LLM_PROVIDERS = {
-        "default": {"BACKEND": "llmapp.providers.openai.OpenAIProvider", "OPTIONS": {"api_key": API_KEY}}
-    }
-    with pytest.raises(ImproperlyInstalled, match=r'pip install "llmapp\[openai\]"'):
-        complete_prompt("summarize", "hi")
-
-
-def test_dry_run_description_masks_the_key(openai_provider):
+def test_dry_run_shows_the_bearer_header_and_the_mapped_temperature(openai_provider):
     from llmapp.calls.service import prepare_request
 
     request, backend = prepare_request("summarize", "hi", provider="openai")
@@ -163,13 +44,6 @@ def test_dry_run_description_masks_the_key(openai_provider):
     assert described["url"] == f"{openai_provider.base_url}/chat/completions"
     assert described["headers"]["authorization"] == "Bearer ••••CRET"
     assert described["json"]["temperature"] == 0.4
-    assert openai_provider.requests == []
-    # Built by the SDK: the very headers and body a real call sends, the key masked.
-    complete_prompt("summarize", "hi", provider="openai")
-    [sent] = openai_provider.requests
-    assert described["json"] == sent.body
-    assert set(described["headers"]) == set(sent.headers)
-    assert API_KEY not in repr(backend) and API_KEY not in repr(backend.__dict__.get("_client"))
 
 
 def test_azure_options_select_the_azure_client_and_url():
@@ -193,16 +67,3 @@ def test_azure_options_select_the_azure_client_and_url():
     assert described["headers"]["api-key"] == "••••CRET"
     assert "authorization" not in described["headers"]
     assert type(backend.client).__name__ == "AzureOpenAI"
-
-
-def test_the_sdk_is_imported_only_when_the_provider_is_used():
-    code = (
-        "import sys, django; from llmproject.runner import configure; configure('settings.test');"
-        "django.setup(); from llmapp import complete_prompt;"
-        "complete_prompt('summarize', 'hi');"
-        "print('openai' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    assert result.stdout.strip() == "False"

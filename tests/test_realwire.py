@@ -284,3 +284,29 @@ def test_a_gateways_upstream_detail_is_kept_and_redacted_before_it_is_cut(replay
     message = str(raised.value)
     assert "Provider returned error: upstream said: xxx" in message
     assert API_KEY[:6] not in message and len(server.requests) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("as_list", [False, True], ids=["object", "list"])
+def test_googles_retry_info_through_an_openai_compatible_gateway_is_the_wait(
+    settings,
+    simulated_time,  # noqa: F811
+    as_list,
+):
+    # A gateway in front of Gemini passes Google's error body on, RetryInfo and all; Google's
+    # own OpenAI-compatible endpoint wraps it in a list.
+    [response, *_] = CASES["gemini-429-retryinfo-58s"]["responses"]
+    body = json.loads(response["body"])
+    with FakeOpenAIServer() as server:
+        server.reply_recorded(
+            429, {"content-type": "application/json"}, json.dumps([body] if as_list else body)
+        )
+        settings.LLM_PROVIDERS = {
+            **settings.LLM_PROVIDERS,
+            "gateway": provider_settings("openai", server.base_url),
+        }
+        with pytest.raises(ProviderError) as raised:
+            complete_prompt("summarize", "hi", provider="gateway", retries=0, timeout=TIMEOUT, fallbacks=[])
+    assert (raised.value.status_code, raised.value.transient) == (429, True)
+    assert raised.value.retry_after == 58
+    assert str(raised.value).startswith("You exceeded your current quota")

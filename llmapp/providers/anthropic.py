@@ -14,11 +14,11 @@ from llmapp.exceptions import (
     ImproperlyInstalled,
     ProviderError,
 )
-from llmapp.providers.base import SDKProvider
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
 from llmapp.providers.http import HINTS
 from llmapp.providers.http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
+from llmapp.providers.stainless import StainlessProvider
 from llmapp.providers.streaming import StreamReader
 
 ANTHROPIC_URL = "https://api.anthropic.com"
@@ -71,7 +71,7 @@ class AnthropicStreamReader(StreamReader):
         return self.stopped
 
 
-class AnthropicProvider(SDKProvider):
+class AnthropicProvider(StainlessProvider):
     """Messages through the official ``anthropic`` SDK."""
 
     option_names = frozenset({"api_key", "base_url", "model", "timeout", "default_headers"})
@@ -109,32 +109,15 @@ class AnthropicProvider(SDKProvider):
             payload["temperature"] = self.native_temperature(request.temperature)
         if request.prompt:
             payload["system"] = request.prompt
-        timeout = self.attempt_timeout(request)
-        if timeout is not None:
-            payload["timeout"] = timeout
-        return payload
+        return self.with_timeout(payload, request)
 
     # -- clients ---------------------------------------------------------------------
 
-    def build_client(self, asynchronous=False, transport=None):
-        anthropic = self.import_sdk()
-        cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
-        options = self._client_options()
-        http_client = anthropic.DefaultAsyncHttpxClient if asynchronous else anthropic.DefaultHttpxClient
-        options["http_client"] = http_client(**self.http_client_args(asynchronous, transport))
-        return cls(**options)
+    client_classes = ("Anthropic", "AsyncAnthropic")
 
-    def _client_options(self):
-        return {
-            "api_key": self.api_key,
-            # Always explicit, so that ANTHROPIC_BASE_URL cannot send calls elsewhere than
-            # the options say.
-            "base_url": self.base_url,
-            "timeout": self.client_timeout,
-            # llmapp owns retries: the SDK must not retry on its own.
-            "max_retries": 0,
-            "default_headers": self.options.get("default_headers"),
-        }
+    def client_options(self):
+        # Always explicit, so that ANTHROPIC_BASE_URL cannot send calls elsewhere than the options say.
+        return {"base_url": self.base_url}
 
     # -- calls -----------------------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import importlib.util
 import json
 import os
+import sys
 import threading
 import time
 import weakref
@@ -26,10 +26,7 @@ from llmapp.providers.finish import normal_finish_reason, refusal
 from llmapp.providers.http import (
     HINTS,
     TRANSIENT_STATUSES,
-    error_message,
     malformed_answer,
-    retry_after,
-    status_error,
 )
 from llmapp.providers.streaming import aclosing
 from llmapp.redaction import mask_headers, redact, redact_sdk_logs, secrets_in
@@ -237,10 +234,12 @@ class SDKProvider(BaseProvider):
     """A provider called through its vendor's SDK: build payload, send, parse.
 
     Subclasses set ``package``/``extra`` and implement ``build_client()``,
-    ``build_payload()``, ``send()``, ``parse()`` and ``translate_error()``; the client
-    is built on first use and shared, and ``complete``, ``acomplete`` and ``describe_request``
-    need no code. To stream natively, they also implement ``open_stream()`` and set
-    ``stream_reader``: ``stream()`` and ``astream()`` then need no code either.
+    ``build_payload()``, ``send()``, ``parse()`` and ``sdk_error()`` (the SDK's own
+    exceptions; the rest is translated here); the client is built on first use and shared,
+    and ``complete``, ``acomplete`` and ``describe_request`` need no code. To stream
+    natively, they also implement ``open_stream()`` and set ``stream_reader``: ``stream()``
+    and ``astream()`` then need no code either. An SDK that Stainless generates has most of
+    this in ``stainless.StainlessProvider``.
     """
 
     #: The StreamReader subclass that reads this SDK's streamed chunks; None: a stream is the
@@ -380,43 +379,33 @@ class SDKProvider(BaseProvider):
     def translate_error(self, exc, request_id=None, timeout=None):
         """Turn an SDK or transport exception into a ProviderError with no secret in it.
 
-        This one reads the errors of the SDKs Stainless generates (openai, anthropic), alike
-        in every SDK of theirs: ``APITimeoutError``, ``APIConnectionError``, ``APIStatusError``,
-        ``APIResponseValidationError``. An SDK of another make overrides it, in the same words
-        (``timed_out``, ``unreachable``, ``connection_failed``).
+        The SDK's own errors first (``sdk_error()``), then what any SDK lets through from
+        below it, in the same words for every provider.
         """
         if isinstance(exc, ProviderError | ConfigurationError):
             return exc
-        sdk = self.import_sdk()
-        if isinstance(exc, sdk.APITimeoutError) or _is_timeout(exc):
+        translated = self.sdk_error(exc, request_id, timeout)
+        if translated is not None:
+            return translated
+        if isinstance(exc, TimeoutError) or _is_timeout(exc):
             return self.timed_out(timeout, request_id)
-        if isinstance(exc, sdk.APIConnectionError):
-            return self.unreachable(exc.__cause__ or exc, request_id)
-        if isinstance(exc, sdk.APIStatusError):
-            return status_error(
-                self,
-                self.error_status(exc),
-                error_message(exc.body) or exc.response.reason_phrase or "error",
-                request_id=self.error_request_id(exc) or request_id,
-                retry_after=retry_after(exc.response.headers),
-                hints=self.error_hints,
-                transient=self.transient_statuses,
-            )
-        if isinstance(exc, sdk.APIResponseValidationError | ValueError):
+        if isinstance(exc, (ConnectionError, *_loaded(CONNECT_ERRORS))):
+            return self.unreachable(exc, request_id)
+        # json.loads, or the SDK's pydantic models (a ValidationError is a ValueError).
+        if isinstance(exc, ValueError):
             return malformed_answer(self, request_id)
-        # Transport errors raised while reading a stream are not wrapped by the SDK.
-        return self.connection_failed(exc, request_id)
+        # Transport errors raised while reading a stream are not wrapped by the SDKs.
+        if isinstance(exc, _loaded(TRANSPORT_ERRORS)):
+            return self.connection_failed(exc, request_id)
+        return ProviderError(
+            f"the {self.package} SDK failed: {type(exc).__name__}: {self.redact(str(exc))}",
+            provider=self.alias,
+            request_id=request_id,
+        )
 
-    def error_status(self, exc):
-        """The HTTP status of the SDK's ``APIStatusError`` ``exc``."""
-        return exc.status_code
-
-    def error_request_id(self, exc):
-        """The request id of the SDK's ``APIStatusError`` ``exc``: its header, or its body's."""
-        header = exc.response.headers.get(self.request_id_header) if self.request_id_header else None
-        # A proxy in between may keep only the one in the body.
-        body = exc.body.get("request_id") if isinstance(exc.body, dict) else None
-        return header or (body if isinstance(body, str) else None)
+    def sdk_error(self, exc, request_id=None, timeout=None):
+        """Return the ProviderError of one of the SDK's own exceptions, or None for another."""
+        return None
 
     def timed_out(self, timeout, request_id=None):
         """The error of an attempt that got no answer within ``timeout`` seconds (None: the client's)."""
@@ -484,19 +473,10 @@ class SDKProvider(BaseProvider):
             raise refused
         return evolve(completion, finish_reason=normal_finish_reason(completion.finish_reason))
 
-    #: The SDK's answer type, by its path in the SDK module ("types.Message"), which a whole
-    #: JSON answer to a stream request is read into; None: the SDK takes care of one itself.
-    answer_type = None
-
     def answer_from_json(self, data, response):
         """Return the SDK's answer object of ``data``, a whole answer's JSON sent to a stream
-        request (as ``parse()`` takes it), or None."""
-        if self.answer_type is None:
-            return None
-        answer_class = functools.reduce(getattr, self.answer_type.split("."), self.import_sdk())
-        answer = answer_class.model_validate(data)
-        answer._request_id = response.headers.get(self.request_id_header)
-        return answer
+        request (as ``parse()`` takes it), or None when this backend cannot read one."""
+        return None
 
     def _whole_answer(self, chunks):
         """The HTTP response of ``chunks`` if it holds one whole JSON answer rather than a stream.
@@ -663,6 +643,24 @@ class RecordingTransport:
 
     def close(self):
         pass
+
+
+#: Exceptions of the HTTP libraries under the SDKs, by "module.Class", matched only when
+#: their module is already imported (whichever the SDK used is), so nothing is imported
+#: to check: a connection that could not be made, and one that failed once made.
+CONNECT_ERRORS = ("httpx.ConnectError", "httpx2.ConnectError", "aiohttp.ClientConnectorError")
+TRANSPORT_ERRORS = ("httpx.TransportError", "httpx2.TransportError", "aiohttp.ClientError")
+
+
+def _loaded(names):
+    """Return the classes among ``module.Class`` names whose module is already imported."""
+    classes = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        cls = getattr(sys.modules.get(module), attribute, None)
+        if isinstance(cls, type):
+            classes.append(cls)
+    return tuple(classes)
 
 
 def _is_timeout(exc):

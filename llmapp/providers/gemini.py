@@ -6,9 +6,7 @@ and location and finds credentials as Google's SDKs do (Application Default
 Credentials), or an API key alone in Vertex AI express mode.
 """
 
-import contextvars
 import inspect
-import json
 import math
 import os
 import sys
@@ -20,8 +18,8 @@ from llmapp.exceptions import (
     ProviderRefused,
 )
 from llmapp.providers.base import NO_KEY, SDKProvider
-from llmapp.providers.http import HINTS, malformed_answer, retry_after, status_error
-from llmapp.providers.streaming import StreamReader
+from llmapp.providers.http import HINTS, malformed_answer, retry_after, retry_info_delay, status_error
+from llmapp.providers.streaming import ResponseClosingStream, StreamReader, note_response
 
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_URL = "https://aiplatform.googleapis.com"
@@ -38,15 +36,6 @@ LOCATION_VARIABLE = "GOOGLE_CLOUD_LOCATION"
 # Vertex AI's multi-region locations have their own hosts.
 MULTI_REGIONS = frozenset({"us", "eu"})
 VERTEX_ONLY_OPTIONS = ("project", "location", "credentials")
-# Transport exceptions by "module.Class"; matched only when their module is already
-# imported (whichever HTTP library the SDK used is), so nothing is imported to check.
-_TIMEOUT_ERRORS = ("httpx.TimeoutException", "httpx2.TimeoutException")
-_CONNECTION_ERRORS = (
-    "httpx.TransportError",
-    "httpx2.TransportError",
-    "aiohttp.ClientError",
-    "google.auth.exceptions.TransportError",
-)
 
 
 class GeminiStreamReader(StreamReader):
@@ -125,7 +114,7 @@ class GeminiProvider(SDKProvider):
                     f"{where} sets {', '.join(misplaced)}, which only Vertex AI uses: "
                     f"add 'vertexai': True or remove them."
                 )
-            key = self.options.get("api_key") or _first_variable(self.api_key_variables)
+            key = self.configured_key()
             if not key:
                 if not self.options.get("base_url"):
                     raise self.cannot_call(
@@ -222,10 +211,10 @@ class GeminiProvider(SDKProvider):
             # implicit retry of aiohttp connection errors in async calls.
             http_options["retry_options"] = types.HttpRetryOptions(attempts=1)
         if asynchronous and "async_client_args" in types.HttpOptions.model_fields:
-            # So that an async stream closed early can close its HTTP response (ClosableStream).
+            # So that an async stream closed early can close its HTTP response (ResponseClosingStream).
             # An httpx option: the SDK drops it when it uses aiohttp (if installed), whose
             # responses the event loop closes later.
-            http_options["async_client_args"] = {"event_hooks": {"response": [_note_response]}}
+            http_options["async_client_args"] = {"event_hooks": {"response": [note_response]}}
         connection = self.connection()
         http_options["client_args"] = self.http_client_args(transport=transport)
         if transport is not None and connection.get("project") and not connection.get("api_key"):
@@ -255,7 +244,7 @@ class GeminiProvider(SDKProvider):
 
     def open_stream(self, client, payload):
         chunks = client.models.generate_content_stream(**payload)
-        return _open_closable(chunks) if inspect.isawaitable(chunks) else chunks
+        return ResponseClosingStream.opening(chunks) if inspect.isawaitable(chunks) else chunks
 
     def parse(self, response, request):
         request_id = _request_id(response)
@@ -290,13 +279,10 @@ class GeminiProvider(SDKProvider):
 
     # -- errors ----------------------------------------------------------------------
 
-    def translate_error(self, exc, request_id=None, timeout=None):
-        """Turn an SDK, auth or transport exception into a ProviderError with no secret in it."""
-        if isinstance(exc, ProviderError | ConfigurationError):
-            return exc
+    def sdk_error(self, exc, request_id=None, timeout=None):
+        """Return the ProviderError of a google-genai or google-auth exception, or None for another."""
         from google.genai import errors
 
-        common = {"provider": self.alias, "request_id": request_id}
         if isinstance(exc, errors.APIError):
             headers = getattr(getattr(exc, "response", None), "headers", None) or {}
             return status_error(
@@ -304,107 +290,35 @@ class GeminiProvider(SDKProvider):
                 exc.code,
                 " ".join(str(part) for part in (exc.status, exc.message) if part) or "error",
                 request_id=headers.get("x-request-id") or request_id,
-                retry_after=retry_after(headers) or _retry_delay(exc.details),
+                retry_after=retry_after(headers) or retry_info_delay(exc.details),
                 hints=self.error_hints,
             )
-        if isinstance(exc, (TimeoutError, *_loaded(_TIMEOUT_ERRORS))):
-            return self.timed_out(timeout, request_id)
+        if isinstance(exc, errors.UnknownApiResponseError):
+            return malformed_answer(self, request_id)
         auth = sys.modules.get("google.auth.exceptions")
-        if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
+        if auth is None:
+            return None
+        if isinstance(exc, auth.DefaultCredentialsError):
             return self.cannot_call(
                 f"provider {self.alias!r} found no Google Cloud credentials for Vertex AI: run "
                 "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or set "
                 f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['credentials'] ({self.redact(str(exc))})."
             )
-        if auth is not None and isinstance(exc, auth.RefreshError):
+        if isinstance(exc, auth.RefreshError):
             return ProviderError(
                 f"the Google Cloud credentials could not be refreshed: {self.redact(str(exc))}",
+                provider=self.alias,
+                request_id=request_id,
                 transient=bool(getattr(exc, "retryable", False)),
-                **common,
             )
-        if isinstance(exc, (ConnectionError, *_loaded(_CONNECTION_ERRORS))):
+        if isinstance(exc, auth.TransportError):
             return self.unreachable(exc, request_id)
-        # json.loads (generateContent) or the SDK's own parser (streams) or its pydantic models.
-        invalid = (
-            json.JSONDecodeError,
-            errors.UnknownApiResponseError,
-            *_loaded(("pydantic.ValidationError",)),
-        )
-        if isinstance(exc, invalid):
-            return malformed_answer(self, request_id)
-        return ProviderError(
-            f"the google-genai SDK failed: {type(exc).__name__}: {self.redact(str(exc))}", **common
-        )
-
-
-#: The HTTP responses of the async stream being read on this task; see ClosableStream.
-_stream_responses = contextvars.ContextVar("llmapp_gemini_stream_responses", default=None)
-
-
-async def _note_response(response):
-    """An httpx response hook of the async client: note the response of the stream being read."""
-    responses = _stream_responses.get()
-    if responses is not None:
-        responses.append(response)
-
-
-async def _open_closable(opening):
-    return ClosableStream(await opening)
-
-
-class ClosableStream:
-    """The SDK's async stream of chunks, whose aclose() closes its HTTP responses too.
-
-    The SDK nests async generators and gives no handle on the response: closing the outer
-    generator leaves the inner ones, and the connection, to the event loop's finalizer of
-    async generators, later or never. This notes the responses the stream opens (through
-    ``_note_response``) and closes them itself.
-    """
-
-    def __init__(self, chunks):
-        self.chunks = chunks
-        self.responses = []
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        # The request goes out, and any further one (a continuation) too, inside anext().
-        token = _stream_responses.set(self.responses)
-        try:
-            return await anext(self.chunks)
-        finally:
-            _stream_responses.reset(token)
-
-    async def aclose(self):
-        try:
-            await self.chunks.aclose()
-        finally:
-            for response in self.responses:
-                await response.aclose()
-
-
-def _first_variable(names):
-    for name in names:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+        return None
 
 
 def _milliseconds(seconds):
     """Seconds (ours) to whole milliseconds (HttpOptions.timeout), at least 1."""
     return max(1, math.ceil(float(seconds) * 1000))
-
-
-def _loaded(names):
-    """Return the classes among ``module.Class`` names whose module is already imported."""
-    classes = []
-    for name in names:
-        module, _, attribute = name.rpartition(".")
-        cls = getattr(sys.modules.get(module), attribute, None)
-        if isinstance(cls, type):
-            classes.append(cls)
-    return tuple(classes)
 
 
 def _enum_name(value):
@@ -441,15 +355,3 @@ def _request_id(response):
     headers = (http_response.headers if http_response else None) or {}
     lowered = {name.lower(): value for name, value in headers.items()}
     return lowered.get("x-request-id") or response.response_id
-
-
-def _retry_delay(details):
-    """Return the seconds of a google.rpc.RetryInfo detail (``"retryDelay": "7s"``), or None."""
-    error = details.get("error", details) if isinstance(details, dict) else None
-    for detail in (error.get("details") if isinstance(error, dict) else None) or []:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            try:
-                return max(0.0, float(str(detail.get("retryDelay", "")).removesuffix("s")))
-            except ValueError:
-                return None
-    return None

@@ -56,6 +56,8 @@ def malformed_answer(provider, request_id=None):
 
 def error_message(body):
     """Return the message of a JSON error body (``{"error": {"message": ...}}`` and kin)."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]  # Google's OpenAI-compatible endpoint wraps its error in a list
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
@@ -69,6 +71,24 @@ def error_message(body):
             return message
         return str(error)
     return str(body) if body else None
+
+
+def retry_info_delay(body):
+    """Return the seconds of a google.rpc.RetryInfo detail of an error body, or None.
+
+    Google's APIs say how long to wait in the body (``"retryDelay": "7s"``), not in a header;
+    OpenAI-compatible gateways in front of them pass the body on, sometimes as a list.
+    """
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    error = body.get("error", body) if isinstance(body, dict) else None
+    for detail in (error.get("details") if isinstance(error, dict) else None) or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            try:
+                return max(0.0, float(str(detail.get("retryDelay", "")).removesuffix("s")))
+            except ValueError:
+                return None
+    return None
 
 
 def retry_after(headers):

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from llmapp.calls.types import Completion
 from llmapp.exceptions import ProviderError
-from llmapp.providers.base import SDKProvider
+from llmapp.providers.stainless import StainlessProvider
 from llmapp.providers.streaming import StreamReader
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -29,7 +29,7 @@ class OpenAIStreamReader(StreamReader):
         return texts
 
 
-class OpenAIProvider(SDKProvider):
+class OpenAIProvider(StainlessProvider):
     """Chat Completions through the official ``openai`` SDK."""
 
     request_id_header = "x-request-id"
@@ -88,23 +88,13 @@ class OpenAIProvider(SDKProvider):
             "temperature": self.native_temperature(request.temperature),
             limit: request.max_output_tokens,
         }
-        timeout = self.attempt_timeout(request)
-        if timeout is not None:
-            payload["timeout"] = timeout
-        return payload
+        return self.with_timeout(payload, request)
 
     # -- clients ---------------------------------------------------------------------
 
-    def build_client(self, asynchronous=False, transport=None):
-        openai = self.import_sdk()
-        if self.is_azure:
-            cls = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
-        else:
-            cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
-        options = self._client_options()
-        http_client = openai.DefaultAsyncHttpxClient if asynchronous else openai.DefaultHttpxClient
-        options["http_client"] = http_client(**self.http_client_args(asynchronous, transport))
-        return cls(**options)
+    @property
+    def client_classes(self):
+        return ("AzureOpenAI", "AsyncAzureOpenAI") if self.is_azure else ("OpenAI", "AsyncOpenAI")
 
     def check(self):
         from django.core import checks
@@ -124,27 +114,18 @@ class OpenAIProvider(SDKProvider):
             )
         return messages
 
-    def _client_options(self):
-        options = {
-            "api_key": self.api_key,
-            "timeout": self.client_timeout,
-            # llmapp owns retries: the SDK must not retry on its own.
-            "max_retries": 0,
-            "default_headers": self.options.get("default_headers"),
-        }
+    def client_options(self):
         if self.is_azure:
-            options |= {
+            return {
                 "azure_endpoint": self.options["azure_endpoint"],
                 "azure_deployment": self.options.get("azure_deployment"),
                 "api_version": self.options.get("api_version"),
             }
-        else:
-            options |= {
-                "base_url": self.options.get("base_url"),
-                "organization": self.options.get("organization"),
-                "project": self.options.get("project"),
-            }
-        return options
+        return {
+            "base_url": self.options.get("base_url"),
+            "organization": self.options.get("organization"),
+            "project": self.options.get("project"),
+        }
 
     # -- calls -----------------------------------------------------------------------
 

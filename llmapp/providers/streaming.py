@@ -1,6 +1,7 @@
 """What a streamed answer has said so far, whichever way it is read (``StreamReader``)."""
 
 import contextlib
+import contextvars
 
 from llmapp.calls.types import Completion
 
@@ -78,3 +79,52 @@ class StreamReader:
 def aclosing(chunks):
     """Return an async context manager that closes an SDK's async stream: its own, else aclose()."""
     return chunks if hasattr(chunks, "__aexit__") else contextlib.aclosing(chunks)
+
+
+#: The HTTP responses of the async stream being read on this task; see ResponseClosingStream.
+_stream_responses = contextvars.ContextVar("llmapp_stream_responses", default=None)
+
+
+async def note_response(response):
+    """An httpx response hook of the async client: note the response of the stream being read."""
+    responses = _stream_responses.get()
+    if responses is not None:
+        responses.append(response)
+
+
+class ResponseClosingStream:
+    """An SDK's async stream of chunks, whose aclose() closes its HTTP responses too.
+
+    Some SDKs (google-genai) nest async generators and give no handle on the response:
+    closing the outer generator leaves the inner ones, and the connection, to the event
+    loop's finalizer of async generators, later or never. This notes the responses the
+    stream opens (through ``note_response``, an httpx response hook of the SDK's async
+    client) and closes them itself.
+    """
+
+    @classmethod
+    async def opening(cls, opening):
+        """Await the SDK's ``opening`` of a stream; return the stream, closable."""
+        return cls(await opening)
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.responses = []
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        # The request goes out, and any further one (a continuation) too, inside anext().
+        token = _stream_responses.set(self.responses)
+        try:
+            return await anext(self.chunks)
+        finally:
+            _stream_responses.reset(token)
+
+    async def aclose(self):
+        try:
+            await self.chunks.aclose()
+        finally:
+            for response in self.responses:
+                await response.aclose()

@@ -1,0 +1,85 @@
+"""The providers whose vendor SDKs Stainless generates (openai, anthropic): one client, one error model.
+
+Those SDKs are alike in everything llmapp touches: a client class and its async twin that
+take ``api_key``, ``timeout``, ``max_retries``, ``default_headers`` and an ``http_client``
+of the SDK's own kind; a per-request ``timeout``; ``APITimeoutError``,
+``APIConnectionError``, ``APIStatusError`` (with ``body`` and ``response``) and
+``APIResponseValidationError``; pydantic answer types. A provider on such an SDK names its
+client classes, its own client options and its answer type, and writes only the call.
+"""
+
+import functools
+
+from llmapp.providers.base import SDKProvider
+from llmapp.providers.http import error_message, malformed_answer, retry_after, retry_info_delay, status_error
+
+
+class StainlessProvider(SDKProvider):
+    """An SDKProvider on a Stainless-generated SDK."""
+
+    #: The SDK's client class and its async twin, by name.
+    client_classes = (None, None)
+    #: The SDK's answer type, by its path in the SDK module ("types.Message"), which a whole
+    #: JSON answer to a stream request is read into.
+    answer_type = None
+
+    def client_options(self):
+        """The client's keyword arguments of this vendor's own (``base_url``...)."""
+        return {}
+
+    def build_client(self, asynchronous=False, transport=None):
+        sdk = self.import_sdk()
+        cls = getattr(sdk, self.client_classes[asynchronous])
+        http_client = sdk.DefaultAsyncHttpxClient if asynchronous else sdk.DefaultHttpxClient
+        return cls(
+            api_key=self.api_key,
+            timeout=self.client_timeout,
+            # llmapp owns retries: the SDK must not retry on its own.
+            max_retries=0,
+            default_headers=self.options.get("default_headers"),
+            http_client=http_client(**self.http_client_args(asynchronous, transport)),
+            **self.client_options(),
+        )
+
+    def with_timeout(self, payload, request):
+        """Return ``payload`` with the attempt's own timeout, when it needs one (``attempt_timeout``)."""
+        timeout = self.attempt_timeout(request)
+        return payload if timeout is None else {**payload, "timeout": timeout}
+
+    def sdk_error(self, exc, request_id=None, timeout=None):
+        sdk = self.import_sdk()
+        if isinstance(exc, sdk.APITimeoutError):
+            return self.timed_out(timeout, request_id)
+        if isinstance(exc, sdk.APIConnectionError):
+            return self.unreachable(exc.__cause__ or exc, request_id)
+        if isinstance(exc, sdk.APIStatusError):
+            return status_error(
+                self,
+                self.error_status(exc),
+                error_message(exc.body) or exc.response.reason_phrase or "error",
+                request_id=self.error_request_id(exc) or request_id,
+                # Google's RetryInfo comes through OpenAI-compatible gateways in front of Gemini.
+                retry_after=retry_after(exc.response.headers) or retry_info_delay(exc.body),
+                hints=self.error_hints,
+                transient=self.transient_statuses,
+            )
+        if isinstance(exc, sdk.APIResponseValidationError):
+            return malformed_answer(self, request_id)
+        return None
+
+    def error_status(self, exc):
+        """The HTTP status of the SDK's ``APIStatusError`` ``exc``."""
+        return exc.status_code
+
+    def error_request_id(self, exc):
+        """The request id of the SDK's ``APIStatusError`` ``exc``: its header, or its body's."""
+        header = exc.response.headers.get(self.request_id_header) if self.request_id_header else None
+        # A proxy in between may keep only the one in the body.
+        body = exc.body.get("request_id") if isinstance(exc.body, dict) else None
+        return header or (body if isinstance(body, str) else None)
+
+    def answer_from_json(self, data, response):
+        answer_class = functools.reduce(getattr, self.answer_type.split("."), self.import_sdk())
+        answer = answer_class.model_validate(data)
+        answer._request_id = response.headers.get(self.request_id_header)
+        return answer

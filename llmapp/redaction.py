@@ -62,7 +62,8 @@ NOT_SECRET_NAMES = frozenset(
     {"AUTH_PASSWORD_VALIDATORS", "PASSWORD_HASHERS", "PASSWORD_RESET_TIMEOUT", "token_limit_parameter"}
 )
 #: The loggers of the HTTP libraries and SDKs the providers use (a prefix: "httpx" is httpx2 too).
-SDK_LOGGERS = ("httpx", "httpcore", "openai", "anthropic", "google_genai")
+#: The HTTP libraries' loggers; each provider names its SDK's (``sdk_loggers``).
+HTTP_LOGGERS = ("httpx", "httpcore")
 
 # Every pattern below does linear work: no quantifier is nested in another, and a look-behind
 # lets a match start only at the first character of a word (or right after ?, & or ;), so
@@ -79,11 +80,22 @@ _QUERY_CREDENTIALS = re.compile(
     r"|auth|credentials?|signature|sig))=(?P<value>[^&#\s\"'<>]+)",
     re.I,
 )
-# Bearer tokens and the common provider key shapes, in case a server echoes one back.
-_KEY_SHAPES = re.compile(
-    r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}|\b(sk|sk-proj|sk-ant)[-_][A-Za-z0-9_-]{8,}|\bAIza[0-9A-Za-z_-]{35}",
-    re.I,
-)
+# Bearer tokens, in case a server echoes one back; each provider adds its keys' shape.
+_BEARER = r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"
+_key_shapes = None
+
+
+def key_shapes():
+    """The pattern of Bearer tokens and of every provider's keys (``key_pattern``)."""
+    global _key_shapes
+    if _key_shapes is None:
+        # Imported here: the providers import this module.
+        from llmapp.providers import backend_classes
+
+        patterns = [cls.key_pattern for cls in backend_classes() if getattr(cls, "key_pattern", None)]
+        _key_shapes = re.compile("|".join([_BEARER, *(f"(?:{pattern})" for pattern in patterns)]), re.I)
+    return _key_shapes
+
 
 _known_secrets = None
 
@@ -137,7 +149,7 @@ def redact(text, secrets=()):
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     text = _URL_CREDENTIALS.sub(r"\g<scheme>" + MASK + "@", text)
     text = _QUERY_CREDENTIALS.sub(r"\g<name>=" + MASK, text)
-    return _KEY_SHAPES.sub(lambda m: (m.group(1) or "") + MASK, text)
+    return key_shapes().sub(lambda m: (m.group(1) or "") + MASK, text)
 
 
 def redact_mapping(data):
@@ -251,8 +263,9 @@ def known_secrets():
 
 @conf.on_change
 def forget_known_secrets():
-    global _known_secrets
+    global _known_secrets, _key_shapes
     _known_secrets = None
+    _key_shapes = None  # LLM_PROVIDERS may name other backends now
 
 
 @receiver(setting_changed)
@@ -284,13 +297,14 @@ class RedactingFilter(logging.Filter):
 _FILTER = RedactingFilter()
 
 
-def redact_sdk_logs(prefixes=SDK_LOGGERS):
-    """Add the redacting filter to every existing logger whose name starts with one of ``prefixes``.
+def redact_sdk_logs(sdk_loggers=()):
+    """Add the redacting filter to every existing logger of the HTTP libraries and ``sdk_loggers``.
 
     httpx logs the request URL, userinfo included, at INFO on every call. A filter on a
     logger sees only the records logged to that very logger, not its children's, so each
     one gets it; call this once the SDK is imported, when its loggers exist.
     """
+    prefixes = (*HTTP_LOGGERS, *sdk_loggers)
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(prefixes):
             logger = logging.getLogger(name)

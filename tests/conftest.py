@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from django.core.cache import caches
 
-from tests.environment import isolated_environ
+from tests.environment import developer_variables, isolated_environ
 from tests.fakes.openai_server import fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 
@@ -23,6 +23,13 @@ def _writers_let_go_of_the_test_database(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         conf.reset_all()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch):
+    """No test sees the developer's own keys, use-case overrides or Sentry DSN, nor passes them on."""
+    for name in developer_variables():
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

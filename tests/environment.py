@@ -17,6 +17,20 @@ ISOLATED_VARIABLES = (
 )
 
 
+#: Kept in the test process itself: how it was started (pytest-django's settings module, the
+#: database a PostgreSQL run names) and what CI requires of it.
+PROCESS_VARIABLES = ("DJANGO_", "DATABASE_URL", "LLM_REQUIRE_", "LLM_TEST_")
+
+
+def developer_variables():
+    """The names of the variables that configure this project, bar the test process's own."""
+    return [
+        name
+        for name in os.environ
+        if name.startswith(ISOLATED_VARIABLES) and not name.startswith(PROCESS_VARIABLES)
+    ]
+
+
 def isolated_environ():
     """Return a copy of os.environ without the variables that configure this project."""
     return {key: value for key, value in os.environ.items() if not key.startswith(ISOLATED_VARIABLES)}

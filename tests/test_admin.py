@@ -259,7 +259,6 @@ def test_no_data_when_the_tsdb_is_null(admin_client, settings):
 
 
 def test_health_shows_a_missing_key(admin_client, settings, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     settings.LLM_PROVIDERS = {
         **settings.LLM_PROVIDERS,
         "openai": {"BACKEND": "llmapp.providers.openai.OpenAIProvider", "OPTIONS": {"api_key": ""}},

@@ -253,7 +253,6 @@ def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
     described = backend.describe_request(request)
     assert described["url"] == "https://api.anthropic.com/v1/messages"
     assert described["json"]["system"] == "Be brief."
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ConfigurationError, match="has no API key"):
         AnthropicProvider("a").describe_request(request)
     monkeypatch.setitem(sys.modules, "anthropic", None)

@@ -160,7 +160,6 @@ def test_database_events_with_null_tsdb_is_a_warning(settings):
 
 
 def test_missing_sdk_and_missing_key_are_warnings(settings, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr(
         "importlib.util.find_spec",
         lambda name, *args: None if name == "openai" else importlib.machinery.ModuleSpec(name, None),

@@ -29,27 +29,9 @@ VERTEX_PATH = (
     f"/v1beta1/projects/my-project/locations/us-central1/publishers/google/models/{DEFAULT_MODEL}"
     ":generateContent"
 )
+
+
 # Environment the SDK (or the provider) would read; a developer's shell must not change the tests.
-GOOGLE_VARIABLES = (
-    "GOOGLE_API_KEY",
-    "GEMINI_API_KEY",
-    "GOOGLE_CLOUD_PROJECT",
-    "GOOGLE_CLOUD_LOCATION",
-    "GOOGLE_GENAI_USE_VERTEXAI",
-    "GOOGLE_GENAI_USE_ENTERPRISE",
-    "GOOGLE_GENAI_API_VERSION",
-    "GOOGLE_GEMINI_BASE_URL",
-    "GOOGLE_VERTEX_BASE_URL",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
-
-
-@pytest.fixture(autouse=True)
-def _no_google_environment(monkeypatch):
-    for name in GOOGLE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def gemini(settings, fake_gemini):
     """Point a 'gemini' provider (Developer API) at the fake server, with no database; return the server."""

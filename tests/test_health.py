@@ -75,7 +75,6 @@ def test_the_key_can_come_from_the_environment(settings, monkeypatch):
 
 
 def test_a_missing_key_is_a_problem(settings, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     configure(settings, "openai", "llmapp.providers.openai.OpenAIProvider", api_key="")
     health = provider_health("openai")
     assert not health.ok
@@ -86,7 +85,6 @@ def test_a_missing_key_is_a_problem(settings, monkeypatch):
 
 
 def test_a_local_server_needs_no_key(settings, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     configure(
         settings, "local", "llmapp.providers.openai.OpenAIProvider", base_url="http://127.0.0.1:11434/v1"
     )

@@ -80,8 +80,6 @@ CASES = {
     ),
 }
 
-KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
-
 
 @dataclasses.dataclass
 class Setup:
@@ -94,10 +92,8 @@ class Setup:
 
 
 @pytest.fixture(params=list(CASES))
-def provider(request, settings, monkeypatch):
+def provider(request, settings):
     """A provider pointed at its fake server, with no database and no circuit breaker."""
-    for name in KEY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     case = CASES[request.param]
     with case.server_class() as server:
         settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
@@ -113,10 +109,8 @@ def provider(request, settings, monkeypatch):
 
 
 @pytest.fixture(params=list(CASES))
-def case(request, monkeypatch):
-    """A provider's Case, with no key in the environment."""
-    for name in KEY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+def case(request):
+    """A provider's Case (no key in the environment: see conftest's _isolated_environment)."""
     return CASES[request.param]
 
 

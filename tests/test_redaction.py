@@ -180,3 +180,16 @@ def test_known_secrets_read_no_setting_through_its_deprecation_warning(settings,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "a-provider-key" in scrubbing.secret_values()
+
+
+def test_a_configured_backends_key_shape_is_masked_without_editing_llmapp(settings):
+    key = "inh_0123456789abcdef"
+    assert redact(f"echoed {key}") == f"echoed {key}"  # not a shape llmapp knows of itself
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "inhouse": {"BACKEND": "tests.fakes.custom_provider.InHouseProvider"},
+    }
+    assert redact(f"echoed {key}") == "echoed ••••"
+    # The shipped backends' shapes hold whatever is configured.
+    for shipped in ("sk-proj-abcdefghijklmnop", "sk-ant-api03-abcdefghijkl", "AIza" + "S" * 35):
+        assert shipped not in redact(f"echoed {shipped}")

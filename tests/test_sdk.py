@@ -415,3 +415,15 @@ def test_configure_sdk_imports_no_provider_sdk(ingests):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_configured_backends_sentry_integration_is_kept_off_too(settings):
+    from llmapp.sentry.options import ai_integrations
+
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "inhouse": {"BACKEND": "tests.fakes.custom_provider.InHouseProvider"},
+    }
+    integrations = ai_integrations()
+    assert "sentry_sdk.integrations.httpx.HttpxIntegration" in integrations
+    assert "sentry_sdk.integrations.openai.OpenAIIntegration" in integrations

@@ -13,6 +13,12 @@ from llmapp import conf
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
 from llmapp.redaction import redact
 
+#: The backends llmapp ships.
+BUILTIN_BACKENDS = (
+    "llmapp.providers.openai.OpenAIProvider",
+    "llmapp.providers.anthropic.AnthropicProvider",
+    "llmapp.providers.gemini.GeminiProvider",
+)
 PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER"})
 ENTRY_HINT = 'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
 
@@ -140,6 +146,28 @@ def check_entry(alias, config):
             check_id="llmapp.E017",
             hint='For example {"FAILURES": 5, "COOLDOWN": 30}, the defaults.',
         )
+
+
+def backend_classes():
+    """Return the classes of the shipped backends and of the configured ones, each once.
+
+    Importing a backend's module imports no SDK. A BACKEND that cannot be imported is its
+    entry's problem (a check says so), not this list's.
+    """
+    configured = conf.get_setting("LLM_PROVIDERS")
+    paths = list(BUILTIN_BACKENDS)
+    for config in configured.values() if isinstance(configured, dict) else ():
+        if isinstance(config, dict) and isinstance(config.get("BACKEND"), str):
+            paths.append(config["BACKEND"])
+    classes = []
+    for path in dict.fromkeys(paths):
+        try:
+            cls = import_string(path)
+        except ImportError:
+            continue
+        if cls not in classes:
+            classes.append(cls)
+    return classes
 
 
 providers = ProviderHandler()

@@ -153,6 +153,9 @@ class AnthropicProvider(StainlessProvider):
     error_hints = HINTS | {529: "Anthropic is overloaded; try again shortly"}
     request_id_header = "request-id"
     answer_type = "types.Message"
+    sentry_integration = "sentry_sdk.integrations.anthropic.AnthropicIntegration"
+    key_pattern = r"\bsk-ant-[A-Za-z0-9_-]{8,}"
+    sdk_loggers = ("anthropic",)
     transient_statuses = TRANSIENT_STATUSES
 
     def error_status(self, exc):

@@ -58,6 +58,17 @@ class BaseProvider:
     package = None
     extra = None
 
+    # What the rest of llmapp needs of a backend is read from its class (see
+    # ``providers.backend_classes()``), so that adding one edits nothing else:
+    #: the sentry-sdk integration that instruments its SDK, switched off (llmapp's own spans
+    #: say the same; both would count every call twice), as an import string;
+    sentry_integration = None
+    #: a regular expression of its keys' shape, masked in any text llmapp redacts (a server
+    #: may echo a key it was not given here); linear, as redaction's patterns must be;
+    key_pattern = None
+    #: the loggers of its SDK, whose records are redacted (they log URLs and headers).
+    sdk_loggers = ()
+
     def __init__(self, alias, *, options=None, models=None):
         self.alias = alias
         self.options = dict(options or {})
@@ -278,7 +289,7 @@ class SDKProvider(BaseProvider):
     def new_client(self, asynchronous=False, transport=None):
         """Build a client with the SDK's loggers redacted: httpx logs every URL, userinfo included."""
         client = self.build_client(asynchronous, transport=transport)
-        redact_sdk_logs()
+        redact_sdk_logs(self.sdk_loggers)
         return client
 
     def client_for(self, request, asynchronous=False):

@@ -84,6 +84,9 @@ class GeminiProvider(SDKProvider):
     extra = "gemini"
     default_timeout = DEFAULT_TIMEOUT
     stream_reader = GeminiStreamReader
+    sentry_integration = "sentry_sdk.integrations.google_genai.GoogleGenAIIntegration"
+    key_pattern = r"\bAIza[0-9A-Za-z_-]{35}"
+    sdk_loggers = ("google_genai",)
 
     @property
     def is_vertex(self):

@@ -34,6 +34,9 @@ class OpenAIProvider(StainlessProvider):
 
     request_id_header = "x-request-id"
     answer_type = "types.chat.ChatCompletion"
+    sentry_integration = "sentry_sdk.integrations.openai.OpenAIIntegration"
+    key_pattern = r"\bsk-(?:proj-)?[A-Za-z0-9_-]{8,}"
+    sdk_loggers = ("openai",)
 
     option_names = frozenset(
         {

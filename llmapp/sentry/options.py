@@ -11,14 +11,20 @@ from llmapp.sentry.scrubbing import before_breadcrumb, before_send, before_send_
 
 RELEASE_PREFIX = "llmapp@"
 
-# llmapp emits its own gen_ai spans; these would add a duplicate span per LLM call.
-# Importing one of these modules imports its provider SDK (openai alone costs 300+ ms).
-AI_INTEGRATIONS = (
-    "sentry_sdk.integrations.openai.OpenAIIntegration",
-    "sentry_sdk.integrations.anthropic.AnthropicIntegration",
-    "sentry_sdk.integrations.google_genai.GoogleGenAIIntegration",
-    "sentry_sdk.integrations.langchain.LangchainIntegration",
-)
+# llmapp emits its own gen_ai spans; the providers' integrations (each names its own,
+# ``sentry_integration``) and these would add a duplicate span per LLM call. Importing one
+# of them imports its SDK (openai alone costs 300+ ms).
+OTHER_AI_INTEGRATIONS = ("sentry_sdk.integrations.langchain.LangchainIntegration",)
+
+
+def ai_integrations():
+    """The import strings of the integrations that would instrument LLM calls a second time."""
+    from llmapp.providers import backend_classes
+
+    providers = [
+        cls.sentry_integration for cls in backend_classes() if getattr(cls, "sentry_integration", None)
+    ]
+    return (*dict.fromkeys(providers), *OTHER_AI_INTEGRATIONS)
 
 
 class Dsns(NamedTuple):
@@ -51,7 +57,7 @@ def _get_sdk_options():
         # so importing the AI ones here costs nothing more.
         options["disabled_integrations"] = [
             *(options.get("disabled_integrations") or ()),
-            *_importable_integrations(AI_INTEGRATIONS),
+            *_importable_integrations(ai_integrations()),
         ]
     return options, _pop_dsns(options)
 

@@ -1,6 +1,9 @@
 """The openai provider against a fake OpenAI-compatible server on 127.0.0.1."""
 
+import pytest
+
 from llmapp import complete_prompt
+from llmapp.exceptions import ProviderError
 from llmapp.providers.openai import OpenAIProvider
 from tests.conftest import API_KEY
 
@@ -67,3 +70,23 @@ def test_azure_options_select_the_azure_client_and_url():
     assert described["headers"]["api-key"] == "••••CRET"
     assert "authorization" not in described["headers"]
     assert type(backend.client).__name__ == "AzureOpenAI"
+
+
+def test_a_prompt_azures_filters_block_is_a_refusal_that_moves_to_the_fallback(openai_provider):
+    from llmapp.exceptions import ProviderRefused
+
+    message = (
+        "The response was filtered due to the prompt triggering Azure OpenAI's content management policy."
+    )
+    openai_provider.reply_error(400, message, code="content_filter")
+    with pytest.raises(ProviderRefused) as raised:
+        complete_prompt("summarize", "hi", provider="openai", fallbacks=[])
+    assert raised.value.finish_reason == "content_filter" and "content management policy" in str(raised.value)
+    assert len(openai_provider.requests) == 1
+    openai_provider.reply_error(400, message, code="content_filter")
+    completion = complete_prompt("summarize", "hi", provider="openai", fallbacks=["default"])
+    assert completion.provider == "default"
+    openai_provider.reply_error(400, "Invalid value for 'temperature'", code="invalid_value")
+    with pytest.raises(ProviderError) as raised:
+        complete_prompt("summarize", "hi", provider="openai", fallbacks=["default"])
+    assert not isinstance(raised.value, ProviderRefused)  # any other 400 ends the call

@@ -310,3 +310,28 @@ def test_googles_retry_info_through_an_openai_compatible_gateway_is_the_wait(
     assert (raised.value.status_code, raised.value.transient) == (429, True)
     assert raised.value.retry_after == 58
     assert str(raised.value).startswith("You exceeded your current quota")
+
+
+@pytest.mark.django_db
+def test_a_model_the_server_does_not_have_moves_on_and_opens_that_models_circuit_only(
+    replay,
+    simulated_time,  # noqa: F811
+    settings,
+):
+    case = CASES["openai-404-groq-model-not-found"]
+    primary = replay(case)
+    replay(FALLBACK_ANSWER, alias="fallback")
+    breaker = {"FAILURES": 1, "COOLDOWN": 30}
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "primary": {**settings.LLM_PROVIDERS["primary"], "CIRCUIT_BREAKER": breaker},
+    }
+    for _ in range(2):
+        _, completion = call(case, fallbacks=["fallback"], model="non-existent")
+        assert completion.provider == "fallback" and completion.text == FALLBACK_ANSWER["expect"]["text"]
+    # The second call did not ask for the missing model again...
+    assert len(primary.requests) == 1
+    # ...but another model behind the same alias is still asked: the alias's circuit is closed.
+    call(case, fallbacks=["fallback"], model="llama-3.3-70b")
+    assert [request.body["model"] for request in primary.requests] == ["non-existent", "llama-3.3-70b"]
+    assert simulated_time.waits == []  # a missing model is not retried

@@ -1,9 +1,10 @@
 """A circuit breaker per provider alias, and one per alias and model; state in the Django cache.
 
-A gateway serves many models under one alias: one model rate limited or overloaded must
-not block the others. So failures that belong to a model (HTTP 429, an overloaded model)
-count on that model's circuit, and failures of the server itself (refused connections,
-timeouts, other 5xx) on the alias's; a call goes to a route only when both are closed.
+A gateway serves many models under one alias: one model rate limited, overloaded or
+missing must not block the others. So failures that belong to a model (HTTP 429, an
+overloaded model, a model the server does not have) count on that model's circuit, and
+failures of the server itself (refused connections, timeouts, other 5xx) on the alias's;
+a call goes to a route only when both are closed.
 
 With a shared cache (Redis, Memcached, the database) every worker of a deployment
 sees the same state. It opens after ``FAILURES`` consecutive transient failures,
@@ -192,11 +193,13 @@ def _digest(text):
 
 def model_scoped(error):
     """Say whether ``error`` is a failure of the model rather than of the server: a rate
-    limit or an overloaded model, which another model behind the same alias may not share."""
+    limit, an overloaded model or one the server does not have, which another model behind
+    the same alias may not share."""
     return getattr(error, "status_code", None) in MODEL_STATUSES
 
 
-#: HTTP statuses that speak of one model: rate limited (429), overloaded (Anthropic's 529).
-MODEL_STATUSES = frozenset({429, 529})
+#: HTTP statuses that speak of one model: not found (404), rate limited (429), overloaded
+#: (Anthropic's 529).
+MODEL_STATUSES = frozenset({404, 429, 529})
 
 conf.on_change(_closed_until.clear)

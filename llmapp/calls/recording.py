@@ -7,7 +7,8 @@ from asgiref.sync import sync_to_async
 
 from llmapp import eventstream, metrics
 from llmapp.calls.types import evolve
-from llmapp.eventstream.events import ERROR, OK, build_event
+from llmapp.eventstream.events import ERROR, OK, REFUSED, build_event
+from llmapp.exceptions import ProviderRefused
 from llmapp.sentry import tracing
 from llmapp.sentry.frames import capture_exception
 
@@ -68,7 +69,9 @@ class Call:
         latency_ms = self._latency_ms()
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
-        self._count(ERROR, provider, self.request.model, latency_ms)
+        self._count(
+            REFUSED if isinstance(error, ProviderRefused) else ERROR, provider, self.request.model, latency_ms
+        )
         if not eventstream.keeps_events():
             return None
         return build_event(

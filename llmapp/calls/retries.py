@@ -130,17 +130,23 @@ class Attempts:
 
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
-        if not self._retryable(error):
-            return 0.0
-        breaker = self._route.breaker_for(error)
-        return self._wait_after(error, breaker is not None and breaker.record_failure(budget=self.left()))
+        retryable = self._retryable(error)
+        breaker = self._counting_breaker(error, retryable)
+        opened = breaker is not None and breaker.record_failure(budget=self.left())
+        return self._wait_after(error, opened) if retryable else 0.0
 
     async def afailed(self, error):
-        if not self._retryable(error):
-            return 0.0
-        breaker = self._route.breaker_for(error)
+        retryable = self._retryable(error)
+        breaker = self._counting_breaker(error, retryable)
         opened = breaker is not None and await breaker.arecord_failure(budget=self.left())
-        return self._wait_after(error, opened)
+        return self._wait_after(error, opened) if retryable else 0.0
+
+    def _counting_breaker(self, error, retryable):
+        """The circuit ``error`` counts on: the route's for a transient failure, the model's for
+        one of its model that no retry passes (a model the server does not have), else none."""
+        if retryable:
+            return self._route.breaker_for(error)
+        return self._route.model_breaker if model_scoped(error) else None
 
     def succeeded(self):
         """Record the success on the route's circuits."""

@@ -27,7 +27,7 @@ def status_error(
     detail = provider.redact(str(detail))
     if len(detail) > MAX_DETAIL:
         detail = detail[:MAX_DETAIL] + "…"
-    return ProviderError(
+    error = ProviderError(
         joined(detail, hint),
         provider=provider.alias,
         status_code=status,
@@ -36,6 +36,9 @@ def status_error(
         transient=status in transient,
         retry_after=retry_after,
     )
+    # A model this server does not have: a fallback (another server, another model) may.
+    error.try_elsewhere = status == 404
+    return error
 
 
 def joined(detail, hint):

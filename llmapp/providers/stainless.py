@@ -11,6 +11,7 @@ client classes, its own client options and its answer type, and writes only the 
 import functools
 
 from llmapp.providers.base import SDKProvider
+from llmapp.providers.finish import REFUSALS, refusal
 from llmapp.providers.http import error_message, malformed_answer, retry_after, retry_info_delay, status_error
 
 
@@ -53,6 +54,9 @@ class StainlessProvider(SDKProvider):
         if isinstance(exc, sdk.APIConnectionError):
             return self.unreachable(exc.__cause__ or exc, request_id)
         if isinstance(exc, sdk.APIStatusError):
+            refused = self.refused_request(exc)
+            if refused is not None:
+                return refused
             return status_error(
                 self,
                 self.error_status(exc),
@@ -66,6 +70,20 @@ class StainlessProvider(SDKProvider):
         if isinstance(exc, sdk.APIResponseValidationError):
             return malformed_answer(self, request_id)
         return None
+
+    def refused_request(self, exc):
+        """The ProviderRefused of an error answer that is a content filter's refusal, or None.
+
+        Azure OpenAI refuses a prompt its filters block with a 400 whose code is
+        ``content_filter``, before any answer: the same refusal as one in an answer.
+        """
+        error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        if self.error_status(exc) != 400 or code not in REFUSALS:
+            return None
+        return refusal(
+            self, code, request_id=self.error_request_id(exc), detail=error_message(exc.body) or None
+        )
 
     def error_status(self, exc):
         """The HTTP status of the SDK's ``APIStatusError`` ``exc``."""

@@ -78,3 +78,13 @@ def test_no_import_cycle_at_module_level():
         if name not in state:
             visit(name, [name])
     assert cycles == []
+
+
+def test_the_public_api_is_what_llmapp_exports_and_it_is_typed():
+    import llmapp
+
+    assert sorted(llmapp.__all__) == sorted(llmapp._EXPORTS)
+    for name in llmapp.__all__:
+        assert getattr(llmapp, name) is not None
+    assert (PACKAGE / "py.typed").exists()
+    assert llmapp.complete_prompt.__annotations__["return"] is llmapp.Completion

@@ -1,11 +1,13 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
 import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Unpack
 
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
-from llmapp.calls.types import Completion, CompletionRequest
+from llmapp.calls.types import CallOptions, Completion, CompletionRequest
 from llmapp.conf.usecases import RULES, get_usecase, shown
 from llmapp.exceptions import (
     InvalidMaxOutputTokens,
@@ -118,7 +120,7 @@ def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, *
     return request, Attempts(request, routes, retries=retries, timeout=float(timeout))
 
 
-def complete_prompt(usecase, message, **overrides) -> Completion:
+def complete_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Completion:
     """Run ``usecase`` on ``message`` and return its Completion.
 
     Keyword overrides, for this call only: ``prompt``, ``temperature`` (0-1),
@@ -142,7 +144,7 @@ def complete_prompt(usecase, message, **overrides) -> Completion:
     return call.succeeded(completion)
 
 
-def stream_prompt(usecase, message, **overrides):
+def stream_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Iterator[str | Completion]:
     """Yield the answer's text chunks as they arrive, then its Completion.
 
     Takes the same arguments as :func:`complete_prompt`. A transient failure before
@@ -177,7 +179,7 @@ def stream_prompt(usecase, message, **overrides):
     yield call.succeeded(completion)
 
 
-async def acomplete_prompt(usecase, message, **overrides) -> Completion:
+async def acomplete_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views.
 
     Nothing leaves the event loop on the way: the provider's async client, a circuit
@@ -202,7 +204,9 @@ async def acomplete_prompt(usecase, message, **overrides) -> Completion:
     return await call.asucceeded(completion)
 
 
-async def astream_prompt(usecase, message, **overrides):
+async def astream_prompt(
+    usecase: str, message: str, **overrides: Unpack[CallOptions]
+) -> AsyncIterator[str | Completion]:
     """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts, streaming=True)

@@ -1,6 +1,8 @@
 """The values that cross llmapp's service layer: a request and its completion."""
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict
 
 
 def evolve(value, **changes):
@@ -12,6 +14,23 @@ def evolve(value, **changes):
     copy = object.__new__(type(value))
     copy.__dict__.update(value.__dict__, **changes)
     return copy
+
+
+class CallOptions(TypedDict, total=False):
+    """What one call may set over its use case (the keyword arguments of ``complete_prompt``)."""
+
+    prompt: str
+    #: Provider-neutral, 0 to 1.
+    temperature: float
+    max_output_tokens: int
+    #: An LLM_PROVIDERS alias, and a model it allows.
+    provider: str
+    model: str
+    #: Seconds over every attempt, backoff and fallback.
+    timeout: float
+    retries: int
+    #: "provider" or "provider:model" entries; [] for none.
+    fallbacks: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -47,13 +66,13 @@ class Completion:
     latency_ms: float = 0.0
     request_id: str | None = None
     attempts: int = 1
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def usage(self):
+    def usage(self) -> dict[str, int | None]:
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         """Return the JSON shape the CLI prints and batch files hold."""
         data = asdict(self)
         del data["extra"], data["input_tokens"], data["output_tokens"]

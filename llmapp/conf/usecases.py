@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
@@ -286,7 +287,7 @@ _code_usecases = {}
 _lock = threading.Lock()
 
 
-def register_usecase(name, **fields):
+def register_usecase(name: str, **fields: Any) -> None:
     """Register (or extend) a use case in code, typically from an ``AppConfig.ready``.
 
     Fields are the lower-case forms of the settings keys: ``description``,

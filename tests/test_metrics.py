@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -167,18 +166,15 @@ def test_incr_never_blocks_on_a_stuck_backend(settings):
     queue = metrics._queue
     largest = 0
 
-    start = time.perf_counter()
     for _ in range(10_000):
         metrics.incr("stuck")
         largest = max(largest, queue.qsize())
-    elapsed = time.perf_counter() - start
 
     assert not BlockingBackend.release.is_set()  # every call returned while it was stuck
     assert queue.maxsize == 100
     assert largest == 100
     assert metrics.dropped_count() - dropped_before == 10_000 - 100
     assert not metrics.flush(timeout=0.05)  # a stuck backend bounds flush, too
-    assert elapsed < 2  # a sanity bound only; speed is measured in benchmarks
 
     BlockingBackend.release.set()
     assert metrics.flush()
@@ -387,17 +383,16 @@ for _ in range(3):
 """
 
 
-def run_and_exit(backend, port=""):
-    start = time.monotonic()
+def run_and_exit(backend, port="", timeout=20):
+    """Run a process that records a metric and exits; it must be gone within ``timeout``."""
     result = subprocess.run(
         [sys.executable, "-c", EXIT_SCRIPT, backend, str(port)],
         cwd=PROJECT_DIR,
         capture_output=True,
-        timeout=20,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()
-    return time.monotonic() - start
 
 
 def test_metrics_are_flushed_at_exit(udp_server):
@@ -408,6 +403,5 @@ def test_metrics_are_flushed_at_exit(udp_server):
 
 def test_exit_does_not_hang_on_a_stuck_backend():
     # BlockingBackend never gets its release in the child process.
-    elapsed = run_and_exit("tests.test_metrics.BlockingBackend")
-
-    assert elapsed < 10
+    # Its flush at exit has a budget of its own (2 s): a hang would outlive the timeout.
+    run_and_exit("tests.test_metrics.BlockingBackend", timeout=10)

@@ -484,8 +484,8 @@ class FakeHTTPServer:
 
         with self._lock:
             reply = self._replies.popleft() if self._replies else self._default_reply()
-        if not self._pause(reply.delay):
-            handler.cut()  # stop() was called while a reply was hanging
+        if not self._pause_between(handler, reply.delay):
+            handler.cut()  # stop() was called, or the client hung up, while a reply was held back
             return
 
         if isinstance(reply, RecordedReply):
@@ -525,14 +525,9 @@ class FakeHTTPServer:
         # Lower-cased so a test's own request id replaces the default one.
         return {self.request_id_header: f"req_fake_{n}", **{k.lower(): v for k, v in extra.items()}}
 
-    def _pause(self, seconds: float) -> bool:
-        """Sleep unless the server stops first; return whether it is still running."""
-        if seconds > 0:
-            return not self._stopping.wait(seconds)
-        return not self._stopping.is_set()
-
     def _pause_between(self, handler: RequestHandler, seconds: float) -> bool:
-        """Pause between two events unless the server stops or the client hangs up first.
+        """Pause before a reply, or between two events, unless the server stops or the client
+        hangs up first (noted: ``wait_for_hangup``).
 
         Return whether to go on.
         """

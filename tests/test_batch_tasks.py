@@ -288,3 +288,17 @@ def test_an_argument_error_is_one_line(manage):
     assert result.returncode == 1
     assert result.stderr.startswith("CommandError: argument action: invalid choice: 'bogus'")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_setting_every_item_would_fail_on_stops_the_enqueue_with_one_line(tmp_path, dummy, settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {"BACKEND": "llmapp.providers.openai.OpenAIProvider"},  # no key anywhere
+    }
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai"}}
+    source = write_lines(tmp_path / "in.jsonl", [json.dumps(f"ticket {n}") for n in range(5)])
+    with pytest.raises(CommandError) as raised:
+        command("llm", "summarize", "--input", str(source), "--enqueue")
+    assert str(raised.value).startswith("provider 'openai' has no API key: set OPENAI_API_KEY")
+    assert "\n" not in str(raised.value)
+    assert not Batch.objects.exists() and dummy == []

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from django.db import close_old_connections
 
 from llmapp import eventstream
-from llmapp.calls.service import complete_prompt
-from llmapp.exceptions import ConfigurationError, LLMError
+from llmapp.calls.service import complete_prompt, prepare_request
+from llmapp.exceptions import ConfigurationError, ImproperlyInstalled, LLMError
 from llmapp.redaction import redact
 
 logger = logging.getLogger("llmapp.batch")
@@ -100,6 +100,18 @@ def read_items(lines, positions=None):
             # A resume goes by id: two items with one id would pass for each other.
             raise InputError(f"lines {first} and {number} have the same id {item.id!r}; give each its own")
         yield item
+
+
+def check_callable(usecase):
+    """Raise the ConfigurationError every item of a batch of ``usecase`` would meet, if any.
+
+    A use case or provider that is misconfigured, an SDK that is not installed, a key that
+    is missing: a setting to fix, said once, before any item runs. Nothing is sent.
+    """
+    _, backend = prepare_request(usecase, "-")
+    if not backend.sdk_installed():
+        raise ImproperlyInstalled(backend.alias, backend.package, backend.extra)
+    backend.check_connection()
 
 
 def run_item(usecase, item, stop_on=()):

@@ -117,8 +117,13 @@ def enqueue_batch(usecase, items):
     whose input line could not be read is stored failed, with its error record, and gets
     no task. The tasks are enqueued once the batch is committed, so that a worker never
     looks for an item it cannot see yet. Returns the Batch; ``total`` counts its items.
+
+    Raises ConfigurationError, storing nothing, when every item would fail on a setting
+    (``batch.check_callable``).
     """
     queued = _current_task()  # a bad LLM_BATCH_QUEUE fails before anything is stored
+    # So does a setting every item would fail on (no key...): one error, not one per item.
+    batch.check_callable(usecase)
     with transaction.atomic():
         created = Batch.objects.create(usecase=usecase)
         rows = (_row(created, position, item) for position, item in enumerate(items))

@@ -104,6 +104,38 @@ def test_a_full_queue_drops_events_counts_them_and_logs_once(settings, caplog):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_producer_that_may_wait_waits_for_room_rather_than_drop(settings):
+    writer_module.reset_dropped_count()
+    release = threading.Event()
+
+    def held_insert(connection, events):
+        release.wait()  # the usage database is a moment behind
+        insert_events(connection, events)
+
+    writer = EventWriter(queue_size=3, batch_size=1, max_wait=0, insert=held_insert)
+    usage = _usage_event()
+    accepted = []
+
+    def batch_worker():
+        with eventstream.may_wait(30):
+            accepted.extend(writer.offer(usage) for _ in range(10))
+
+    worker = threading.Thread(target=batch_worker)
+    worker.start()
+    # One event held by the stuck database, three in the queue: the fifth waits for room.
+    while len(accepted) < 4 or writer.queue.qsize() < 3:
+        threading.Event().wait(0.005)
+    assert worker.is_alive() and writer_module.dropped_count() == 0
+    release.set()
+    worker.join(30)
+    assert accepted == [True] * 10
+    assert writer.stop(timeout=10)
+    assert (writer.written, writer_module.dropped_count()) == (10, 0)
+    # A caller that may not wait (a request) still drops at once rather than wait.
+    assert writer.offer(usage) is False
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_bad_row_loses_only_itself(settings):
     good = _usage_event()
     bad = dataclasses.replace(good, input_tokens=-1)  # violates the column's CHECK constraint

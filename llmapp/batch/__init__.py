@@ -141,7 +141,9 @@ def _run_in_worker(usecase, item, stopped):
         return None
     try:
         # A setting to fix (no key, no SDK) would fail every item alike: it stops the batch.
-        return run_item(usecase, item, stop_on=ConfigurationError)
+        # Its usage event may wait for room in the writer's queue rather than be dropped.
+        with eventstream.may_wait(FLUSH_TIMEOUT):
+            return run_item(usecase, item, stop_on=ConfigurationError)
     except ConfigurationError:
         stopped.set()
         raise

@@ -19,7 +19,7 @@ from llmapp.conf.backends import backend_class
 from llmapp.eventstream import writer
 from llmapp.eventstream.base import EventStream
 from llmapp.eventstream.database import DatabaseEventStream
-from llmapp.eventstream.writer import dropped_count
+from llmapp.eventstream.writer import dropped_count, may_wait
 from llmapp.exceptions import ConfigurationError
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "flush",
     "get_eventstream",
     "keeps_events",
+    "may_wait",
     "record",
     "wait_for_room",
 ]

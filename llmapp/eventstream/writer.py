@@ -12,6 +12,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 
 from django.db import (
     DatabaseError,
@@ -35,6 +36,28 @@ WRITTEN_METRIC = "eventstream.written"
 LOG_INTERVAL = 60.0
 #: Seconds without an event after which the writer closes its database connection.
 IDLE_CLOSE = 10.0
+#: Seconds between two looks at a full queue, for a producer that may wait for room.
+ROOM_POLL = 0.005
+
+#: This thread's producer: how many seconds its events may wait for room in a full queue.
+_producer = threading.local()
+
+
+@contextlib.contextmanager
+def may_wait(seconds):
+    """Let the events this thread records wait up to ``seconds`` for room in a full queue.
+
+    For producers that may wait (a batch's workers, not a request's thread): a batch makes
+    calls as fast as the provider answers, and dropping its events because the writer is
+    a moment behind would lose them for nothing. A writer stuck longer still drops them,
+    counted.
+    """
+    before = getattr(_producer, "wait", 0.0)
+    _producer.wait = seconds
+    try:
+        yield
+    finally:
+        _producer.wait = before
 
 
 class _Marker:
@@ -74,11 +97,14 @@ class EventWriter:
     # -- the callers' side ---------------------------------------------------------
 
     def offer(self, event):
-        """Queue ``event`` for writing; drop it, counted, when the queue is full. Never blocks."""
+        """Queue ``event`` for writing; drop it, counted, when the queue is full.
+
+        Never blocks, unless this thread's producer may wait for room (``may_wait``).
+        """
         if self.stopped:
             self.lost(1, "its event stream was closed (a change of settings, or the process is exiting)")
             return False
-        if self.queue.qsize() >= self.queue_size:
+        if self.queue.qsize() >= self.queue_size and not self._room_within(getattr(_producer, "wait", 0.0)):
             self.lost(1, f"the queue of {self.queue_size} events is full")
             return False
         self.queue.put(event)
@@ -89,6 +115,18 @@ class EventWriter:
             self._start()
         elif self._waiting >= self.batch_size:
             self._wake.set()
+        return True
+
+    def _room_within(self, seconds):
+        """Wait up to ``seconds`` for room in the queue, waking the writer; say whether there is."""
+        if seconds <= 0 or self.thread is None or not self.thread.is_alive():
+            return False
+        deadline = time.monotonic() + seconds
+        while self.queue.qsize() >= self.queue_size:
+            if time.monotonic() >= deadline or self.stopped:
+                return False
+            self._wake.set()  # a full batch waits for no more
+            time.sleep(ROOM_POLL)
         return True
 
     def flush(self, timeout):

@@ -86,15 +86,35 @@ _key_shapes = None
 
 
 def key_shapes():
-    """The pattern of Bearer tokens and of every provider's keys (``key_pattern``)."""
-    global _key_shapes
-    if _key_shapes is None:
-        # Imported here: the providers import this module.
-        from llmapp.providers import backend_classes
+    """The pattern of Bearer tokens and of every provider's keys (``key_pattern``).
 
-        patterns = [cls.key_pattern for cls in backend_classes() if getattr(cls, "key_pattern", None)]
-        _key_shapes = re.compile("|".join([_BEARER, *(f"(?:{pattern})" for pattern in patterns)]), re.I)
-    return _key_shapes
+    A backend's pattern that does not compile is left out, and so are all of them should
+    the backends not be readable: redaction never fails for a setting.
+    """
+    global _key_shapes
+    shapes = _key_shapes
+    if shapes is None:
+        patterns = [_BEARER]
+        try:
+            # Imported here: the providers import this module.
+            from llmapp.providers import backend_classes
+
+            for cls in backend_classes():
+                pattern = getattr(cls, "key_pattern", None)
+                if isinstance(pattern, str) and _compiles(pattern):
+                    patterns.append(f"(?:{pattern})")
+        except Exception:  # noqa: S110 (Bearer tokens, URL and query credentials are still masked)
+            pass
+        shapes = _key_shapes = re.compile("|".join(patterns), re.I)
+    return shapes
+
+
+def _compiles(pattern):
+    try:
+        re.compile(f"(?:{pattern})", re.I)
+    except re.error:
+        return False
+    return True
 
 
 _known_secrets = None

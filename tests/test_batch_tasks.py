@@ -302,3 +302,7 @@ def test_a_setting_every_item_would_fail_on_stops_the_enqueue_with_one_line(tmp_
     assert str(raised.value).startswith("provider 'openai' has no API key: set OPENAI_API_KEY")
     assert "\n" not in str(raised.value)
     assert not Batch.objects.exists() and dummy == []
+    # Items that name a provider of their own are checked on theirs.
+    routed = write_lines(tmp_path / "routed.jsonl", [json.dumps({"message": "hi", "provider": "test"})] * 3)
+    batch_id = enqueue(routed)
+    assert Batch.objects.get(pk=batch_id).total == 3 and len(dummy) == 3

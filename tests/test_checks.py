@@ -300,3 +300,15 @@ def test_every_check_id_is_documented_once_and_used():
     documented = re.findall(r"^\| `(llmapp\.[EW]\d{3})` \|", (root / "README.md").read_text(), re.M)
     assert sorted(documented) == sorted(set(documented)), "an id is documented twice"
     assert used == set(documented)
+
+
+def test_a_backend_module_that_fails_to_import_is_its_entrys_error(settings):
+    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "broken": {"BACKEND": "tests.fakes.broken_backend.X"}}
+    ids, output = check()
+    assert ids == ["llmapp.E002"] and "RuntimeError: this module is broken" in output
+
+
+def test_a_backend_of_a_projects_own_that_cannot_be_called_is_a_warning(settings):
+    settings.LLM_PROVIDERS = {"default": {"BACKEND": "tests.fakes.custom_provider.TokenProvider"}}
+    ids, output = check()  # a warning: no SystemCheckError
+    assert ids == ["llmapp.W003"] and "set INHOUSE_TOKEN" in output

@@ -90,3 +90,18 @@ def test_a_prompt_azures_filters_block_is_a_refusal_that_moves_to_the_fallback(o
     with pytest.raises(ProviderError) as raised:
         complete_prompt("summarize", "hi", provider="openai", fallbacks=["default"])
     assert not isinstance(raised.value, ProviderRefused)  # any other 400 ends the call
+
+
+def test_an_error_event_in_a_stream_before_any_text_is_retried(openai_provider):
+    import json
+
+    from llmapp import stream_prompt
+
+    error = {
+        "error": {"message": "The server had an error while processing your request.", "type": "server_error"}
+    }
+    openai_provider.reply_raw(
+        200, f"data: {json.dumps(error)}\n\n".encode(), content_type="text/event-stream"
+    )
+    *_, completion = stream_prompt("summarize", "hi", provider="openai", retries=1)
+    assert completion.text == "Fake answer to: hi" and completion.attempts == 2

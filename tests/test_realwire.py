@@ -335,3 +335,26 @@ def test_a_model_the_server_does_not_have_moves_on_and_opens_that_models_circuit
     call(case, fallbacks=["fallback"], model="llama-3.3-70b")
     assert [request.body["model"] for request in primary.requests] == ["non-existent", "llama-3.3-70b"]
     assert simulated_time.waits == []  # a missing model is not retried
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "odd", "details": 5}},
+        {"error": {"message": "odd", "details": [5, "x", {"@type": 3}]}},
+        {"error": {"message": "odd", "code": ["content_filter"]}},
+        ["not", "an", "object"],
+        "plain text",
+    ],
+)
+def test_an_odd_error_body_is_still_one_provider_error(settings, simulated_time, body):  # noqa: F811
+    with FakeOpenAIServer() as server:
+        server.reply_recorded(400, {"content-type": "application/json"}, json.dumps(body))
+        settings.LLM_PROVIDERS = {
+            **settings.LLM_PROVIDERS,
+            "odd": provider_settings("openai", server.base_url),
+        }
+        with pytest.raises(ProviderError) as raised:
+            complete_prompt("summarize", "hi", provider="odd", retries=0, timeout=TIMEOUT, fallbacks=[])
+    assert raised.value.status_code == 400 and not raised.value.transient

@@ -193,3 +193,12 @@ def test_a_configured_backends_key_shape_is_masked_without_editing_llmapp(settin
     # The shipped backends' shapes hold whatever is configured.
     for shipped in ("sk-proj-abcdefghijklmnop", "sk-ant-api03-abcdefghijkl", "AIza" + "S" * 35):
         assert shipped not in redact(f"echoed {shipped}")
+
+
+@pytest.mark.parametrize(
+    "backend", ["tests.fakes.broken_backend.Provider", "tests.fakes.custom_provider.BadPatternProvider"]
+)
+def test_a_backend_that_cannot_be_read_breaks_no_redaction(settings, backend):
+    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "broken": {"BACKEND": backend}}
+    text = redact("https://user:hunter2secret@gateway.internal/v1 with sk-proj-abcdefghijklmnop")
+    assert "hunter2secret" not in text and "sk-proj-abcdefghijklmnop" not in text

@@ -20,7 +20,7 @@ from django.db import close_old_connections
 
 from llmapp import eventstream
 from llmapp.calls.service import complete_prompt, prepare_request
-from llmapp.exceptions import ConfigurationError, ImproperlyInstalled, LLMError
+from llmapp.exceptions import ConfigurationError, ImproperlyInstalled, InvalidRequestError, LLMError
 from llmapp.redaction import redact
 
 logger = logging.getLogger("llmapp.batch")
@@ -102,13 +102,17 @@ def read_items(lines, positions=None):
         yield item
 
 
-def check_callable(usecase):
-    """Raise the ConfigurationError every item of a batch of ``usecase`` would meet, if any.
+def check_callable(usecase, provider=None, model=None):
+    """Raise the ConfigurationError every item of ``usecase`` on ``provider`` would meet, if any.
 
     A use case or provider that is misconfigured, an SDK that is not installed, a key that
-    is missing: a setting to fix, said once, before any item runs. Nothing is sent.
+    is missing: a setting to fix, said once, before any item runs. Nothing is sent. An
+    item's own bad argument is not one: its record says so when it runs.
     """
-    _, backend = prepare_request(usecase, "-")
+    try:
+        _, backend = prepare_request(usecase, "-", provider=provider, model=model)
+    except InvalidRequestError:
+        return
     if not backend.sdk_installed():
         raise ImproperlyInstalled(backend.alias, backend.package, backend.extra)
     backend.check_connection()

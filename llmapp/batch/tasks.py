@@ -122,11 +122,20 @@ def enqueue_batch(usecase, items):
     (``batch.check_callable``).
     """
     queued = _current_task()  # a bad LLM_BATCH_QUEUE fails before anything is stored
-    # So does a setting every item would fail on (no key...): one error, not one per item.
-    batch.check_callable(usecase)
+    routes_checked = set()
+
+    def checked(item):
+        # So does a setting the items on a route would all fail on (no key...): one error,
+        # not one per item; raised inside the transaction, it stores nothing.
+        route = (item.overrides.get("provider"), item.overrides.get("model"))
+        if not item.problem and route not in routes_checked:
+            batch.check_callable(usecase, *route)
+            routes_checked.add(route)
+        return item
+
     with transaction.atomic():
         created = Batch.objects.create(usecase=usecase)
-        rows = (_row(created, position, item) for position, item in enumerate(items))
+        rows = (_row(created, position, checked(item)) for position, item in enumerate(items))
         while chunk := list(islice(rows, CHUNK_SIZE)):
             BatchItem.objects.bulk_create(chunk)
             created.total += len(chunk)

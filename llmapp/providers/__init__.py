@@ -83,9 +83,10 @@ class ProviderHandler:
             )
         try:
             return import_string(config["BACKEND"])
-        except (ImportError, TypeError) as exc:
+        except Exception as exc:  # its module may fail in any way while it is imported
+            reason = str(exc) if isinstance(exc, ImportError | TypeError) else f"{type(exc).__name__}: {exc}"
             raise ConfigurationError(
-                f"{where}['BACKEND'] = {config['BACKEND']!r} cannot be imported ({exc}).",
+                f"{where}['BACKEND'] = {config['BACKEND']!r} cannot be imported ({reason}).",
                 check_id="llmapp.E002",
                 hint="Fix the import string, or install the package it names.",
             ) from None
@@ -151,10 +152,14 @@ def check_entry(alias, config):
 def backend_classes():
     """Return the classes of the shipped backends and of the configured ones, each once.
 
-    Importing a backend's module imports no SDK. A BACKEND that cannot be imported is its
-    entry's problem (a check says so), not this list's.
+    Importing a backend's module imports no SDK. A BACKEND that cannot be imported, for
+    whatever reason, is its entry's problem (a check says so), not this list's: redaction
+    and Sentry's set-up read it, and must work whatever the settings hold. Before settings
+    are configured, the shipped backends.
     """
-    configured = conf.get_setting("LLM_PROVIDERS")
+    from django.conf import settings
+
+    configured = conf.get_setting("LLM_PROVIDERS") if settings.configured else None
     paths = list(BUILTIN_BACKENDS)
     for config in configured.values() if isinstance(configured, dict) else ():
         if isinstance(config, dict) and isinstance(config.get("BACKEND"), str):
@@ -163,9 +168,9 @@ def backend_classes():
     for path in dict.fromkeys(paths):
         try:
             cls = import_string(path)
-        except ImportError:
+        except Exception:  # noqa: S112 (a SyntaxError, a failing import: the entry's own problem)
             continue
-        if cls not in classes:
+        if isinstance(cls, type) and cls not in classes:
             classes.append(cls)
     return classes
 

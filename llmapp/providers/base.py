@@ -237,7 +237,8 @@ class BaseProvider:
         try:
             self.check_connection()
         except ConfigurationError as exc:
-            return [exc.as_check()]
+            # A backend of a project's own may raise one without an id: calls cannot work.
+            return [exc.as_check() if exc.check_id else self.cannot_call(str(exc)).as_check()]
         return []
 
 

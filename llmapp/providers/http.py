@@ -85,7 +85,8 @@ def retry_info_delay(body):
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
     error = body.get("error", body) if isinstance(body, dict) else None
-    for detail in (error.get("details") if isinstance(error, dict) else None) or []:
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             try:
                 return max(0.0, float(str(detail.get("retryDelay", "")).removesuffix("s")))

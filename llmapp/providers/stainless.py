@@ -69,6 +69,10 @@ class StainlessProvider(SDKProvider):
             )
         if isinstance(exc, sdk.APIResponseValidationError):
             return malformed_answer(self, request_id)
+        if isinstance(exc, sdk.APIError):
+            # An error event in the middle of a stream that began with 200 (openai): the
+            # connection's failure, which a retry may not meet.
+            return self.connection_failed(exc, request_id)
         return None
 
     def refused_request(self, exc):
@@ -79,7 +83,7 @@ class StainlessProvider(SDKProvider):
         """
         error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        if self.error_status(exc) != 400 or code not in REFUSALS:
+        if self.error_status(exc) != 400 or not isinstance(code, str) or code not in REFUSALS:
             return None
         return refusal(
             self, code, request_id=self.error_request_id(exc), detail=error_message(exc.body) or None

@@ -9,3 +9,18 @@ class InHouseProvider(PreviewProvider):
     key_pattern = r"\binh_[a-z0-9]{16}\b"
     sentry_integration = "sentry_sdk.integrations.httpx.HttpxIntegration"
     sdk_loggers = ("inhouse_sdk",)
+
+
+class BadPatternProvider(PreviewProvider):
+    """Declares a key pattern that does not compile."""
+
+    key_pattern = r"inh_[a-z"
+
+
+class TokenProvider(PreviewProvider):
+    """Needs a token it does not have, and says so with a plain ConfigurationError."""
+
+    def check_connection(self):
+        from llmapp.exceptions import ConfigurationError
+
+        raise ConfigurationError("provider needs a token: set INHOUSE_TOKEN.")

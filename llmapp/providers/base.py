@@ -422,31 +422,24 @@ class SDKProvider(BaseProvider):
     def timed_out(self, timeout, request_id=None):
         """The error of an attempt that got no answer within ``timeout`` seconds (None: the client's)."""
         timeout = timeout if timeout is not None else self.client_timeout
-        return ProviderTimeout(
-            f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s",
-            provider=self.alias,
-            request_id=request_id,
-            transient=True,
-        )
+        message = f"no answer from {self.redact(self.base_url)} within {round(timeout, 2):g}s"
+        return self._transport_error(ProviderTimeout, message, request_id)
 
     def unreachable(self, cause, request_id=None):
         """The error of an attempt that could not connect, for ``cause``."""
         reason = self.redact(str(cause)) or type(cause).__name__
-        return ProviderUnavailable(
-            f"cannot reach {self.redact(self.base_url)}: {reason}",
-            provider=self.alias,
-            request_id=request_id,
-            transient=True,
+        return self._transport_error(
+            ProviderUnavailable, f"cannot reach {self.redact(self.base_url)}: {reason}", request_id
         )
 
     def connection_failed(self, exc, request_id=None):
         """The error of a connection that failed once open (a stream cut by the transport)."""
-        return ProviderUnavailable(
-            f"the connection failed: {self.redact(str(exc)) or type(exc).__name__}",
-            provider=self.alias,
-            request_id=request_id,
-            transient=True,
-        )
+        reason = self.redact(str(exc)) or type(exc).__name__
+        return self._transport_error(ProviderUnavailable, f"the connection failed: {reason}", request_id)
+
+    def _transport_error(self, error_class, message, request_id):
+        # Below the API: a retry may not meet it.
+        return error_class(message, provider=self.alias, request_id=request_id, transient=True)
 
     def open_stream(self, client, payload):
         """Start the SDK's stream of chunks for ``payload``; with an async client, return its coroutine."""

@@ -21,6 +21,8 @@ class CompletionEvent(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
+    # How many turns the call's conversation had: 1 for a message alone.
+    messages = models.PositiveSmallIntegerField(default=1)
     request_id = models.CharField(max_length=200, blank=True)
     error_type = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)
@@ -29,6 +31,8 @@ class CompletionEvent(models.Model):
     prompt = models.TextField(blank=True)
     message = models.TextField(blank=True)
     response = models.TextField(blank=True)
+    # The turns before the message, when the call carried a conversation (content too).
+    conversation = models.JSONField(null=True, blank=True)
     # A failed call's exception and stack frames, secrets scrubbed and size bounded.
     exception = models.JSONField(null=True, blank=True)
 

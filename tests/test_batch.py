@@ -399,3 +399,30 @@ def test_a_setting_to_fix_stops_the_batch_at_once_rather_than_fail_every_item(tm
     _, err = run_batch("summarize", "--input", str(source), "--output", str(output))
     assert [request.message for request in locmem.outbox] == ["m2", "m3", "m4"]
     assert "3 done, 0 failed, 2 skipped" in err
+
+
+def test_an_item_may_carry_a_conversation(settings):
+    from llmapp import batch
+
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "test"}}
+    lines = [
+        json.dumps(
+            {
+                "id": "c-1",
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "the last turn"},
+                ],
+            }
+        ),
+        json.dumps({"id": "c-2", "messages": [{"role": "assistant", "content": "b"}]}),
+    ]
+    records = []
+    batch.run_batch("summarize", batch.read_items(lines), records.append)
+    assert records[0]["text"] == "locmem answer to: the last turn"
+    assert (
+        records[1]["error"]["type"] == "InvalidMessageError"
+        and "end with a user turn" in records[1]["error"]["message"]
+    )
+    assert [request.history for request in locmem.outbox] == [(("user", "a"), ("assistant", "b"))]

@@ -75,6 +75,16 @@ def test_enqueued_batch_collects_to_what_a_local_run_writes(tmp_path, immediate)
             json.dumps({"id": "t-2", "message": "second ticket", "max_output_tokens": 9}),
             "{broken",
             json.dumps("fourth ticket"),
+            json.dumps(
+                {
+                    "id": "c-5",
+                    "messages": [
+                        {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "b"},
+                        {"role": "user", "content": "fifth"},
+                    ],
+                }
+            ),
         ],
     )
     local = tmp_path / "local.jsonl"
@@ -84,28 +94,31 @@ def test_enqueued_batch_collects_to_what_a_local_run_writes(tmp_path, immediate)
 
     out, _ = command("llm", "summarize", "--input", str(source), "--enqueue")
     created = Batch.objects.get()
-    assert out.startswith(f"Enqueued batch {created.pk}: 4 item(s).")
-    assert (created.usecase, created.total) == ("summarize", 4)
+    assert out.startswith(f"Enqueued batch {created.pk}: 5 item(s).")
+    assert (created.usecase, created.total) == ("summarize", 5)
     assert [request.message for request in locmem.outbox] == [
         "first ticket",
         "second ticket",
         "fourth ticket",
+        "fifth",
     ]
+    assert locmem.outbox[3].history == (("user", "a"), ("assistant", "b"))
     assert locmem.outbox[1].max_output_tokens == 9
 
     out, _ = command("llm_batch", "status", str(created.pk))
-    assert re.search(r"^  done +3$", out, re.M) and re.search(r"^  failed +1$", out, re.M)
+    assert re.search(r"^  done +4$", out, re.M) and re.search(r"^  failed +1$", out, re.M)
     assert re.search(r"^  pending +0$", out, re.M)
-    assert "100.0% finished (4 of 4)" in out
+    assert "100.0% finished (5 of 5)" in out
 
     collected = tmp_path / "collected.jsonl"
-    with pytest.raises(CommandError, match=r"^1 of 4 item\(s\) failed; their errors are in "):
+    with pytest.raises(CommandError, match=r"^1 of 5 item\(s\) failed; their errors are in "):
         command("llm_batch", "collect", str(created.pk), "--output", str(collected))
     assert without_latency(read_records(collected)) == without_latency(read_records(local))
     assert [list(record) for record in read_records(collected)] == [
         list(record) for record in read_records(local)
     ]
-    assert [record["id"] for record in read_records(collected)] == ["1", "t-2", "3", "4"]
+    assert [record["id"] for record in read_records(collected)] == ["1", "t-2", "3", "4", "c-5"]
+    assert read_records(collected)[-1]["text"] == "locmem answer to: fifth"
     assert read_records(collected)[2]["error"]["type"] == "InvalidInput"
 
 

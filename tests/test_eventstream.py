@@ -186,3 +186,25 @@ def test_an_interrupted_call_is_recorded():
     with pytest.raises(KeyboardInterrupt):
         complete_prompt("summarize", "hi", provider="test")
     assert CompletionEvent.objects.get().error_type == "KeyboardInterrupt"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("with_content", [False, True])
+def test_the_event_of_a_conversation_counts_its_turns_and_keeps_them_only_with_content(
+    settings, with_content
+):
+    settings.LLM_LOG_CONTENT = with_content
+    turns = [
+        {"role": "user", "content": "My order never came."},
+        {"role": "assistant", "content": "When did you order?"},
+        {"role": "user", "content": "Tuesday."},
+    ]
+    complete_prompt("summarize", provider="test", messages=turns)
+    event = CompletionEvent.objects.get()
+    assert event.messages == 3
+    if with_content:
+        assert (event.conversation, event.message) == (turns[:2], "Tuesday.")
+    else:
+        assert (event.conversation, event.message) == (None, "")
+    complete_prompt("summarize", "one message", provider="test")
+    assert CompletionEvent.objects.order_by("-id").first().messages == 1

@@ -11,6 +11,7 @@ import dataclasses
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -45,6 +46,8 @@ class Case:
     key_variables: str
     sdk_module: str
     extra: str
+    #: The system prompt and the (role, content) turns a request's body carries, in llmapp's roles.
+    sent_turns: Callable[[dict], tuple[str | None, list[tuple[str, str]]]] = None
     #: What the base_url ends with (the SDK adds the rest of the path).
     path_prefix: str = ""
 
@@ -58,6 +61,10 @@ CASES = {
         "OPENAI_API_KEY",
         "openai",
         "openai",
+        sent_turns=lambda body: (
+            next((m["content"] for m in body["messages"] if m["role"] == "system"), None),
+            [(m["role"], m["content"]) for m in body["messages"] if m["role"] != "system"],
+        ),
         path_prefix="/v1",
     ),
     "anthropic": Case(
@@ -68,6 +75,7 @@ CASES = {
         "ANTHROPIC_API_KEY",
         "anthropic",
         "anthropic",
+        sent_turns=lambda body: (body.get("system"), [(m["role"], m["content"]) for m in body["messages"]]),
     ),
     "gemini": Case(
         "llmapp.providers.gemini.GeminiProvider",
@@ -77,6 +85,13 @@ CASES = {
         "GEMINI_API_KEY (or GOOGLE_API_KEY)",
         "google.genai",
         "gemini",
+        sent_turns=lambda body: (
+            body["systemInstruction"]["parts"][0]["text"],
+            [
+                ({"model": "assistant"}.get(c["role"], c["role"]), "".join(p["text"] for p in c["parts"]))
+                for c in body["contents"]
+            ],
+        ),
     ),
 }
 
@@ -87,8 +102,8 @@ class Setup:
     case: Case
     server: object
 
-    def call(self, **kwargs):
-        return complete_prompt("summarize", "hi", provider=self.alias, **kwargs)
+    def call(self, message="hi", **kwargs):
+        return complete_prompt("summarize", message, provider=self.alias, **kwargs)
 
 
 @pytest.fixture(params=list(CASES))
@@ -290,3 +305,32 @@ def test_no_sdk_is_imported_until_its_provider_is_used():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+CONVERSATION = [
+    {"role": "user", "content": "My order 1234 never came."},
+    {"role": "assistant", "content": "Sorry! When did you order it?"},
+    {"role": "user", "content": "Last Tuesday."},
+]
+
+
+def test_a_conversation_is_sent_as_its_turns_in_order_after_the_system_prompt(provider):
+    from llmapp import astream_prompt
+    from llmapp.conf.usecases import get_usecase
+
+    async def streamed_async():
+        return [
+            item async for item in astream_prompt("summarize", provider=provider.alias, messages=CONVERSATION)
+        ]
+
+    answers = [
+        provider.call(message=None, messages=CONVERSATION),
+        list(stream_prompt("summarize", provider=provider.alias, messages=CONVERSATION))[-1],
+        asyncio.run(acomplete_prompt("summarize", provider=provider.alias, messages=CONVERSATION)),
+        asyncio.run(streamed_async())[-1],
+    ]
+    expected = [(turn["role"], turn["content"]) for turn in CONVERSATION]
+    for request in provider.server.requests:
+        assert provider.case.sent_turns(request.body) == (get_usecase("summarize").prompt, expected)
+    assert len(provider.server.requests) == 4
+    assert all(completion.text == "Fake answer to: Last Tuesday." for completion in answers)

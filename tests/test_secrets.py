@@ -403,3 +403,24 @@ def test_the_writer_says_why_it_lost_events_without_their_frames(settings, caplo
     [record] = [record for record in caplog.records if record.name == "llmapp.eventstream"]
     assert "RuntimeError: a bug in the writer" in record.getMessage()
     assert record.exc_info is None  # no frames: their variables hold the content
+
+
+@pytest.mark.django_db
+def test_a_conversations_earlier_turns_reach_no_sentry_event_nor_span(settings, ingests, openai_provider):
+    earlier = "earlier turn 7781 about Jane's refund"
+    turns = [
+        {"role": "user", "content": earlier},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "And now?"},
+    ]
+    configure_sdk()
+    openai_provider.reply_error(500, "upstream exploded")
+    with pytest.raises(ProviderError) as raised:
+        complete_prompt("summarize", provider="openai", retries=0, messages=turns)
+    sentry_sdk.capture_exception(raised.value)
+    openai_provider.reply("Fine.")
+    with sentry_sdk.start_transaction(name="ok"):
+        complete_prompt("summarize", provider="openai", messages=turns)
+    bodies = received(ingests)
+    assert any('"exception"' in body for body in bodies)
+    assert all(earlier not in body for body in bodies)

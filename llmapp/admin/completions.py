@@ -10,7 +10,7 @@ from llmapp.models import CompletionEvent
 
 # Text columns scrubbed again before display (see display.safe).
 TEXT_FIELDS = ("error_message", "prompt", "message", "response", "request_id")
-CONTENT_FIELDS = ("prompt", "message", "response")
+CONTENT_FIELDS = ("prompt", "conversation", "message", "response")
 
 
 class UseCaseFilter(admin.AllValuesFieldListFilter):
@@ -73,7 +73,16 @@ class CompletionEventAdmin(admin.ModelAdmin):
             (None, {"fields": ("created_at", "use_case", "provider", "model", "status", "latency")}),
             (
                 "Answer",
-                {"fields": ("finish_reason", "input_tokens", "output_tokens", "attempts", "request_id")},
+                {
+                    "fields": (
+                        "finish_reason",
+                        "input_tokens",
+                        "output_tokens",
+                        "attempts",
+                        "messages",
+                        "request_id",
+                    )
+                },
             ),
         ]
         if obj is not None and obj.status != CompletionEvent.Status.OK:
@@ -91,6 +100,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
             for name in TEXT_FIELDS:
                 setattr(event, name, safe(getattr(event, name)))
             event.exception = safe(event.exception)
+            event.conversation = safe(event.conversation)
         return event
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):

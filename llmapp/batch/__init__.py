@@ -31,7 +31,7 @@ WORKER_PREFIX = "llm-batch"
 #: Seconds the end of a batch waits for its usage events to be written.
 FLUSH_TIMEOUT = 5.0
 ITEM_OVERRIDES = frozenset(
-    {"prompt", "temperature", "max_output_tokens", "provider", "model", "timeout", "retries"}
+    {"messages", "prompt", "temperature", "max_output_tokens", "provider", "model", "timeout", "retries"}
 )
 
 
@@ -52,9 +52,11 @@ def parse_line(line, number):
         return Item(str(number), None, problem=f"line {number} is not JSON: {exc}")
     if isinstance(data, str):
         return Item(str(number), data)
-    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+    if not isinstance(data, dict) or not (isinstance(data.get("message"), str) or "messages" in data):
         return Item(
-            str(number), None, problem=f'line {number} must be a JSON string or an object with a "message"'
+            str(number),
+            None,
+            problem=f'line {number} must be a JSON string or an object with a "message" (or "messages")',
         )
     item_id = str(data.get("id", number))
     unknown = sorted(set(data) - ITEM_OVERRIDES - {"id", "message"})
@@ -66,7 +68,8 @@ def parse_line(line, number):
             f"known: id, message, {', '.join(sorted(ITEM_OVERRIDES))}",
         )
     overrides = {key: data[key] for key in ITEM_OVERRIDES if key in data}
-    return Item(item_id, data["message"], overrides)
+    # A conversation is checked when the item runs, as a call checks it: its record says what is wrong.
+    return Item(item_id, data.get("message"), overrides)
 
 
 class InputError(ValueError):

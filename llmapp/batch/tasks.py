@@ -100,7 +100,8 @@ def run_batch_item(item_pk):
 
 def _item_of(row):
     """The batch.Item that a stored BatchItem was made from."""
-    return batch.Item(row.item_id, row.message, row.overrides)
+    # Stored as "" when the item carries "messages" instead.
+    return batch.Item(row.item_id, row.message or None, row.overrides)
 
 
 def _finish(item, record):

@@ -1,7 +1,7 @@
 """The use-case service layer: resolve, validate, call the provider, record usage."""
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Unpack
 
 from llmapp.calls.circuit import CircuitBreaker
@@ -41,8 +41,9 @@ def _checked(field, value, config, error):
 
 def prepare_request(
     usecase,
-    message,
+    message=None,
     *,
+    messages=None,
     prompt=None,
     temperature=None,
     max_output_tokens=None,
@@ -55,10 +56,8 @@ def prepare_request(
     what is wrong, never how a particular caller (the CLI, a view) should pass it.
     """
     config = get_usecase(usecase)
-    if not isinstance(message, str) or not message.strip():
-        raise InvalidMessageError("the message is empty")
+    message, history = _conversation(message, messages)
     prompt = config.prompt if prompt is None else prompt
-    _check_encodable("message", message)
     if isinstance(prompt, str):
         _check_encodable("prompt", prompt)
 
@@ -89,8 +88,44 @@ def prepare_request(
         model=model,
         temperature=float(temperature),
         max_output_tokens=max_output_tokens,
+        history=history,
     )
     return request, backend
+
+
+#: The roles a conversation's turns may have; the use case's prompt is the system prompt.
+ROLES = ("user", "assistant")
+
+
+def _conversation(message, messages):
+    """Return the user's last message and the turns before it, of ``message`` or ``messages``."""
+    if messages is None:
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidMessageError("the message is empty")
+        _check_encodable("message", message)
+        return message, ()
+    if message is not None:
+        raise InvalidMessageError("give a message or messages, not both")
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidMessageError('messages must be a non-empty list of {"role": ..., "content": ...} turns')
+    turns = []
+    for number, turn in enumerate(messages):
+        where = f"messages[{number}]"
+        if not isinstance(turn, Mapping) or set(turn) - {"role", "content"}:
+            raise InvalidMessageError(f'{where} must be a {{"role": ..., "content": ...}} object')
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ROLES:
+            raise InvalidMessageError(
+                f"{where} has role {shown(role)}; use 'user' or 'assistant' (the use case's prompt is "
+                "the system prompt)"
+            )
+        if not isinstance(content, str) or not content.strip():
+            raise InvalidMessageError(f"{where} has no content")
+        _check_encodable(where, content)
+        turns.append((role, content))
+    if turns[-1][0] != "user":
+        raise InvalidMessageError("messages must end with a user turn: the one to answer")
+    return turns[-1][1], tuple(turns[:-1])
 
 
 def _check_encodable(what, text):
@@ -104,7 +139,7 @@ def _check_encodable(what, text):
         ) from None
 
 
-def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, **overrides):
+def plan_call(usecase, message=None, *, timeout=None, retries=None, fallbacks=None, **overrides):
     """Validate one call and return its request and the Attempts that will run it.
 
     ``timeout`` (seconds, over all attempts), ``retries`` and ``fallbacks`` (a list of
@@ -120,7 +155,7 @@ def plan_call(usecase, message, *, timeout=None, retries=None, fallbacks=None, *
     return request, Attempts(request, routes, retries=retries, timeout=float(timeout))
 
 
-def complete_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Completion:
+def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]) -> Completion:
     """Run ``usecase`` on ``message`` and return its Completion.
 
     Keyword overrides, for this call only: ``prompt``, ``temperature`` (0-1),
@@ -144,7 +179,9 @@ def complete_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]
     return call.succeeded(completion)
 
 
-def stream_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Iterator[str | Completion]:
+def stream_prompt(
+    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
+) -> Iterator[str | Completion]:
     """Yield the answer's text chunks as they arrive, then its Completion.
 
     Takes the same arguments as :func:`complete_prompt`. A transient failure before
@@ -179,7 +216,9 @@ def stream_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) 
     yield call.succeeded(completion)
 
 
-async def acomplete_prompt(usecase: str, message: str, **overrides: Unpack[CallOptions]) -> Completion:
+async def acomplete_prompt(
+    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
+) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views.
 
     Nothing leaves the event loop on the way: the provider's async client, a circuit
@@ -205,7 +244,7 @@ async def acomplete_prompt(usecase: str, message: str, **overrides: Unpack[CallO
 
 
 async def astream_prompt(
-    usecase: str, message: str, **overrides: Unpack[CallOptions]
+    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
 ) -> AsyncIterator[str | Completion]:
     """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
     _, attempts = plan_call(usecase, message, **overrides)

@@ -1,6 +1,6 @@
 """The values that cross llmapp's service layer: a request and its completion."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
@@ -31,6 +31,9 @@ class CallOptions(TypedDict, total=False):
     retries: int
     #: "provider" or "provider:model" entries; [] for none.
     fallbacks: Sequence[str]
+    #: A conversation in place of the message: {"role": "user" or "assistant", "content": str}
+    #: turns, ending with the user's.
+    messages: Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class CompletionRequest:
     #: ``left()`` says how many seconds are left and whose ``check_deadline()`` raises its
     #: ProviderTimeout once none are. None when no call runs the request (a dry run, a test).
     deadline: object = field(default=None, compare=False, repr=False)
+    #: The turns of the conversation before ``message`` (the user's last): (role, content)
+    #: pairs, the role "user" or "assistant".
+    history: tuple = ()
+
+    @property
+    def turns(self):
+        """The whole conversation, ``message`` last: (role, content) pairs."""
+        return (*self.history, ("user", self.message))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ class UsageEvent:
     message: str = ""
     response: str = ""
     exception: dict | None = None
+    #: How many turns the call's conversation had (1: a message alone).
+    messages: int = 1
+    #: The turns before ``message``, as {"role", "content"} objects: content too.
+    conversation: list | None = None
 
     def as_dict(self):
         return asdict(self)
@@ -46,6 +50,12 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         "created_at": timezone.now(),
         "prompt": (request.prompt or "") if with_content else "",
         "message": (request.message or "") if with_content else "",
+        "messages": len(request.history) + 1,
+        "conversation": (
+            [{"role": role, "content": content} for role, content in request.history]
+            if with_content and request.history
+            else None
+        ),
     }
     if completion is not None:
         return UsageEvent(

@@ -1,7 +1,8 @@
 """Anthropic's Messages API (Claude) through the official ``anthropic`` SDK.
 
 The SDK is imported on first use, never at start-up. The system prompt goes in the
-``system`` parameter and the message is the one user turn. The temperature is sent
+``system`` parameter and the conversation (the message alone, or the call's ``messages``)
+goes in ``messages``. The temperature is sent
 only if the installed SDK's ``messages.create`` takes one: the 2.x SDKs (API version
 2026-10-21) have no sampling parameters and raise TypeError on the keyword.
 """
@@ -103,7 +104,7 @@ class AnthropicProvider(StainlessProvider):
         payload = {
             "model": request.model,
             "max_tokens": request.max_output_tokens,
-            "messages": [{"role": "user", "content": request.message}],
+            "messages": [{"role": role, "content": content} for role, content in request.turns],
         }
         if self.takes_temperature:
             payload["temperature"] = self.native_temperature(request.temperature)

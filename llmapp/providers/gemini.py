@@ -194,7 +194,13 @@ class GeminiProvider(SDKProvider):
             config.http_options = types.HttpOptions(timeout=_milliseconds(timeout))
         return {
             "model": request.model,
-            "contents": [types.Content(role="user", parts=[types.Part(text=request.message)])],
+            # Gemini calls the assistant's turns the model's.
+            "contents": [
+                types.Content(
+                    role="model" if role == "assistant" else "user", parts=[types.Part(text=content)]
+                )
+                for role, content in request.turns
+            ],
             "config": config,
         }
 

@@ -80,7 +80,7 @@ class OpenAIProvider(StainlessProvider):
 
     def build_payload(self, request):
         """Return the keyword arguments of ``chat.completions.create`` for ``request``."""
-        messages = [{"role": "user", "content": request.message}]
+        messages = [{"role": role, "content": content} for role, content in request.turns]
         if request.prompt:
             messages.insert(0, {"role": "system", "content": request.prompt})
         default_limit = "max_tokens" if self.options.get("base_url") else "max_completion_tokens"

@@ -85,15 +85,17 @@ def call_contents(error):
             for name, value in frame.f_locals.items():
                 if isinstance(value, list | tuple) and value and isinstance(value[0], UsageEvent):
                     for event in value:  # a batch in the usage writer
-                        contents += [event.prompt, event.message, event.response]
+                        contents += [event.prompt, event.message, event.response, *_turns(event.conversation)]
                 elif isinstance(value, UsageEvent):
-                    contents += [value.prompt, value.message, value.response]
+                    contents += [value.prompt, value.message, value.response, *_turns(value.conversation)]
                 elif isinstance(value, CompletionRequest):
-                    contents += [value.message, value.prompt]
+                    contents += [value.message, value.prompt, *(content for _, content in value.history)]
                 elif isinstance(value, Completion):
                     contents.append(value.text)
                 elif in_service and name in ("message", "prompt") and isinstance(value, str):
                     contents.append(value)
+                elif in_service and name == "messages":
+                    contents += _turns(value)
             traceback = traceback.tb_next
         error = error.__cause__ or error.__context__
     return [text for text in dict.fromkeys(contents) if text]
@@ -154,3 +156,14 @@ def _cut(value):
     if isinstance(value, list):
         return [_cut(item) for item in value]
     return value
+
+
+def _turns(conversation):
+    """The contents of a conversation's turns ({"role", "content"} objects), whatever it holds."""
+    if not isinstance(conversation, list | tuple):
+        return []
+    return [
+        turn["content"]
+        for turn in conversation
+        if isinstance(turn, dict) and isinstance(turn.get("content"), str)
+    ]

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 #: The logger of the logging event stream, and the fields of a usage event that hold content.
 USAGE_LOGGER = "llmapp.usage"
-CONTENT_FIELDS = frozenset({"prompt", "message", "response"})
+CONTENT_FIELDS = frozenset({"prompt", "message", "response", "conversation"})
 #: What stands for the parameters of an SQL query on llmapp's tables, when content may not go.
 WITHHELD_PARAMS = "[withheld: llmapp call content]"
 # Event fields that can hold nothing secret: what a stripped event keeps.

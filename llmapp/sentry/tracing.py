@@ -47,7 +47,7 @@ def start_span(request, *, streaming=False):
     if content_allowed():
         messages = [
             {"role": "system", "content": request.prompt},
-            {"role": "user", "content": request.message},
+            *({"role": role, "content": content} for role, content in request.turns),
         ]
         span.set_data(SPANDATA.GEN_AI_REQUEST_MESSAGES, json.dumps(messages, ensure_ascii=False))
     return span

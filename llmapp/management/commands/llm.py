@@ -28,6 +28,12 @@ class Command(LLMCommand):
     def add_arguments(self, parser):
         parser.add_argument("usecase", nargs="?", help="The use case to run, e.g. summarize.")
         parser.add_argument("-m", "--message", help="The message to send; '-' reads it from standard input.")
+        parser.add_argument(
+            "--messages",
+            metavar="FILE",
+            help='Send a conversation instead: a JSON list of {"role": "user" or "assistant", '
+            "\"content\": ...} turns ending with the user's, from FILE ('-' for standard input).",
+        )
         parser.add_argument("--prompt", help="Use this system prompt instead of the use case's.")
         parser.add_argument("--provider", help="Call this LLM_PROVIDERS alias instead of the use case's.")
         parser.add_argument("--model", help="Ask for this model instead of the use case's.")
@@ -58,7 +64,7 @@ class Command(LLMCommand):
         batch.add_argument(
             "--input",
             help="Run every line of this JSON Lines file ('-' for stdin): a string, or an object "
-            "with id, message and optional overrides.",
+            "with id, message (or messages) and optional overrides.",
         )
         batch.add_argument(
             "--output", help="Write one JSON line per input, in input order; re-running resumes."
@@ -90,6 +96,8 @@ class Command(LLMCommand):
                 self.run(options)
         except InvalidMessageError as exc:
             # The library's message says what is wrong; how to give a message is the CLI's to say.
+            if options.get("messages") is not None:
+                raise CommandError(f"--messages {options['messages']}: {exc}.") from exc
             raise CommandError(f"{exc}: pass --message TEXT or pipe UTF-8 text on stdin.") from exc
         except LLMError as exc:
             raise CommandError(str(exc)) from exc
@@ -107,8 +115,13 @@ class Command(LLMCommand):
             raise CommandError("--output and --enqueue go with --input FILE.")
         if options["stream"] and options["json"]:
             raise CommandError("--stream and --json cannot be combined; pick one.")
-        message = self.read_message(options)
-        overrides = {
+        if options["messages"] is not None:
+            if options["message"] is not None:
+                raise CommandError("--message and --messages cannot be combined; pick one.")
+            message, conversation = None, {"messages": self.read_messages(options)}
+        else:
+            message, conversation = self.read_message(options), {}
+        overrides = conversation | {
             "prompt": options["prompt"],
             "provider": options["provider"],
             "model": options["model"],
@@ -151,6 +164,29 @@ class Command(LLMCommand):
                 self.stdout.flush()
         self.stdout.write("")
         return completion
+
+    def read_messages(self, options):
+        """The conversation of --messages FILE ('-': standard input), a JSON list; checked by the call."""
+        name = options["messages"]
+        try:
+            if name == "-":
+                stdin = options.get("stdin", sys.stdin)
+                raw = getattr(stdin, "buffer", None)
+                text = raw.read().decode("utf-8") if raw is not None else stdin.read()
+            else:
+                with open(name, encoding="utf-8") as file:
+                    text = file.read()
+        except OSError as exc:
+            raise CommandError(f"cannot read --messages {name}: {exc.strerror}.") from None
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"--messages {name} is not UTF-8 text (at byte {exc.start}).") from None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise CommandError(
+                f"--messages {name} is not JSON ({exc}); it holds a list of "
+                '{"role": ..., "content": ...} turns.'
+            ) from None
 
     def read_message(self, options):
         message = options["message"]

@@ -497,3 +497,13 @@ def test_no_secret_reaches_any_admin_page(admin_client, settings, openai_provide
     # What is shown instead: the key masked to its last four characters, the URL without credentials.
     assert f"key ••••{API_KEY[-4:]}" in pages["list"]
     assert "http://••••@127.0.0.1" in pages["detail"]
+
+
+def test_a_kept_conversation_is_shown_with_its_turns_scrubbed(admin_client):
+    key = "sk-proj-abcdefghijklmnopqrst"
+    turns = [{"role": "user", "content": f"My key is {key}"}, {"role": "assistant", "content": "Noted."}]
+    recorded = event(message="And now?", conversation=turns, messages=3)
+    recorded.save()
+    page = html(admin_client.get(f"{LOG}{recorded.pk}/change/"))
+    assert "Kept because LLM_LOG_CONTENT is on" in page and "Noted." in page and "And now?" in page
+    assert key not in page

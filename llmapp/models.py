@@ -22,7 +22,7 @@ class CompletionEvent(models.Model):
     finish_reason = models.CharField(max_length=32, blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
     # How many turns the call's conversation had: 1 for a message alone.
-    messages = models.PositiveSmallIntegerField(default=1)
+    messages = models.PositiveIntegerField(default=1)
     request_id = models.CharField(max_length=200, blank=True)
     error_type = models.CharField(max_length=100, blank=True)
     error_message = models.TextField(blank=True)

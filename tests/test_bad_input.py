@@ -275,6 +275,10 @@ def test_a_broken_usecase_is_listed_with_what_is_wrong_and_spares_the_others(set
         ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0] must be a"),
         ({"messages": ["hi"]}, "messages[0] must be a"),
         ({"messages": [{"role": "user", "content": "bad \udcff byte"}]}, "messages[0] holds bytes"),
+        (
+            {"messages": [{"role": ["sk-proj-abcdefghijklmnop"], "content": "x"}]},
+            "messages[0] has role a list;",
+        ),
     ],
 )
 def test_a_malformed_conversation_is_one_line_and_sends_nothing(openai_provider, arguments, said):
@@ -302,6 +306,7 @@ def test_the_cli_sends_a_conversation_from_a_file_and_says_what_is_wrong_with_on
         (["--messages", str(tmp_path / "missing.json")], "cannot read --messages"),
         (["--messages", str(conversation), "--message", "hi"], "cannot be combined"),
         (["--messages", "-"], "is not JSON"),
+        (["--messages", str(conversation), "--prompt", "bad \udcff"], "the prompt holds bytes"),
     ]:
         result = manage("llm", "example", *arguments, input="{oops")
         assert result.returncode == 1 and said in result.stderr, result.stderr
@@ -309,3 +314,9 @@ def test_the_cli_sends_a_conversation_from_a_file_and_says_what_is_wrong_with_on
     conversation.write_text('[{"role": "assistant", "content": "Hi!"}]')
     result = manage("llm", "example", "--messages", str(conversation))
     assert result.returncode == 1 and "must end with a user turn" in result.stderr
+
+
+def test_a_conversation_nested_too_deeply_is_one_line(manage):
+    result = manage("llm", "example", "--messages", "-", input="[" * 100_000 + "]" * 100_000)
+    assert result.returncode == 1 and "nested too deeply" in result.stderr
+    assert "Traceback" not in result.stderr

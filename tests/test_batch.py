@@ -426,3 +426,10 @@ def test_an_item_may_carry_a_conversation(settings):
         and "end with a user turn" in records[1]["error"]["message"]
     )
     assert [request.history for request in locmem.outbox] == [(("user", "a"), ("assistant", "b"))]
+
+
+def test_an_item_with_both_a_message_and_messages_is_its_own_error():
+    from llmapp import batch
+
+    [item] = batch.read_items([json.dumps({"message": "", "messages": [{"role": "user", "content": "hi"}]})])
+    assert item.problem == 'line 1 has both "message" and "messages": keep one'

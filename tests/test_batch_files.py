@@ -262,9 +262,11 @@ def test_collect_replaces_an_earlier_output_whole(tmp_path):
 def test_a_full_disk_stops_the_calls_under_way_too(manage, tmp_path, fake_openai):
     """The output cannot be written: no call under way is waited for (each would be paid and lost)."""
     # The first 4 requests, sent at once, are answered whatever order they arrive in: the first
-    # item's is written, whichever it was. 3 kB each: the second record does not fit.
+    # item's is written, whichever it was. 3 kB each: the second record does not fit. Answered
+    # after a moment, so that no worker is free to send a fifth item's request (which would
+    # take an answer) before the first item's has arrived.
     for _ in range(4):
-        fake_openai.reply("A long answer. " * 200)
+        fake_openai.reply("A long answer. " * 200, delay=0.5)
     for _ in range(20):
         fake_openai.hang(600)  # longer than the test's bound: waiting for them would time out
     source = write_lines(tmp_path / "in.jsonl", [json.dumps(f"Ticket {n}. " + "x" * 2000) for n in range(40)])

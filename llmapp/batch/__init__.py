@@ -59,6 +59,8 @@ def parse_line(line, number):
             problem=f'line {number} must be a JSON string or an object with a "message" (or "messages")',
         )
     item_id = str(data.get("id", number))
+    if "message" in data and "messages" in data:
+        return Item(item_id, None, problem=f'line {number} has both "message" and "messages": keep one')
     unknown = sorted(set(data) - ITEM_OVERRIDES - {"id", "message"})
     if unknown:
         return Item(

@@ -114,10 +114,12 @@ def _conversation(message, messages):
         if not isinstance(turn, Mapping) or set(turn) - {"role", "content"}:
             raise InvalidMessageError(f'{where} must be a {{"role": ..., "content": ...}} object')
         role, content = turn.get("role"), turn.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
+            # A role may be anything, a misplaced key too: only a short string is shown as it is.
+            said = shown(role) if isinstance(role, str) else f"a {type(role).__name__}"
             raise InvalidMessageError(
-                f"{where} has role {shown(role)}; use 'user' or 'assistant' (the use case's prompt is "
-                "the system prompt)"
+                f"{where} has role {said}; use 'user' or 'assistant' (the use case's prompt is the "
+                "system prompt)"
             )
         if not isinstance(content, str) or not content.strip():
             raise InvalidMessageError(f"{where} has no content")

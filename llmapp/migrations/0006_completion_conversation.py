@@ -18,6 +18,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='completionevent',
             name='messages',
-            field=models.PositiveSmallIntegerField(default=1),
+            field=models.PositiveIntegerField(default=1),
         ),
     ]

@@ -14,7 +14,7 @@ import threading
 
 from llmapp.calls.types import Completion
 from llmapp.providers.base import BaseProvider
-from llmapp.providers.tokens import estimate_tokens
+from llmapp.providers.tokens import estimate_tokens, turn_tokens
 
 #: Every CompletionRequest any locmem provider received, oldest first.
 outbox = []
@@ -55,7 +55,7 @@ class LocmemProvider(BaseProvider):
             provider=self.alias,
             model=request.model,
             finish_reason="stop",
-            input_tokens=estimate_tokens(request.prompt) + estimate_tokens(request.message),
+            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
             output_tokens=estimate_tokens(reply),
         )
 

@@ -2,7 +2,7 @@
 
 from llmapp.calls.types import Completion
 from llmapp.providers.base import BaseProvider
-from llmapp.providers.tokens import estimate_tokens, leading_sentences
+from llmapp.providers.tokens import estimate_tokens, leading_sentences, turn_tokens
 
 LABEL = "[preview answer: no model was called; configure a provider to get real answers]"
 
@@ -28,7 +28,7 @@ class PreviewProvider(BaseProvider):
             provider=self.alias,
             model=request.model,
             finish_reason="length" if cut else "stop",
-            input_tokens=estimate_tokens(request.prompt) + estimate_tokens(request.message),
+            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
             output_tokens=estimate_tokens(body),
         )
 
@@ -37,7 +37,8 @@ class PreviewProvider(BaseProvider):
             "backend": "preview (offline: nothing is sent over the network)",
             "model": request.model,
             "system": request.prompt,
-            "message": request.message,
+            # Read as a model would be sent them; preview answers the last.
+            "messages": [{"role": role, "content": content} for role, content in request.turns],
             "temperature": self.native_temperature(request.temperature),
             "max_output_tokens": request.max_output_tokens,
         }

@@ -37,3 +37,8 @@ def _cut_words(sentence, max_tokens):
             break
         words.append(word)
     return " ".join(words) + "…"
+
+
+def turn_tokens(request):
+    """Estimate the tokens of a request's whole conversation: its earlier turns and its message."""
+    return sum(estimate_tokens(content) for _, content in request.turns)

@@ -162,8 +162,11 @@ def _turns(conversation):
     """The contents of a conversation's turns ({"role", "content"} objects), whatever it holds."""
     if not isinstance(conversation, list | tuple):
         return []
-    return [
-        turn["content"]
-        for turn in conversation
-        if isinstance(turn, dict) and isinstance(turn.get("content"), str)
-    ]
+    contents = []
+    for turn in conversation:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, str):
+            contents.append(content)
+        elif isinstance(content, list | tuple):  # content parts, refused but still in the caller's frame
+            contents += [part.get("text") if isinstance(part, dict) else part for part in content]
+    return [content for content in contents if isinstance(content, str)]

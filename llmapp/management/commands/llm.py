@@ -97,7 +97,9 @@ class Command(LLMCommand):
         except InvalidMessageError as exc:
             # The library's message says what is wrong; how to give a message is the CLI's to say.
             if options.get("messages") is not None:
-                raise CommandError(f"--messages {options['messages']}: {exc}.") from exc
+                about_messages = str(exc).startswith(("messages", "give a message"))
+                where = f"--messages {options['messages']}: " if about_messages else ""
+                raise CommandError(f"{where}{exc}.") from exc
             raise CommandError(f"{exc}: pass --message TEXT or pipe UTF-8 text on stdin.") from exc
         except LLMError as exc:
             raise CommandError(str(exc)) from exc
@@ -182,6 +184,8 @@ class Command(LLMCommand):
             raise CommandError(f"--messages {name} is not UTF-8 text (at byte {exc.start}).") from None
         try:
             return json.loads(text)
+        except RecursionError:
+            raise CommandError(f"--messages {name} is nested too deeply to be a list of turns.") from None
         except ValueError as exc:
             raise CommandError(
                 f"--messages {name} is not JSON ({exc}); it holds a list of "

@@ -319,3 +319,17 @@ def test_a_setting_every_item_would_fail_on_stops_the_enqueue_with_one_line(tmp_
     routed = write_lines(tmp_path / "routed.jsonl", [json.dumps({"message": "hi", "provider": "test"})] * 3)
     batch_id = enqueue(routed)
     assert Batch.objects.get(pk=batch_id).total == 3 and len(dummy) == 3
+
+
+def test_a_nul_in_an_item_is_stored_as_u_fffd_not_a_failed_batch(tmp_path, dummy):
+    source = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps("first\u0000ticket"),
+            json.dumps({"id": "n\u0000", "messages": [{"role": "user", "content": "second\u0000ticket"}]}),
+        ],
+    )
+    enqueue(source)
+    first, second = BatchItem.objects.order_by("position")
+    assert first.message == "first\ufffdticket"
+    assert (second.item_id, second.overrides["messages"][0]["content"]) == ("n\ufffd", "second\ufffdticket")

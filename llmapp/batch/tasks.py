@@ -16,6 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from llmapp import batch, conf, eventstream
+from llmapp.eventstream.database import storable
 from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.models import Batch, BatchItem
 from llmapp.redaction import redact
@@ -146,8 +147,14 @@ def enqueue_batch(usecase, items):
 
 
 def _row(owner, position, item):
+    # PostgreSQL's text and jsonb cannot hold a NUL, which would fail the whole batch: stored
+    # (and so sent) as U+FFFD, as usage events store it.
     row = BatchItem(
-        batch=owner, position=position, item_id=item.id, message=item.message or "", overrides=item.overrides
+        batch=owner,
+        position=position,
+        item_id=storable(item.id),
+        message=storable(item.message or ""),
+        overrides=storable(item.overrides),
     )
     if item.problem:
         row.status = FAILED

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmapp import conf
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
+from llmapp.providers import providers
 from llmapp.redaction import mask, redact
 
 BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
@@ -220,8 +221,6 @@ class UseCase:
         Its values, and the providers and models it names; the checks list them all, a
         call raises the first it meets. A broken provider entry is that entry's problem.
         """
-        from llmapp.providers import providers
-
         problems = [error for field in RULES if (error := self.invalid(field)) is not None]
         configured = conf.get_setting("LLM_PROVIDERS")
         if not isinstance(configured, dict) or not configured:
@@ -251,11 +250,8 @@ class UseCase:
         return problems
 
     def unknown_fallback(self, alias):
-        from llmapp.providers import providers
-
-        return redact(
-            f"use case {self.name!r} falls back to unknown provider {alias!r} ({self.origin('FALLBACKS')}); "
-            f"LLM_PROVIDERS has: {', '.join(providers.aliases())}."
+        return f"use case {self.name!r} falls back to " + providers.unknown(
+            alias, f" ({self.origin('FALLBACKS')})"
         )
 
     def missing_model(self, alias):
@@ -267,8 +263,6 @@ class UseCase:
         )
 
     def _model_problems(self, alias, model, what, field):
-        from llmapp.providers import providers
-
         try:
             backend = providers[alias]
         except ConfigurationError:

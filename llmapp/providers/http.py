@@ -59,8 +59,7 @@ def malformed_answer(provider, request_id=None):
 
 def error_message(body):
     """Return the message of a JSON error body (``{"error": {"message": ...}}`` and kin)."""
-    if isinstance(body, list) and len(body) == 1:
-        body = body[0]  # Google's OpenAI-compatible endpoint wraps its error in a list
+    body = _unwrapped(body)
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
@@ -82,8 +81,7 @@ def retry_info_delay(body):
     Google's APIs say how long to wait in the body (``"retryDelay": "7s"``), not in a header;
     OpenAI-compatible gateways in front of them pass the body on, sometimes as a list.
     """
-    if isinstance(body, list) and len(body) == 1:
-        body = body[0]
+    body = _unwrapped(body)
     error = body.get("error", body) if isinstance(body, dict) else None
     details = error.get("details") if isinstance(error, dict) else None
     for detail in details if isinstance(details, list) else ():
@@ -114,3 +112,8 @@ def retry_after(headers):
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def _unwrapped(body):
+    """The error body itself: Google's OpenAI-compatible endpoint wraps it in a list of one."""
+    return body[0] if isinstance(body, list) and len(body) == 1 else body

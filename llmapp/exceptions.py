@@ -70,6 +70,10 @@ class InvalidMessageError(InvalidRequestError):
     pass
 
 
+class InvalidOutputType(InvalidRequestError):
+    """A call's ``output`` is not a type or JSON Schema llmapp can ask for."""
+
+
 class ProviderError(LLMError):
     """A provider failed to answer: its HTTP status, request id and a redacted message."""
 
@@ -136,4 +140,19 @@ class ProviderRefused(ProviderError):
     def __init__(self, message, *, finish_reason=None, **kwargs):
         super().__init__(message, **kwargs)
         self.finish_reason = finish_reason
+        self.try_elsewhere = True
+
+
+class InvalidOutputError(ProviderError):
+    """An answer that does not match the call's output type, on every route that was asked.
+
+    ``text`` is the last answer as it came, ``errors`` how it does not match (one line
+    each, naming places in the answer, never its content). An answer that does not match
+    is asked again on its route (the use case's OUTPUT_RETRIES), then on the fallbacks.
+    """
+
+    def __init__(self, message, *, text="", errors=(), **kwargs):
+        super().__init__(message, **kwargs)
+        self.text = text
+        self.errors = list(errors)
         self.try_elsewhere = True

@@ -312,3 +312,62 @@ def test_a_backend_of_a_projects_own_that_cannot_be_called_is_a_warning(settings
     settings.LLM_PROVIDERS = {"default": {"BACKEND": "tests.fakes.custom_provider.TokenProvider"}}
     ids, output = check()  # a warning: no SystemCheckError
     assert ids == ["llmapp.W003"] and "set INHOUSE_TOKEN" in output
+
+
+@pytest.mark.parametrize(
+    ("output", "text"),
+    [
+        (
+            "tests.fakes.nope.Ticket",
+            "OUTPUT of use case 'triage' (from LLM_USECASES['triage']['OUTPUT']) 'tests.",
+        ),
+        ({"type": "object", "if": {}}, "JSON Schema uses keyword 'if', which llmapp cannot check"),
+        ({"properties": {}}, "JSON Schema has no type"),
+        (5, "is not a type llmapp can describe"),
+    ],
+)
+def test_an_output_that_cannot_be_asked_for_is_an_error(settings, output, text):
+    settings.LLM_USECASES = {"triage": {"OUTPUT": output, "OUTPUT_RETRIES": -1}}
+    ids, result = check()
+    assert sorted(ids) == ["llmapp.E023", "llmapp.E024"]
+    assert text in result and "output_retries must be a whole number from 0 up, got -1" in result
+    assert "HINT: OUTPUT is a pydantic model, a dataclass, a TypedDict, a JSON Schema dict" in result
+
+
+def test_an_output_from_the_environment_is_a_dotted_path(settings, monkeypatch):
+    from llmapp import complete_prompt
+
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    monkeypatch.setenv("LLM_SUMMARIZE_OUTPUT", "tests.fakes.output_types.Routing")
+    assert check()[0] == []
+    assert complete_prompt("summarize", "x").parsed == {"queue": "billing", "urgent": False}
+    monkeypatch.setenv("LLM_SUMMARIZE_OUTPUT", "tests.fakes.output_types.Nope")
+    settings.LLM_USECASE_ENV_OVERRIDES = True  # read again
+    assert check()[0] == ["llmapp.E023"]
+
+
+def test_a_structured_output_option_the_backend_cannot_do_is_an_error(settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "local": {
+            "BACKEND": OPENAI,
+            "OPTIONS": {"base_url": "http://127.0.0.1:9/v1", "structured_output": "json"},
+        },
+    }
+    ids, output = check()
+    assert ids == ["llmapp.E025"]
+    assert "['structured_output'] is 'json'; OpenAIProvider can do: 'native', 'prompted'" in output
+
+
+def test_a_typed_use_case_on_a_backend_that_cannot_type_is_a_warning(settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "plain": {"BACKEND": "tests.fakes.custom_provider.UntypedProvider"},
+    }
+    settings.LLM_USECASES = {
+        "triage": {"OUTPUT": "tests.fakes.output_types.Ticket", "FALLBACKS": ["plain"]},
+        "prose": {"PROVIDER": "plain"},  # not typed: nothing to say
+    }
+    ids, output = check()
+    assert ids == ["llmapp.W007"]
+    assert "provider 'plain' (UntypedProvider) can ask for it neither natively nor in the prompt" in output

@@ -20,6 +20,7 @@ from django.db import close_old_connections
 
 from llmapp import eventstream
 from llmapp.calls.service import complete_prompt, prepare_request
+from llmapp.calls.types import jsonable
 from llmapp.exceptions import ConfigurationError, ImproperlyInstalled, InvalidRequestError, LLMError
 from llmapp.redaction import redact
 
@@ -162,9 +163,10 @@ def _run_in_worker(usecase, item, stopped):
 
 
 def completion_record(item_id, completion):
-    return {
-        "id": item_id,
-        "text": completion.text,
+    record = {"id": item_id, "text": completion.text}
+    if completion.parsed is not None:  # a typed use case's
+        record["parsed"] = jsonable(completion.parsed)
+    return record | {
         "provider": completion.provider,
         "model": completion.model,
         "usage": completion.usage,

@@ -20,13 +20,15 @@ from dataclasses import dataclass
 
 from llmapp import metrics
 from llmapp.calls.circuit import model_scoped
+from llmapp.calls.output import OutputMismatch
 from llmapp.calls.types import evolve
-from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
+from llmapp.exceptions import InvalidOutputError, ProviderError, ProviderTimeout, ProviderUnavailable
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0
 RETRIES_METRIC = "complete_prompt.retries"
 FALLBACKS_METRIC = "complete_prompt.fallbacks"
+REASKS_METRIC = "complete_prompt.output_retries"
 #: The clock and the waits of every call's Attempts: a test replaces them to run in simulated time.
 monotonic = time.monotonic
 sleep = time.sleep
@@ -65,10 +67,12 @@ def backoff(retry):
 class Attempts:
     """Yield (backend, request) for each attempt until one succeeds or the call must end."""
 
-    def __init__(self, request, routes, *, retries, timeout, clock=None):
+    def __init__(self, request, routes, *, retries, timeout, output_retries=1, clock=None):
         self.request = request
         self.routes = routes
         self.retries = retries
+        #: How often an answer that does not match the request's output is asked again, per route.
+        self.output_retries = output_retries
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic
@@ -83,6 +87,10 @@ class Attempts:
         self.skipped = []
         self._route = None
         self._retry = 0
+        self._reasks = 0
+        #: The turns a re-ask adds on the current route: the answer that did not match, and
+        #: what was wrong with it.
+        self._corrections = ()
         self._give_up_route = False
 
     def __iter__(self):
@@ -107,39 +115,106 @@ class Attempts:
             open_models = [b for b in route.breakers if b.model is not None and b.opened_at is not None]
             self.skipped.append(f"{route.alias} model {route.model!r}" if open_models else route.alias)
             return
+        self._route, self._give_up_route = route, False
+        self._retry, self._reasks, self._corrections = 0, 0, ()
+        if self.request.output is not None and route.backend.output_mode is None:
+            self._give_up(
+                ProviderError(
+                    f"{type(route.backend).__name__} cannot ask for a typed answer (it has no output_modes)",
+                    provider=route.alias,
+                )
+            )
+            return
         if position:
             metrics.incr(FALLBACKS_METRIC, tags={"usecase": self.request.usecase, "provider": route.alias})
-        self._route, self._give_up_route = route, False
-        for retry in range(self.retries + 1):
+        # Each failure gives the route up, or takes one of its retries or re-asks.
+        for _ in range(self.retries + self.output_retries + 1):
             left = self.left()
             if left <= 0:
                 raise self._deadline_passed()
-            self._retry = retry
             self.count += 1
             own_timeout = route.backend.options.get("timeout")
             timeout = min(left, own_timeout) if own_timeout else left
-            yield (
-                route.backend,
-                evolve(self.request, provider=route.alias, model=route.model, timeout=timeout, deadline=self),
-            )
+            yield route.backend, self._attempt(route, timeout)
             if self._give_up_route:
                 break
+
+    def _attempt(self, route, timeout):
+        request = evolve(
+            self.request, provider=route.alias, model=route.model, timeout=timeout, deadline=self
+        )
+        if request.output is None:
+            return request
+        request = route.backend.output_request(request)
+        if not self._corrections:
+            return request
+        *added, (_, correction) = self._corrections
+        return evolve(request, history=(*request.turns, *added), message=correction)
+
+    def validated(self, completion, streamed=False):
+        """Return ``completion`` with its answer read into the request's output type.
+
+        Raises InvalidOutputError for an answer that does not match (or was cut at the token
+        limit); ``streamed``: its text reached the caller already, so no route may add to it.
+        """
+        output = self.request.output
+        if output is None:
+            return completion
+        try:
+            if completion.finish_reason == "length":
+                raise OutputMismatch(
+                    [f"$: the answer was cut at the token limit ({self.request.max_output_tokens} tokens)"]
+                )
+            return evolve(completion, parsed=output.parse(completion.text))
+        except OutputMismatch as exc:
+            error = InvalidOutputError(
+                f"the answer does not match the output type {output.display}: {'; '.join(exc.errors)}",
+                provider=completion.provider,
+                request_id=completion.request_id,
+                text=completion.text,
+                errors=exc.errors,
+            )
+        if streamed:
+            error.try_elsewhere = False
+        raise error
 
     def left(self):
         return self.deadline - self.clock()
 
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
+        if self._reasked(error):
+            return 0.0
         retryable = self._retryable(error)
         breaker = self._counting_breaker(error, retryable)
         opened = breaker is not None and breaker.record_failure(budget=self.left())
         return self._wait_after(error, opened) if retryable else 0.0
 
     async def afailed(self, error):
+        if self._reasked(error):
+            return 0.0
         retryable = self._retryable(error)
         breaker = self._counting_breaker(error, retryable)
         opened = breaker is not None and await breaker.arecord_failure(budget=self.left())
         return self._wait_after(error, opened) if retryable else 0.0
+
+    def _reasked(self, error):
+        """Say whether the answer that did not match (``error``) is asked again on its route."""
+        if not isinstance(error, InvalidOutputError) or not error.try_elsewhere:
+            return False
+        if self._reasks >= self.output_retries:
+            return False
+        self._reasks += 1
+        self.last_error = error
+        answer = (("assistant", error.text),) if error.text.strip() else ()
+        # A correction of a correction keeps the turns before it.
+        self._corrections = (
+            *self._corrections,
+            *answer,
+            ("user", self.request.output.correction(error.errors)),
+        )
+        metrics.incr(REASKS_METRIC, tags={"usecase": self.request.usecase, "provider": self._route.alias})
+        return True
 
     def _counting_breaker(self, error, retryable):
         """The circuit ``error`` counts on: the route's for a transient failure, the model's for
@@ -209,6 +284,7 @@ class Attempts:
             if delay >= left:
                 # Waiting would use up the deadline: let a fallback try with what is left.
                 return self._give_up(error)
+        self._retry += 1
         metrics.incr(RETRIES_METRIC, tags={"usecase": self.request.usecase, "provider": self._route.alias})
         return delay
 

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Unpack
 
 from llmapp.calls.circuit import CircuitBreaker
+from llmapp.calls.output import OutputTypeError, output_for
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
 from llmapp.calls.types import CallOptions, Completion, CompletionRequest
@@ -13,6 +14,7 @@ from llmapp.exceptions import (
     InvalidMaxOutputTokens,
     InvalidMessageError,
     InvalidModelError,
+    InvalidOutputType,
     InvalidProviderError,
     InvalidRequestError,
     InvalidTemperature,
@@ -49,6 +51,7 @@ def prepare_request(
     max_output_tokens=None,
     provider=None,
     model=None,
+    output=None,
 ):
     """Resolve and validate one call; return the request and the backend that would serve it.
 
@@ -79,6 +82,13 @@ def prepare_request(
 
     temperature = _checked("TEMPERATURE", temperature, config, InvalidTemperature)
     max_output_tokens = _checked("MAX_OUTPUT_TOKENS", max_output_tokens, config, InvalidMaxOutputTokens)
+    if output is None:
+        output = config.output_spec
+    else:
+        try:
+            output = output_for(output)
+        except OutputTypeError as exc:
+            raise InvalidOutputType(str(exc)) from None
 
     request = CompletionRequest(
         usecase=config.name,
@@ -89,6 +99,7 @@ def prepare_request(
         temperature=float(temperature),
         max_output_tokens=max_output_tokens,
         history=history,
+        output=output,
     )
     return request, backend
 
@@ -141,20 +152,26 @@ def _check_encodable(what, text):
         ) from None
 
 
-def plan_call(usecase, message=None, *, timeout=None, retries=None, fallbacks=None, **overrides):
+def plan_call(
+    usecase, message=None, *, timeout=None, retries=None, fallbacks=None, output_retries=None, **overrides
+):
     """Validate one call and return its request and the Attempts that will run it.
 
-    ``timeout`` (seconds, over all attempts), ``retries`` and ``fallbacks`` (a list of
-    "provider" or "provider:model"; ``[]`` for none) override the use case's.
+    ``timeout`` (seconds, over all attempts), ``retries``, ``fallbacks`` (a list of
+    "provider" or "provider:model"; ``[]`` for none) and ``output_retries`` override the
+    use case's.
     """
     request, backend = prepare_request(usecase, message, **overrides)
     config = get_usecase(usecase)
     timeout = _checked("TIMEOUT", timeout, config, InvalidRequestError)
     retries = _checked("RETRIES", retries, config, InvalidRequestError)
+    output_retries = _checked("OUTPUT_RETRIES", output_retries, config, InvalidRequestError)
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
-    return request, Attempts(request, routes, retries=retries, timeout=float(timeout))
+    return request, Attempts(
+        request, routes, retries=retries, timeout=float(timeout), output_retries=output_retries
+    )
 
 
 def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]) -> Completion:
@@ -162,14 +179,16 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
 
     Keyword overrides, for this call only: ``prompt``, ``temperature`` (0-1),
     ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``,
-    ``timeout``, ``retries`` and ``fallbacks``.
+    ``timeout``, ``retries``, ``fallbacks``, ``messages`` (a conversation in place of
+    ``message``), ``output`` (the answer's type: ``Completion.parsed`` holds it) and
+    ``output_retries``.
     """
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts)
     try:
         for backend, attempt in attempts:
             try:
-                completion = backend.complete(attempt)
+                completion = attempts.validated(backend.complete(attempt))
             except ProviderError as exc:
                 attempts.sleep(attempts.failed(exc))
                 continue
@@ -188,7 +207,8 @@ def stream_prompt(
 
     Takes the same arguments as :func:`complete_prompt`. A transient failure before
     any text arrived is retried like any call; once text has reached the caller, a
-    failure ends the stream. The deadline holds while text flows, too.
+    failure ends the stream, and so does an answer that does not match the output type
+    (checked when the stream ends: InvalidOutputError). The deadline holds while text flows, too.
     """
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts, streaming=True)
@@ -197,11 +217,13 @@ def stream_prompt(
         for backend, attempt in attempts:
             try:
                 with contextlib.closing(backend.stream(attempt)) as items:
+                    streamed = False
                     for item in items:
                         if isinstance(item, Completion):
-                            completion = item
+                            completion = attempts.validated(item, streamed)
                             break
                         yield item
+                        streamed = True
                         attempts.check_deadline()
             except ProviderError as exc:
                 attempts.sleep(attempts.failed(exc))
@@ -233,7 +255,7 @@ async def acomplete_prompt(
         async with contextlib.aclosing(aiter(attempts)) as steps:
             async for backend, attempt in steps:
                 try:
-                    completion = await backend.acomplete(attempt)
+                    completion = attempts.validated(await backend.acomplete(attempt))
                 except ProviderError as exc:
                     await attempts.asleep(await attempts.afailed(exc))
                     continue
@@ -257,11 +279,13 @@ async def astream_prompt(
             async for backend, attempt in steps:
                 try:
                     async with contextlib.aclosing(backend.astream(attempt)) as items:
+                        streamed = False
                         async for item in items:
                             if isinstance(item, Completion):
-                                completion = item
+                                completion = attempts.validated(item, streamed)
                                 break
                             yield item
+                            streamed = True
                             attempts.check_deadline()
                 except ProviderError as exc:
                     await attempts.asleep(await attempts.afailed(exc))

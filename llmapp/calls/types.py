@@ -1,7 +1,8 @@
 """The values that cross llmapp's service layer: a request and its completion."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any, TypedDict
 
 
@@ -34,6 +35,11 @@ class CallOptions(TypedDict, total=False):
     #: A conversation in place of the message: {"role": "user" or "assistant", "content": str}
     #: turns, ending with the user's.
     messages: Sequence[Mapping[str, str]]
+    #: The type of the answer (a pydantic model, a dataclass, a TypedDict...), a JSON Schema
+    #: dict, or a dotted path to one: ``Completion.parsed`` holds the validated value.
+    output: Any
+    #: How often an answer that does not match ``output`` is asked again on the same route.
+    output_retries: int
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,21 @@ class CompletionRequest:
     #: The turns of the conversation before ``message`` (the user's last): (role, content)
     #: pairs, the role "user" or "assistant".
     history: tuple = ()
+    #: The Output the answer must match (``llmapp.calls.output``), or None for text.
+    output: object = field(default=None, compare=False)
+    #: How this attempt asks for it: "native" (the provider's structured output) or
+    #: "prompted" (the schema in the system prompt); None for text.
+    output_mode: str | None = None
 
     @property
     def turns(self):
         """The whole conversation, ``message`` last: (role, content) pairs."""
         return (*self.history, ("user", self.message))
+
+    @property
+    def schema(self):
+        """The JSON Schema the answer must match, or None (what a test asks locmem's outbox)."""
+        return None if self.output is None else self.output.schema
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,9 @@ class Completion:
     request_id: str | None = None
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: The answer read into the call's output type (an instance of it; the JSON value for a
+    #: JSON Schema), validated; None for a call that asked for text.
+    parsed: Any = field(default=None, compare=False)
 
     @property
     def usage(self) -> dict[str, int | None]:
@@ -85,8 +104,32 @@ class Completion:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON shape the CLI prints and batch files hold."""
-        data = asdict(self)
+        data = asdict(evolve(self, parsed=None))
         del data["extra"], data["input_tokens"], data["output_tokens"]
+        data["parsed"] = jsonable(self.parsed)
         data["usage"] = self.usage
         data["latency_ms"] = round(self.latency_ms, 1)
         return data
+
+
+def jsonable(value):
+    """Return a parsed answer as JSON's types: pydantic models dumped, dataclasses as dicts."""
+    if isinstance(value, type):
+        return value
+    if hasattr(value, "model_dump"):  # a pydantic model
+        return value.model_dump(mode="json")
+    if is_dataclass(value):
+        return {item.name: jsonable(getattr(value, item.name)) for item in fields(value)}
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(item) for item in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    try:  # what only pydantic validates into (a datetime, a Decimal...)
+        from pydantic_core import to_jsonable_python
+    except ImportError:
+        return str(value)
+    return to_jsonable_python(value)

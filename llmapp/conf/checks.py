@@ -202,6 +202,10 @@ def _check_providers():
         if unknown is not None:
             messages.append(unknown.as_check())
         known = {key: value for key, value in options.items() if key in cls.option_names}
+        unknown_mode = cls.unknown_output_mode(alias, known)
+        if unknown_mode is not None:
+            messages.append(unknown_mode.as_check())
+            del known["structured_output"]
         backends[alias] = cls(alias, options=known, models=config.get("MODELS"))
     return backends, messages
 

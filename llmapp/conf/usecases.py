@@ -72,6 +72,9 @@ FIELDS = {
     "TIMEOUT": number,
     "RETRIES": whole_number,
     "FALLBACKS": comma_list,
+    # A dotted path, from the environment; in code and settings a type or a JSON Schema too.
+    "OUTPUT": str,
+    "OUTPUT_RETRIES": whole_number,
 }
 
 BUILTIN_USECASES = {
@@ -107,6 +110,10 @@ _DEFAULTS = {
     "RETRIES": 2,
     # "provider" or "provider:model", tried in order once the primary gives up.
     "FALLBACKS": (),
+    # The type of the answer (see llmapp.calls.output); None: text.
+    "OUTPUT": None,
+    # How often an answer that does not match OUTPUT is asked again on the same route.
+    "OUTPUT_RETRIES": 1,
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -160,6 +167,9 @@ RULES = {
     "MAX_OUTPUT_TOKENS": Rule(
         lambda value: is_whole_number(value) and value >= 1, "a positive whole number", "llmapp.E014"
     ),
+    "OUTPUT_RETRIES": Rule(
+        lambda value: is_whole_number(value) and value >= 0, "a whole number from 0 up", "llmapp.E024"
+    ),
 }
 
 
@@ -185,6 +195,8 @@ class UseCase:
     retries: int
     fallbacks: tuple
     sources: dict
+    output: Any = None
+    output_retries: int = 1
 
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
@@ -215,6 +227,24 @@ class UseCase:
             hint=f"Fix it where it is set, or leave it unset for llmapp's default, {_DEFAULTS[field]!r}.",
         )
 
+    @functools.cached_property
+    def output_spec(self):
+        """The Output its answers must match (``llmapp.calls.output``), or None for text.
+
+        Raises the ConfigurationError of an OUTPUT that cannot be imported or asked for.
+        """
+        from llmapp.calls.output import OutputTypeError, output_for
+
+        try:
+            return output_for(self.output, f"OUTPUT of use case {self.name!r} ({self.origin('OUTPUT')})")
+        except OutputTypeError as exc:
+            raise ConfigurationError(
+                f"{exc}.",
+                check_id="llmapp.E023",
+                hint="OUTPUT is a pydantic model, a dataclass, a TypedDict, a JSON Schema dict, "
+                "or the dotted path to one.",
+            ) from None
+
     def problems(self):
         """Everything wrong with this use case, each a ConfigurationError with its check id.
 
@@ -222,6 +252,11 @@ class UseCase:
         call raises the first it meets. A broken provider entry is that entry's problem.
         """
         problems = [error for field in RULES if (error := self.invalid(field)) is not None]
+        try:
+            typed = self.output_spec is not None
+        except ConfigurationError as exc:
+            problems.append(exc)
+            typed = False
         configured = conf.get_setting("LLM_PROVIDERS")
         if not isinstance(configured, dict) or not configured:
             return problems  # LLM_PROVIDERS's own problem
@@ -235,6 +270,7 @@ class UseCase:
             )
         else:
             problems += self._model_problems(self.provider, self.model, "model", "MODEL")
+            problems += self._output_problems(self.provider, typed)
         for spec in self.fallbacks:
             alias, _, model = str(spec).partition(":")
             if alias not in configured:
@@ -247,7 +283,25 @@ class UseCase:
                 )
             else:
                 problems += self._model_problems(alias, model or None, "fallback model", "FALLBACKS")
+                problems += self._output_problems(alias, typed)
         return problems
+
+    def _output_problems(self, alias, typed):
+        try:
+            backend = providers[alias]
+        except ConfigurationError:
+            return []
+        if not typed or backend.output_mode is not None:
+            return []
+        return [
+            ConfigurationError(
+                f"use case {self.name!r} has an OUTPUT type, but provider {alias!r} "
+                f"({type(backend).__name__}) can ask for it neither natively nor in the prompt.",
+                check_id="llmapp.W007",
+                hint="Typed calls skip it: take it out of PROVIDER and FALLBACKS, or give its "
+                "backend output_modes.",
+            )
+        ]
 
     def unknown_fallback(self, alias):
         return f"use case {self.name!r} falls back to " + providers.unknown(
@@ -286,7 +340,8 @@ def register_usecase(name: str, **fields: Any) -> None:
 
     Fields are the lower-case forms of the settings keys: ``description``,
     ``prompt``, ``provider``, ``model``, ``temperature``, ``max_output_tokens``,
-    ``timeout``, ``retries``, ``fallbacks``.
+    ``timeout``, ``retries``, ``fallbacks``, ``output`` (the answer's type) and
+    ``output_retries``.
     Settings and the environment still override what code registers.
     """
     _check_name(name, "register_usecase()")
@@ -404,6 +459,8 @@ def _resolve(name, from_settings, read_env):
         retries=values["RETRIES"],
         fallbacks=_as_tuple(values["FALLBACKS"]),
         sources=sources,
+        output=values["OUTPUT"] or None,
+        output_retries=values["OUTPUT_RETRIES"],
     )
 
 

@@ -81,6 +81,8 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         error_message=str(error) if isinstance(error, LLMError) else redact(str(error)),
         status_code=getattr(error, "status_code", None),
         request_id=getattr(error, "request_id", None) or "",
+        # An answer that did not match the output type: the answer itself.
+        response=(getattr(error, "text", None) or "") if with_content else "",
         exception=exception,
         **common,
     )

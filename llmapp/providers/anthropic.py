@@ -75,7 +75,10 @@ class AnthropicStreamReader(StreamReader):
 class AnthropicProvider(StainlessProvider):
     """Messages through the official ``anthropic`` SDK."""
 
-    option_names = frozenset({"api_key", "base_url", "model", "timeout", "default_headers"})
+    option_names = frozenset(
+        {"api_key", "base_url", "model", "timeout", "default_headers", "structured_output"}
+    )
+    output_modes = ("native", "prompted")
     max_temperature = 1.0
     default_model = DEFAULT_MODEL
     package = "anthropic"
@@ -110,7 +113,27 @@ class AnthropicProvider(StainlessProvider):
             payload["temperature"] = self.native_temperature(request.temperature)
         if request.prompt:
             payload["system"] = request.prompt
+        if request.output_mode == "native":
+            payload["output_config"] = {
+                "format": {"type": "json_schema", "schema": self.native_schema(request)}
+            }
         return self.with_timeout(payload, request)
+
+    def native_schema(self, request):
+        """The output's schema as structured outputs take it: the SDK moves the constraints they
+        do not take (a minimum, a pattern...) into descriptions; llmapp still checks them."""
+        anthropic = self.import_sdk()
+        transform = getattr(anthropic, "transform_schema", None)
+        if (
+            transform is None
+            or "output_config" not in inspect.signature(anthropic.resources.Messages.create).parameters
+        ):
+            raise self.cannot_call(
+                f"the installed anthropic SDK ({anthropic.__version__}) has no structured outputs: "
+                f"upgrade it, or set LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['structured_output'] "
+                "to 'prompted'."
+            )
+        return transform(request.output.wire_schema)
 
     # -- clients ---------------------------------------------------------------------
 

@@ -68,11 +68,19 @@ class BaseProvider:
     key_pattern = None
     #: the loggers of its SDK, whose records are redacted (they log URLs and headers).
     sdk_loggers = ()
+    #: How it can ask for a typed answer, the default first: "native" (the provider's own
+    #: structured output, which ``build_payload`` sends for a request whose ``output_mode``
+    #: says so) and "prompted" (the schema in the system prompt: any backend that sends the
+    #: prompt can). OPTIONS["structured_output"] picks one, where option_names has it.
+    output_modes = ("prompted",)
 
     def __init__(self, alias, *, options=None, models=None):
         self.alias = alias
         self.options = dict(options or {})
         unknown = self.unknown_options(alias, self.options)
+        if unknown is not None:
+            raise unknown
+        unknown = self.unknown_output_mode(alias, self.options)
         if unknown is not None:
             raise unknown
         self.models = list(models) if models else []
@@ -89,6 +97,22 @@ class BaseProvider:
             f"for {cls.__name__}; known: {known}.",
             check_id="llmapp.E003",
             hint="Check its spelling against the known options, or remove it.",
+        )
+
+    @classmethod
+    def unknown_output_mode(cls, alias, options):
+        """The ConfigurationError of an OPTIONS["structured_output"] this backend cannot do, or None."""
+        mode = options.get("structured_output")
+        if mode is None or mode in cls.output_modes:
+            return None
+        # Only a short string is shown: a long one may be a misplaced key.
+        said = repr(mode) if isinstance(mode, str) and len(mode) <= 10 else f"a {type(mode).__name__}"
+        return ConfigurationError(
+            f"LLM_PROVIDERS[{alias!r}]['OPTIONS']['structured_output'] is {said}; "
+            f"{cls.__name__} can do: {', '.join(map(repr, cls.output_modes)) or 'neither'}.",
+            check_id="llmapp.E025",
+            hint='"native" asks the provider for the schema itself; "prompted" puts it in the '
+            "system prompt, for servers that lack structured output.",
         )
 
     def disallowed_model(self, model, what="model"):
@@ -108,6 +132,24 @@ class BaseProvider:
     def model(self):
         """The model a use case that names none gets."""
         return self.options.get("model") or (self.models[0] if self.models else self.default_model)
+
+    @property
+    def output_mode(self):
+        """How a typed answer is asked for here: OPTIONS["structured_output"], else the
+        first of ``output_modes``; None when it cannot be."""
+        return self.options.get("structured_output") or next(iter(self.output_modes), None)
+
+    def output_request(self, request):
+        """Return ``request`` as this backend sends it: its typed answer asked for natively, or
+        with the schema after the system prompt."""
+        if request.output is None:
+            return request
+        mode = self.output_mode
+        if mode != "prompted":
+            return evolve(request, output_mode=mode)
+        instructions = request.output.instructions()
+        prompt = f"{request.prompt}\n\n{instructions}" if request.prompt else instructions
+        return evolve(request, output_mode=mode, prompt=prompt)
 
     def native_temperature(self, temperature):
         """Map a provider-neutral 0-1 temperature onto this provider's range."""

@@ -76,8 +76,10 @@ class GeminiProvider(SDKProvider):
             "api_version",
             "model",
             "timeout",
+            "structured_output",
         }
     )
+    output_modes = ("native", "prompted")
     max_temperature = 2.0
     default_model = DEFAULT_MODEL
     package = "google.genai"
@@ -188,6 +190,14 @@ class GeminiProvider(SDKProvider):
             temperature=self.native_temperature(request.temperature),
             max_output_tokens=request.max_output_tokens,
         )
+        if request.output_mode == "native":
+            if "response_json_schema" not in types.GenerateContentConfig.model_fields:
+                raise self.cannot_call(
+                    "the installed google-genai SDK has no response_json_schema: upgrade it, or set "
+                    f"LLM_PROVIDERS[{self.alias!r}]['OPTIONS']['structured_output'] to 'prompted'."
+                )
+            config.response_mime_type = "application/json"
+            config.response_json_schema = request.output.wire_schema
         timeout = self.attempt_timeout(request)
         if timeout is not None:
             # What is left of the call's deadline bounds this attempt.

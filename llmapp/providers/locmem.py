@@ -9,6 +9,7 @@ assert locmem.outbox[0].message == "hi"
 """
 
 import collections
+import json
 import re
 import threading
 
@@ -23,9 +24,10 @@ _lock = threading.Lock()
 
 
 def queue(*replies):
-    """Queue replies for the next calls: a string answers, an exception is raised."""
+    """Queue replies for the next calls: a string answers, a dict or list answers as its JSON
+    (a typed call's), an exception is raised."""
     with _lock:
-        _replies.extend(replies)
+        _replies.extend(json.dumps(reply) if isinstance(reply, dict | list) else reply for reply in replies)
 
 
 def reset():
@@ -36,10 +38,12 @@ def reset():
 
 
 class LocmemProvider(BaseProvider):
-    """Answer with queued replies, then with OPTIONS["response"] (default: an echo)."""
+    """Answer with queued replies, then with OPTIONS["response"] (default: an echo; for a typed
+    call, the smallest value of its type). A request's ``schema`` is the one it asked for."""
 
     option_names = frozenset({"model", "response"})
     default_model = "locmem"
+    output_modes = ("native",)
 
     def complete(self, request):
         with _lock:
@@ -48,7 +52,11 @@ class LocmemProvider(BaseProvider):
         if isinstance(reply, BaseException):
             raise reply
         if reply is None:
-            reply = self.options.get("response") or f"locmem answer to: {request.message}"
+            reply = self.options.get("response") or (
+                request.output.minimal_text()
+                if request.output is not None
+                else f"locmem answer to: {request.message}"
+            )
         return Completion(
             text=reply,
             usecase=request.usecase,
@@ -65,4 +73,5 @@ class LocmemProvider(BaseProvider):
         return [piece for piece in re.split(r"(?<= )", completion.text) if piece] + [completion]
 
     def describe_request(self, request):
-        return {"backend": "locmem (recorded in memory, nothing is sent)", **vars(request)}
+        output = request.output.wire_schema if request.output is not None else None
+        return {"backend": "locmem (recorded in memory, nothing is sent)", **vars(request), "output": output}

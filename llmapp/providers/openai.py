@@ -53,8 +53,11 @@ class OpenAIProvider(StainlessProvider):
             "azure_endpoint",
             "azure_deployment",
             "api_version",
+            # "prompted" for compatible servers without response_format's json_schema.
+            "structured_output",
         }
     )
+    output_modes = ("native", "prompted")
     max_temperature = 2.0
     default_model = "gpt-4o-mini"
     package = "openai"
@@ -91,6 +94,12 @@ class OpenAIProvider(StainlessProvider):
             "temperature": self.native_temperature(request.temperature),
             limit: request.max_output_tokens,
         }
+        if request.output_mode == "native":
+            output = request.output
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": output.name, "schema": output.wire_schema, "strict": output.strict},
+            }
         return self.with_timeout(payload, request)
 
     # -- clients ---------------------------------------------------------------------

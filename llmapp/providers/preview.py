@@ -17,8 +17,12 @@ class PreviewProvider(BaseProvider):
 
     option_names = frozenset({"model"})
     default_model = "preview"
+    # It answers a typed call with the smallest value of the type.
+    output_modes = ("native",)
 
     def complete(self, request):
+        if request.output is not None:
+            return self.typed_answer(request)
         body, cut = leading_sentences(request.message, request.max_output_tokens)
         if request.usecase != "summarize":
             body = f"You said: {body}"
@@ -32,6 +36,19 @@ class PreviewProvider(BaseProvider):
             output_tokens=estimate_tokens(body),
         )
 
+    def typed_answer(self, request):
+        """The smallest value of the request's output type, after the label."""
+        body = request.output.minimal_text()
+        return Completion(
+            text=f"{LABEL}\n{body}",
+            usecase=request.usecase,
+            provider=self.alias,
+            model=request.model,
+            finish_reason="stop",
+            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
+            output_tokens=estimate_tokens(body),
+        )
+
     def describe_request(self, request):
         return {
             "backend": "preview (offline: nothing is sent over the network)",
@@ -41,4 +58,5 @@ class PreviewProvider(BaseProvider):
             "messages": [{"role": role, "content": content} for role, content in request.turns],
             "temperature": self.native_temperature(request.temperature),
             "max_output_tokens": request.max_output_tokens,
+            **({"output_schema": request.output.wire_schema} if request.output is not None else {}),
         }

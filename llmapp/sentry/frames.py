@@ -12,7 +12,7 @@ import os
 import threading
 
 from llmapp import conf
-from llmapp.calls.types import Completion, CompletionRequest
+from llmapp.calls.types import Completion, CompletionRequest, jsonable
 from llmapp.eventstream.events import UsageEvent
 
 WITHHELD = "[withheld: LLM_LOG_CONTENT is off]"
@@ -78,6 +78,8 @@ def call_contents(error):
     contents, seen = [], set()
     while isinstance(error, BaseException) and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(getattr(error, "text", None), str):  # InvalidOutputError: the answer
+            contents.append(error.text)
         traceback = error.__traceback__
         while traceback is not None:
             frame = traceback.tb_frame
@@ -91,7 +93,7 @@ def call_contents(error):
                 elif isinstance(value, CompletionRequest):
                     contents += [value.message, value.prompt, *(content for _, content in value.history)]
                 elif isinstance(value, Completion):
-                    contents.append(value.text)
+                    contents += [value.text, *_strings(jsonable(value.parsed))]
                 elif in_service and name in ("message", "prompt") and isinstance(value, str):
                     contents.append(value)
                 elif in_service and name == "messages":
@@ -156,6 +158,17 @@ def _cut(value):
     if isinstance(value, list):
         return [_cut(item) for item in value]
     return value
+
+
+def _strings(value):
+    """The strings in a parsed answer's JSON form (its keys are the schema's)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 def _turns(conversation):

@@ -24,3 +24,9 @@ class TokenProvider(PreviewProvider):
         from llmapp.exceptions import ConfigurationError
 
         raise ConfigurationError("provider needs a token: set INHOUSE_TOKEN.")
+
+
+class UntypedProvider(PreviewProvider):
+    """A backend that cannot ask for a typed answer (it sends no system prompt, say)."""
+
+    output_modes = ()

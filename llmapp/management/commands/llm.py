@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import sys
 
 from django.core.management.base import CommandError
@@ -6,7 +8,7 @@ from django.core.management.base import CommandError
 from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
 from llmapp.calls.types import Completion
 from llmapp.conf.usecases import get_usecase_errors, get_usecases
-from llmapp.exceptions import InvalidMessageError, LLMError
+from llmapp.exceptions import InvalidMessageError, InvalidOutputType, LLMError
 from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import BatchRun
 from llmapp.providers import providers
@@ -46,11 +48,24 @@ class Command(LLMCommand):
         parser.add_argument(
             "--no-fallback", action="store_true", help="Do not fall back to the use case's FALLBACKS."
         )
+        parser.add_argument(
+            "--schema",
+            metavar="TYPE",
+            help="Ask for a typed answer for this call: a dotted path to a type (a pydantic model, a "
+            "dataclass, a TypedDict) or a JSON Schema, a JSON Schema file, or inline JSON; "
+            '--json prints it as "parsed".',
+        )
+        parser.add_argument(
+            "--output-retries",
+            help="How often an answer that does not match the output type is asked again (default: "
+            "the use case's OUTPUT_RETRIES).",
+        )
         parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
         parser.add_argument(
             "--json",
             action="store_true",
-            help="Print one JSON object: text, usecase, provider, model, usage, latency_ms.",
+            help="Print one JSON object: text, parsed (a typed answer), usecase, provider, model, "
+            "usage, latency_ms.",
         )
         parser.add_argument(
             "--list", action="store_true", help="List the use cases with provider, model and description."
@@ -101,6 +116,8 @@ class Command(LLMCommand):
                 where = f"--messages {options['messages']}: " if about_messages else ""
                 raise CommandError(f"{where}{exc}.") from exc
             raise CommandError(f"{exc}: pass --message TEXT or pipe UTF-8 text on stdin.") from exc
+        except InvalidOutputType as exc:
+            raise CommandError(f"--schema: {exc}.") from exc
         except LLMError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
@@ -111,6 +128,8 @@ class Command(LLMCommand):
         if not options["usecase"]:
             raise CommandError("name a use case, e.g. `manage.py llm summarize`; `--list` shows them all.")
         if options["input"]:
+            if options["schema"] is not None:
+                raise CommandError("--schema is for one call; a batch takes its use case's OUTPUT.")
             BatchRun(self, options).run()
             return
         if options["output"] or options["enqueue"]:
@@ -136,14 +155,20 @@ class Command(LLMCommand):
             "timeout": _number(options["timeout"], float, "--timeout", "a number of seconds"),
             "retries": _number(options["retries"], int, "--retries", "a whole number from 0 up"),
             "fallbacks": [] if options["no_fallback"] else None,
+            "output_retries": _number(
+                options["output_retries"], int, "--output-retries", "a whole number from 0 up"
+            ),
         }
+        if options["schema"] is not None:
+            overrides["output"] = self.read_schema(options["schema"])
         usecase = options["usecase"]
         overrides |= reliability
         if options["dry_run"]:
             # plan_call, so that a dry run refuses what the real run would refuse.
             request, _ = plan_call(usecase, message, **overrides)
             backend = providers[request.provider]
-            self.stdout.write(json.dumps(backend.describe_request(request), indent=2, ensure_ascii=False))
+            described = backend.describe_request(backend.output_request(request))
+            self.stdout.write(json.dumps(described, indent=2, ensure_ascii=False))
             return
         if options["stream"]:
             completion = self.stream(usecase, message, overrides)
@@ -191,6 +216,34 @@ class Command(LLMCommand):
                 f"--messages {name} is not JSON ({exc}); it holds a list of "
                 '{"role": ..., "content": ...} turns.'
             ) from None
+
+    def read_schema(self, spec):
+        """The output type of --schema: inline JSON, a JSON file, or a dotted path (checked by the call)."""
+        text = spec.strip()
+        if not text.startswith(("{", "[")) and not os.path.isfile(spec):
+            if not _DOTTED.match(text):
+                raise CommandError(
+                    f"--schema {spec}: no such file, and not a dotted path (module.Type) or inline JSON."
+                )
+            return text
+        where = "--schema" if text.startswith(("{", "[")) else f"--schema {spec}"
+        if where != "--schema":
+            try:
+                with open(spec, encoding="utf-8") as file:
+                    text = file.read()
+            except OSError as exc:
+                raise CommandError(f"cannot read {where}: {exc.strerror}.") from None
+            except UnicodeDecodeError as exc:
+                raise CommandError(f"{where} is not UTF-8 text (at byte {exc.start}).") from None
+        try:
+            schema = json.loads(text)
+        except RecursionError:
+            raise CommandError(f"{where} is nested too deeply to be a JSON Schema.") from None
+        except ValueError as exc:
+            raise CommandError(f"{where} is not JSON ({exc}); it holds a JSON Schema object.") from None
+        if not isinstance(schema, dict):
+            raise CommandError(f"{where} must be a JSON Schema object, got a JSON {type(schema).__name__}.")
+        return schema
 
     def read_message(self, options):
         message = options["message"]
@@ -272,6 +325,9 @@ def _model(usecase):
         return providers[usecase.provider].model or "?"
     except LLMError:
         return "?"
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 
 
 def _number(value, kind, flag, expected):

@@ -33,6 +33,9 @@ class CompletionEvent(models.Model):
     response = models.TextField(blank=True)
     # The turns before the message, when the call carried a conversation (content too).
     conversation = models.JSONField(null=True, blank=True)
+    # How an answer did not match the use case's output type (InvalidOutputError), one line
+    # each: places in the answer and what was expected, never its content.
+    output_errors = models.JSONField(null=True, blank=True)
     # A failed call's exception and stack frames, secrets scrubbed and size bounded.
     exception = models.JSONField(null=True, blank=True)
 

@@ -507,3 +507,47 @@ def test_a_kept_conversation_is_shown_with_its_turns_scrubbed(admin_client):
     page = html(admin_client.get(f"{LOG}{recorded.pk}/change/"))
     assert "Kept because LLM_LOG_CONTENT is on" in page and "Noted." in page and "And now?" in page
     assert key not in page
+
+
+# -- typed answers ----------------------------------------------------------------------
+
+
+def test_the_use_case_page_shows_its_output_type_and_schema(admin_client, settings):
+    settings.LLM_USECASES = {
+        "triage": {"OUTPUT": "tests.fakes.output_types.Ticket"},
+        "broken": {"OUTPUT": "tests.fakes.nope.Ticket"},
+    }
+    page = html(admin_client.get(f"{USECASES}triage/"))
+    section = page[page.index('id="output-type"') :]
+    assert "<td>tests.fakes.output_types.Ticket</td>" in section
+    assert escape("from LLM_USECASES['triage']['OUTPUT']") in section
+    assert escape('"enum": [\n        "spam",\n        "ham"\n      ]') in section
+    broken = html(admin_client.get(f"{USECASES}broken/"))
+    assert escape("OUTPUT of use case 'broken'") in broken and "cannot be imported" in broken
+    assert "Text: no OUTPUT type is set." in html(admin_client.get(SUMMARIZE))
+
+
+def test_the_test_form_shows_the_parsed_fields(admin_client, settings):
+    settings.LLM_USECASES = {"triage": {"PROVIDER": "test", "OUTPUT": "tests.fakes.output_types.Ticket"}}
+    locmem.queue('{"label": "ham", "score": 0.25}')
+    page = html(admin_client.post(f"{USECASES}triage/", {"message": "hello there"}))
+    parsed = page[page.index('id="test-parsed"') : page.index("<h3>Answer</h3>")]
+    assert cells(parsed) == ["ham", "0.25"]
+    assert '<th scope="row">label</th>' in parsed
+
+
+def test_an_answer_that_did_not_match_shows_its_validation_errors_in_the_log(admin_client, settings):
+    settings.LLM_USECASES = {
+        "triage": {"PROVIDER": "test", "OUTPUT": "tests.fakes.output_types.Ticket", "OUTPUT_RETRIES": 0}
+    }
+    locmem.queue('{"label": "eggs", "score": 3}')
+    page = html(admin_client.post(f"{USECASES}triage/", {"message": "hello there"}))
+    assert escape("InvalidOutputError: the answer does not match the output type") in page
+    recorded = CompletionEvent.objects.get()
+    assert recorded.output_errors == [
+        "$.label: Input should be 'spam' or 'ham'",
+        "$.score: Input should be less than or equal to 1",
+    ]
+    log_page = html(admin_client.get(f"{LOG}{recorded.pk}/change/"))
+    assert "<li>" + escape("$.label: Input should be 'spam' or 'ham'") + "</li>" in log_page
+    assert "eggs" not in log_page  # the answer is content: kept only with LLM_LOG_CONTENT

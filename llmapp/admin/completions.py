@@ -4,6 +4,7 @@ import json
 
 from django.contrib import admin
 from django.template.defaultfilters import truncatechars
+from django.utils.html import format_html, format_html_join
 
 from llmapp.admin.display import milliseconds, safe
 from llmapp.models import CompletionEvent
@@ -41,7 +42,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     list_per_page = 50
-    readonly_fields = ("use_case", "latency")
+    readonly_fields = ("use_case", "latency", "validation_errors")
     change_form_template = "admin/llmapp/completionevent/change_form.html"
 
     def has_add_permission(self, request):
@@ -61,6 +62,12 @@ class CompletionEventAdmin(admin.ModelAdmin):
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, event):
         return milliseconds(event.latency_ms)
+
+    @admin.display(description="how the answer did not match its output type")
+    def validation_errors(self, event):
+        return format_html(
+            "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((error,) for error in event.output_errors))
+        )
 
     @admin.display(description="error")
     def error(self, event):
@@ -86,7 +93,10 @@ class CompletionEventAdmin(admin.ModelAdmin):
             ),
         ]
         if obj is not None and obj.status != CompletionEvent.Status.OK:
-            fieldsets.append(("Error", {"fields": ("error_type", "status_code", "error_message")}))
+            fields = ("error_type", "status_code", "error_message")
+            if obj.output_errors:
+                fields += ("validation_errors",)
+            fieldsets.append(("Error", {"fields": fields}))
         if obj is not None and any(getattr(obj, name) for name in CONTENT_FIELDS):
             fieldsets.append(
                 ("Content", {"fields": CONTENT_FIELDS, "description": "Kept because LLM_LOG_CONTENT is on."})
@@ -101,6 +111,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
                 setattr(event, name, safe(getattr(event, name)))
             event.exception = safe(event.exception)
             event.conversation = safe(event.conversation)
+            event.output_errors = [safe(str(error)) for error in event.output_errors or ()]
         return event
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):

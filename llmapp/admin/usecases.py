@@ -1,5 +1,6 @@
 """The Use cases pages: the registry, each use case's health and usage, and a test form."""
 
+import json
 from dataclasses import dataclass
 
 from django import forms
@@ -13,6 +14,7 @@ from django.urls import path, reverse
 from llmapp.admin.display import NO_VALUE, count, milliseconds, safe, usage_cells
 from llmapp.admin.health import ProviderHealth, provider_health
 from llmapp.calls.service import complete_prompt
+from llmapp.calls.types import jsonable
 from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
 from llmapp.conf.usecases import UseCase as UseCaseConfig
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError, LLMError
@@ -21,7 +23,7 @@ from llmapp.tsdb import get_tsdb
 
 TEST_PERMISSION = "test_usecase"
 # Shown with their own headings on the detail page, not in the configuration table.
-OWN_SECTIONS = ("DESCRIPTION", "PROMPT")
+OWN_SECTIONS = ("DESCRIPTION", "PROMPT", "OUTPUT")
 
 
 class TestPromptForm(forms.Form):
@@ -116,6 +118,7 @@ class UseCaseAdmin(admin.ModelAdmin):
             "configuration": configuration(row),
             "prompt": safe(usecase.prompt),
             "description": safe(usecase.description),
+            "output": output_display(usecase),
             "usage_note": usage_note,
             "can_test": can_test,
             "form": form,
@@ -222,9 +225,30 @@ def configuration(row):
     return lines
 
 
+def output_display(usecase):
+    """The use case's output type: its name, where it is set and its JSON Schema; None for text."""
+    if usecase.output is None:
+        return None
+    try:
+        output = usecase.output_spec
+    except ConfigurationError as exc:
+        return {"error": safe(str(exc)), "origin": usecase.origin("OUTPUT")}
+    return {
+        "type": output.display,
+        "origin": usecase.origin("OUTPUT"),
+        "schema": json.dumps(output.schema, indent=2, ensure_ascii=False),
+    }
+
+
 def completion_display(completion):
+    parsed = jsonable(completion.parsed)
     return {
         "text": safe(completion.text),
+        # A typed answer's fields, one row each; any other value whole.
+        "fields": [(name, _shown(value)) for name, value in parsed.items()]
+        if isinstance(parsed, dict)
+        else None,
+        "parsed": None if parsed is None or isinstance(parsed, dict) else safe(_shown(parsed)),
         "provider": completion.provider,
         "model": completion.model,
         "finish_reason": completion.finish_reason or NO_VALUE,
@@ -234,3 +258,7 @@ def completion_display(completion):
         "attempts": completion.attempts,
         "request_id": completion.request_id or NO_VALUE,
     }
+
+
+def _shown(value):
+    return safe(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))

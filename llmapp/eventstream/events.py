@@ -6,7 +6,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from llmapp import conf
-from llmapp.exceptions import LLMError, ProviderRefused
+from llmapp.exceptions import InvalidOutputError, LLMError, ProviderRefused
 from llmapp.redaction import redact
 
 OK, ERROR, REFUSED = "ok", "error", "refused"
@@ -36,6 +36,8 @@ class UsageEvent:
     messages: int = 1
     #: The turns before ``message``, as {"role", "content"} objects: content too.
     conversation: list | None = None
+    #: How the last answer did not match the output type (InvalidOutputError): no content.
+    output_errors: list | None = None
 
     def as_dict(self):
         return asdict(self)
@@ -82,7 +84,8 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         status_code=getattr(error, "status_code", None),
         request_id=getattr(error, "request_id", None) or "",
         # An answer that did not match the output type: the answer itself.
-        response=(getattr(error, "text", None) or "") if with_content else "",
+        response=(error.text or "") if with_content and isinstance(error, InvalidOutputError) else "",
+        output_errors=list(error.errors) if isinstance(error, InvalidOutputError) else None,
         exception=exception,
         **common,
     )

@@ -113,3 +113,27 @@ def test_a_missing_browser_skips_unless_it_is_required(monkeypatch):
     monkeypatch.setenv("LLM_REQUIRE_BROWSER", "1")
     with pytest.raises(pytest.fail.Exception, match="LLM_REQUIRE_BROWSER=1 but Chromium"):
         unavailable("Chromium or chromedriver is not installed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operator_tests_a_typed_use_case_and_reads_its_fields(
+    browser, live_server, django_user_model, settings
+):
+    from selenium.webdriver.common.by import By
+
+    settings.LLM_USECASES = {"triage": {"OUTPUT": "tests.fakes.output_types.Ticket"}}
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/llmapp/usecase/triage/")
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+    # The page names the type and shows its schema.
+    output = browser.find_element(By.ID, "output-type").text
+    assert "tests.fakes.output_types.Ticket" in output and '"spam"' in output
+
+    # On the offline default the answer is the smallest valid Ticket, shown field by field.
+    browser.find_element(By.ID, "id_message").send_keys(MESSAGE)
+    browser.find_element(By.CSS_SELECTOR, "#test-prompt input[type=submit]").click()
+    fields = browser.find_elements(By.CSS_SELECTOR, "#test-parsed tr")
+    assert [row.text for row in fields] == ["label spam", "score 0.0"]

@@ -151,3 +151,9 @@ def test_a_type_that_holds_itself_refers_to_its_own_definition():
     assert jsonschema.errors({"name": "a", "children": [{"name": 1, "children": []}]}, schema) == [
         "$.children[0].name: expected string, got integer"
     ]
+
+
+@pytest.mark.parametrize("pattern", [r"^[0-9]+$", r"^[A-Z]{3}$", r"^\d{4}-\d{2}-\d{2}$", r"^[a-z]+$"])
+def test_the_smallest_string_tries_to_match_a_pattern(pattern):
+    schema = {"type": "string", "pattern": pattern, "minLength": 2}
+    assert jsonschema.errors(jsonschema.minimal(schema), schema) == []

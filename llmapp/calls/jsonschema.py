@@ -347,13 +347,42 @@ def minimal(schema, root=None):
         item = minimal(schema.get("items", {}), root)
         return prefix + [item] * more
     if kind == "string":
-        text = _FORMATS.get(schema.get("format"), "")
-        return text + "x" * max(0, schema.get("minLength", 0) - len(text))
+        return _minimal_string(schema)
     if kind in ("integer", "number"):
         return _minimal_number(schema, kind)
     if kind == "boolean":
         return False
     return None
+
+
+#: Strings tried against a ``pattern``, shortest first: no regular expression is inverted here.
+_CANDIDATES = (
+    "",
+    *(character * length for length in range(1, 9) for character in "x0aA"),
+    "user@example.com",
+    "1970-01-01",
+    "https://example.com/",
+)
+
+
+def _minimal_string(schema):
+    text = _FORMATS.get(schema.get("format"), "")
+    low, pattern = schema.get("minLength", 0), schema.get("pattern")
+    text += "x" * max(0, low - len(text))
+    if pattern is None or _matches(pattern, text):
+        return text
+    for candidate in _CANDIDATES:
+        for padded in (candidate, candidate + candidate[-1:] * max(0, low - len(candidate))):
+            if len(padded) >= low and _matches(pattern, padded):
+                return padded
+    return text
+
+
+def _matches(pattern, text):
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return False
 
 
 def _minimal_number(schema, kind):

@@ -323,14 +323,16 @@ def test_a_backend_of_a_projects_own_that_cannot_be_called_is_a_warning(settings
         ),
         ({"type": "object", "if": {}}, "JSON Schema uses keyword 'if', which llmapp cannot check"),
         ({"properties": {}}, "JSON Schema has no type"),
-        (5, "is not a type llmapp can describe"),
+        (5, "5 is not a type: name a class"),
+        ({"type": "strnig"}, "JSON Schema uses type 'strnig' (JSON's types are array"),
+        ({"type": "string", "pattern": "("}, "pattern '(' that is not a regular expression"),
     ],
 )
 def test_an_output_that_cannot_be_asked_for_is_an_error(settings, output, text):
     settings.LLM_USECASES = {"triage": {"OUTPUT": output, "OUTPUT_RETRIES": -1}}
     ids, result = check()
     assert sorted(ids) == ["llmapp.E023", "llmapp.E024"]
-    assert text in result and "output_retries must be a whole number from 0 up, got -1" in result
+    assert text in result and "output_retries must be a whole number from 0 to 10, got -1" in result
     assert "HINT: OUTPUT is a pydantic model, a dataclass, a TypedDict, a JSON Schema dict" in result
 
 

@@ -1,8 +1,9 @@
 """llmapp.calls.jsonschema: Python types to JSON Schema, answers checked, the smallest valid value."""
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
+import pydantic
 import pytest
 
 from llmapp.calls import jsonschema
@@ -157,3 +158,37 @@ def test_a_type_that_holds_itself_refers_to_its_own_definition():
 def test_the_smallest_string_tries_to_match_a_pattern(pattern):
     schema = {"type": "string", "pattern": pattern, "minLength": 2}
     assert jsonschema.errors(jsonschema.minimal(schema), schema) == []
+
+
+class Tree(pydantic.BaseModel):
+    kids: list["Tree"]
+    name: str
+    parent: Optional["Tree"]
+
+
+class Bounded(pydantic.BaseModel):
+    below: int = pydantic.Field(lt=0)
+    between: float = pydantic.Field(gt=0, lt=0.1)
+    sevens: int = pydantic.Field(multiple_of=7, ge=1)
+    distinct: set[int] = pydantic.Field(min_length=3)
+    keyed: dict[str, int] = pydantic.Field(min_length=1)
+    above: int = pydantic.Field(gt=5)
+
+
+@pytest.mark.parametrize("model", [Tree, Bounded])
+def test_the_smallest_value_of_a_pydantic_schema_is_one_pydantic_accepts(model):
+    model.model_validate(jsonschema.minimal(model.model_json_schema()))
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"$ref": "#"}, "$ref '#' that points only at itself"),
+        ({"type": "number", "multipleOf": 0}, "multipleOf that is not above 0"),
+        ({"type": "object", "required": "a"}, "required that is not a list"),
+        ({"type": "array", "items": [{}]}, "items given as a list (draft 4): use prefixItems"),
+        ({"type": "integer", "minimum": "1"}, "minimum that is not a number"),
+    ],
+)
+def test_a_schema_that_would_fail_on_every_answer_is_refused_when_given(schema, problem):
+    assert problem in jsonschema.unsupported(schema)

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 
+import pydantic
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -247,8 +248,13 @@ def test_a_bad_output_argument_is_one_line_before_anything_is_sent(triage):
         complete_prompt("triage", "x", output="tests.fakes.nope.Type")
     with pytest.raises(InvalidOutputType, match="uses keyword 'if', which llmapp cannot check"):
         complete_prompt("triage", "x", output={"type": "object", "if": {}})
-    with pytest.raises(InvalidOutputType, match="not a type llmapp can describe"):
+    with pytest.raises(InvalidOutputType, match="output 5 is not a type: name a class"):
         complete_prompt("triage", "x", output=5)
+    # A function is no type: pydantic would call it with the answer's fields.
+    with pytest.raises(InvalidOutputType, match=r"'os\.path\.join' is not a type"):
+        complete_prompt("triage", "x", output="os.path.join")
+    with pytest.raises(InvalidOutputType, match="points nowhere"):
+        complete_prompt("triage", "x", output={"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}})
     assert triage.requests == []
 
 
@@ -375,3 +381,137 @@ def test_batch_records_carry_parsed(tmp_path, settings):
     assert first["parsed"] == {"label": "ham", "score": 1}
     # The second was asked again, and locmem's default for a typed call is the smallest value.
     assert second["parsed"] == {"label": "spam", "score": 0}
+
+
+# -- hostile answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ('{"label": "spam", "score": NaN}', "$: the answer holds no JSON value"),
+        ("[" * 5000, "$: nested more than 64 deep"),
+        ('{"label": "spam", "score": ' + "[" * 100 + "]" * 100 + "}", "$: nested more than 64 deep"),
+        ("", "$: the answer is empty, not JSON"),
+    ],
+)
+def test_an_answer_that_cannot_be_read_is_one_that_does_not_match(settings, answer, error):
+    locmem.queue(answer)
+    with pytest.raises(InvalidOutputError) as raised:
+        complete_prompt("summarize", "x", provider="test", output=TICKET_SCHEMA, output_retries=0)
+    assert raised.value.errors == [error]
+
+
+def test_a_number_too_large_to_check_does_not_match():
+    locmem.queue('{"value": 1e308}')
+    with pytest.raises(InvalidOutputError, match=r"\$: cannot be checked \(OverflowError\)|not a multiple"):
+        complete_prompt(
+            "summarize", "x", provider="test", output={"type": "number", "multipleOf": 0.1}, output_retries=0
+        )
+
+
+class Counts(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    counts: dict[str, int]
+    code: str
+
+    @pydantic.field_validator("code")
+    @classmethod
+    def lucky(cls, value):
+        if value == "13":
+            raise ValueError(f"unlucky {value}")
+        return value
+
+
+@dataclasses.dataclass
+class Checked:
+    score: float
+
+    def __post_init__(self):
+        if self.score > 1:
+            raise ValueError(f"score {self.score} out of range")
+
+
+def test_validation_errors_never_quote_the_answer():
+    locmem.queue('{"counts": {"SECRET-KEY": "x"}, "code": "13", "SECRET-EXTRA": 1}')
+    with pytest.raises(InvalidOutputError) as raised:
+        complete_prompt("summarize", "x", provider="test", output=Counts, output_retries=0)
+    assert raised.value.errors == [
+        "$.counts[*]: Input should be a valid integer, unable to parse string as an integer",
+        "$.code: not valid (value_error)",
+        "$[*]: Extra inputs are not permitted",
+    ]
+    locmem.queue('{"score": 7.5}')
+    with pytest.raises(InvalidOutputError) as raised:
+        complete_prompt("summarize", "x", provider="test", output=Checked, output_retries=0)
+    assert raised.value.errors == ["$: Checked refused it (ValueError)"]
+
+
+def test_a_completion_does_not_show_its_parsed_value_in_its_repr():
+    completion = complete_prompt("summarize", "x", provider="test", output=Contact)
+    assert "parsed" not in repr(completion)
+
+
+def test_a_dataclass_is_sent_as_an_object_at_the_root_and_strict_only_when_closed(triage):
+    @dataclasses.dataclass
+    class Tally:
+        counts: dict[str, int]
+
+    triage.reply('{"name": "a", "priority": "low", "addresses": [], "tags": []}')
+    triage.reply('{"counts": {}}')
+    complete_prompt("triage", "x", output=Contact)
+    complete_prompt("triage", "x", output=Tally)
+    contact, tally = (request.body["response_format"]["json_schema"] for request in triage.requests)
+    assert contact["schema"]["type"] == "object" and "$ref" not in contact["schema"]
+    assert contact["schema"]["$defs"]["Address"]["type"] == "object"
+    assert tally["strict"] is False  # the answer chooses the keys: no strict mode for it
+
+
+def test_anthropic_asks_in_the_prompt_for_keys_the_answer_chooses(settings):
+    from tests.fakes.anthropic_server import FakeAnthropicServer
+
+    with FakeAnthropicServer() as server:
+        settings.LLM_PROVIDERS = {
+            **settings.LLM_PROVIDERS,
+            "anthropic": {
+                "BACKEND": CASES["anthropic"].backend,
+                "OPTIONS": {"api_key": API_KEY, "base_url": server.base_url},
+            },
+        }
+        server.reply('{"apples": 3}')
+        completion = complete_prompt("summarize", "x", provider="anthropic", output=dict[str, int])
+        assert completion.parsed == {"apples": 3}
+        [sent] = server.requests
+        assert "output_config" not in sent.body and "JSON Schema" in sent.body["system"]
+
+
+def test_an_empty_answer_is_asked_again_in_one_user_turn(triage):
+    triage.reply("")
+    triage.reply(VALID)
+    complete_prompt("triage", "Buy pills")
+    _, turns = CASES["openai"].sent_turns(triage.requests[1].body)
+    assert [role for role, _ in turns] == ["user"]
+    assert turns[0][1].startswith("Buy pills\n\nYour answer does not match")
+
+
+def test_an_answer_that_does_not_match_closes_a_half_open_circuit(triage, settings, monkeypatch):
+    import time
+
+    from llmapp.calls import circuit
+
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {**settings.LLM_PROVIDERS["openai"], "CIRCUIT_BREAKER": {"FAILURES": 1, "COOLDOWN": 30}},
+    }
+    triage.reply_error(500, "down")
+    with pytest.raises(Exception, match="down"):
+        complete_prompt("triage", "x", retries=0)
+    now = time.time()
+    monkeypatch.setattr(circuit, "wall_clock", lambda: now + 31)  # the cooldown passed: a probe
+    triage.reply(INVALID)
+    with pytest.raises(InvalidOutputError):
+        complete_prompt("triage", "x", output_retries=0)
+    # The probe was answered, if wrongly: the circuit is closed, not held open another cooldown.
+    triage.reply(VALID)
+    assert complete_prompt("triage", "x").parsed["label"] == "spam"
+    assert len(triage.requests) == 3

@@ -13,6 +13,7 @@ Sentry, where an answer's content does not go unless content is allowed.
 
 import dataclasses
 import enum
+import json
 import math
 import re
 import types
@@ -96,24 +97,90 @@ def subschemas(schema):
             yield from (item for item in schema[key].values() if isinstance(item, dict))
 
 
+TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
+_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+
+
 def unsupported(schema):
-    """Return the problems that keep ``schema`` from being checked here: unknown keywords, remote refs."""
+    """Return the problems that keep ``schema`` from being checked here, one phrase each.
+
+    Unknown keywords, values of the wrong kind (a ``type`` that is no JSON type, a
+    ``pattern`` that does not compile...), and ``$ref`` that point outside the schema,
+    nowhere, or only at each other: found when the schema is given, not when an answer comes.
+    """
     problems = set()
 
     def visit(node):
         if not isinstance(node, dict):
-            problems.add("a subschema that is not an object")
+            if not isinstance(node, bool):
+                problems.add("a subschema that is not an object")
             return
         for key in set(node) - ANNOTATIONS - CONSTRAINTS:
             problems.add(f"keyword {key!r}")
-        ref = node.get("$ref")
-        if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
-            problems.add("a $ref outside the schema")
+        problems.update(_value_problems(node, schema))
         for child in subschemas(node):
             visit(child)
 
     visit(schema)
     return sorted(problems)
+
+
+def _value_problems(node, root):
+    kinds = node.get("type")
+    for kind in kinds if isinstance(kinds, list) else [] if kinds is None else [kinds]:
+        if kind not in TYPES:
+            yield f"type {kind!r} (JSON's types are {', '.join(sorted(TYPES))})"
+    for key in ("enum", "required", "anyOf", "oneOf", "allOf", "prefixItems"):
+        if key in node and not isinstance(node[key], list):
+            yield f"{key} that is not a list"
+    for key in ("properties", "patternProperties", "$defs", "definitions"):
+        if key in node and not isinstance(node[key], dict):
+            yield f"{key} that is not an object"
+    if isinstance(node.get("items"), list):
+        yield "items given as a list (draft 4): use prefixItems"
+    for key in _NUMBERS:
+        if key in node and not _is_type(node[key], "number"):
+            yield f"{key} that is not a number"
+    if _is_type(node.get("multipleOf"), "number") and node["multipleOf"] <= 0:
+        yield "multipleOf that is not above 0"
+    for key in _COUNTS:
+        if key in node and not (_is_type(node[key], "integer") and node[key] >= 0):
+            yield f"{key} that is not a whole number from 0"
+    for pattern in [node.get("pattern"), *(node.get("patternProperties") or {})]:
+        if pattern is not None and not _compiles(pattern):
+            yield f"pattern {pattern!r} that is not a regular expression"
+    ref = node.get("$ref")
+    if ref is not None:
+        yield from _ref_problems(ref, root)
+
+
+def _compiles(pattern):
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError):
+        return False
+    return True
+
+
+def _ref_problems(ref, root):
+    if not (isinstance(ref, str) and ref.startswith("#")):
+        yield "a $ref outside the schema"
+        return
+    seen = set()
+    while isinstance(ref, str) and ref.startswith("#"):
+        if ref in seen:
+            yield f"$ref {ref!r} that points only at itself"
+            return
+        seen.add(ref)
+        try:
+            target = resolve(ref, root)
+        except KeyError:
+            yield f"$ref {ref!r} that points nowhere"
+            return
+        if not isinstance(target, dict) or set(target) - ANNOTATIONS != {"$ref"}:
+            return
+        ref = target["$ref"]
 
 
 def resolve(ref, root):
@@ -256,13 +323,8 @@ def _check_array(value, schema, path, root, found):
         found.append(f"{path}: fewer than {schema['minItems']} items")
     if "maxItems" in schema and len(value) > schema["maxItems"]:
         found.append(f"{path}: more than {schema['maxItems']} items")
-    if schema.get("uniqueItems"):
-        seen = []
-        for item in value:
-            if any(_same(item, other) for other in seen):
-                found.append(f"{path}: items must be unique")
-                break
-            seen.append(item)
+    if schema.get("uniqueItems") and len({_canonical(item) for item in value}) < len(value):
+        found.append(f"{path}: items must be unique")
 
 
 def _check_string(value, schema, path, found):
@@ -288,6 +350,21 @@ def _check_number(value, schema, path, found):
         found.append(f"{path}: not a multiple of {step}")
 
 
+def _canonical(value):
+    """A text equal for values JSON calls equal (1 and 1.0, keys in any order), else not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ",".join(f"{json.dumps(key)}:{_canonical(item)}" for key, item in sorted(value.items()))
+            + "}"
+        )
+    return json.dumps(value)
+
+
 def _shown(value):
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -309,43 +386,46 @@ _FORMATS = {
 }
 
 
-def minimal(schema, root=None):
-    """Return the smallest value ``schema`` accepts (a schema with a ``pattern`` may need more)."""
+def minimal(schema, root=None, _resolving=()):
+    """Return the smallest value ``schema`` accepts, as best it can be guessed: a ``pattern``,
+    ``not`` or overlapping ``oneOf`` may need more (a value that does not match then says so)."""
     root = schema if root is None else root
     if schema is True or not isinstance(schema, dict):
         return None
     if "$ref" in schema:
-        return minimal(resolve(schema["$ref"], root), root)
+        if schema["$ref"] in _resolving:  # a type that holds itself: stop where it may end
+            return None
+        return minimal(resolve(schema["$ref"], root), root, (*_resolving, schema["$ref"]))
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
         return schema["enum"][0]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            return minimal(schema[key][0], root)
+            # null first, then a shape that does not refer back: the smallest and the surest.
+            options = sorted(schema[key], key=lambda option: (option.get("type") != "null", "$ref" in option))
+            return minimal(options[0], root, _resolving)
     if schema.get("allOf"):
         merged = {key: value for key, value in schema.items() if key != "allOf"}
         for part in schema["allOf"]:
             part = resolve(part["$ref"], root) if "$ref" in part else part
-            merged = {
-                **part,
-                **merged,
-                "properties": {**part.get("properties", {}), **merged.get("properties", {})},
-            }
+            properties = {**part.get("properties", {}), **merged.get("properties", {})}
+            merged = {**part, **merged, "properties": properties}
             merged["required"] = [*part.get("required", ()), *merged.get("required", ())]
-        return minimal(merged, root)
+        return minimal(merged, root, _resolving)
     kind = schema.get("type", "null")
     kind = kind[0] if isinstance(kind, list) else kind
     if kind == "object":
-        properties = schema.get("properties", {})
-        names = list(dict.fromkeys([*schema.get("required", ()), *properties]))
-        count = max(len(schema.get("required", ())), schema.get("minProperties", 0))
-        return {name: minimal(properties.get(name, {}), root) for name in names[:count]}
+        return _minimal_object(schema, root, _resolving)
     if kind == "array":
-        prefix = [minimal(item, root) for item in schema.get("prefixItems", [])]
+        prefix = [minimal(item, root, _resolving) for item in schema.get("prefixItems", [])]
         more = max(0, schema.get("minItems", 0) - len(prefix))
-        item = minimal(schema.get("items", {}), root)
-        return prefix + [item] * more
+        if not more:
+            return prefix
+        items = schema.get("items", {})
+        if schema.get("uniqueItems"):
+            return prefix + [_distinct(items, number, root, _resolving) for number in range(more)]
+        return prefix + [minimal(items, root, _resolving)] * more
     if kind == "string":
         return _minimal_string(schema)
     if kind in ("integer", "number"):
@@ -353,6 +433,39 @@ def minimal(schema, root=None):
     if kind == "boolean":
         return False
     return None
+
+
+def _minimal_object(schema, root, resolving):
+    properties = schema.get("properties", {})
+    required = list(schema.get("required", ()))
+    value = {name: minimal(properties.get(name, _extra(schema)), root, resolving) for name in required}
+    optional = [name for name in properties if name not in value]
+    count = 0
+    while len(value) < schema.get("minProperties", 0):
+        if optional:
+            name = optional.pop(0)
+            value[name] = minimal(properties[name], root, resolving)
+        else:
+            count += 1
+            value[f"key{count}"] = minimal(_extra(schema), root, resolving)
+    return value
+
+
+def _extra(schema):
+    others = schema.get("additionalProperties", {})
+    return others if isinstance(others, dict) else {}
+
+
+def _distinct(items, number, root, resolving):
+    """The ``number``-th of distinct small values of ``items`` (for uniqueItems)."""
+    value = minimal(items, root, resolving)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return value + number * (items.get("multipleOf") or 1)
+    if isinstance(value, str):
+        return value + "x" * number
+    return value
 
 
 #: Strings tried against a ``pattern``, shortest first: no regular expression is inverted here.
@@ -386,14 +499,25 @@ def _matches(pattern, text):
 
 
 def _minimal_number(schema, kind):
-    low = schema.get("minimum")
+    step = schema.get("multipleOf") or (1 if kind == "integer" else None)
+    low, high = schema.get("minimum"), schema.get("maximum")
     if "exclusiveMinimum" in schema:
-        low = schema["exclusiveMinimum"] + (1 if kind == "integer" else 0.5)
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    value = 0 if low is None else low
-    if high is not None and value > high:
-        value = high
-    return math.ceil(value) if kind == "integer" else value
+        low = max(low, schema["exclusiveMinimum"]) if low is not None else schema["exclusiveMinimum"]
+    if "exclusiveMaximum" in schema:
+        high = min(high, schema["exclusiveMaximum"]) if high is not None else schema["exclusiveMaximum"]
+    # 0 when the bounds allow it, else the bound nearest to it.
+    value = low if low is not None else (0 if high is None or high > 0 else high)
+    if step:
+        value = math.ceil(value / step) * step
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            value += step
+        if "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+            value -= step
+    elif "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+        value = (value + high) / 2 if high is not None else value + 1
+    elif "exclusiveMaximum" in schema and value >= schema["exclusiveMaximum"]:
+        value = (value + (low if low is not None else value - 2)) / 2
+    return int(value) if kind == "integer" else value
 
 
 # -- Python types -------------------------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import json
 import re
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,12 @@ class Output:
         against ``schema`` itself.
         """
         schema = copy.deepcopy(self.schema)
+        if "$ref" in schema:
+            # A dataclass's schema refers to its own definition: OpenAI wants the object at the root.
+            schema = {
+                **jsonschema.resolve(schema["$ref"], schema),
+                **{k: v for k, v in schema.items() if k != "$ref"},
+            }
         if self.wrapped:
             defs = {key: schema.pop(key) for key in ("$defs", "definitions") if key in schema}
             schema = {
@@ -84,8 +91,14 @@ class Output:
 
     @functools.cached_property
     def strict(self):
-        """Whether ``wire_schema`` meets OpenAI's strict mode: every property of every object required."""
-        return _every_property_required(self.wire_schema)
+        """Whether ``wire_schema`` meets OpenAI's strict mode: every object closed with every
+        property required, and every subschema of a known shape."""
+        return _strict(self.wire_schema)
+
+    @functools.cached_property
+    def open_objects(self):
+        """Whether the schema has objects whose keys the answer chooses (a ``dict[str, int]``)."""
+        return not _closed_only(self.wire_schema)
 
     @property
     def display(self):
@@ -108,7 +121,13 @@ class Output:
             if not isinstance(data, dict) or WRAPPER not in data:
                 raise OutputMismatch([f"$: expected an object with the property {WRAPPER!r}"])
             data = data[WRAPPER]
-        return self.load(data)
+        if _depth(data) > MAX_DEPTH:
+            raise OutputMismatch([f"$: nested more than {MAX_DEPTH} deep"])
+        try:
+            return self.load(data)
+        except (RecursionError, OverflowError, ArithmeticError) as exc:
+            # An answer the checks cannot weigh (a number too large to divide...) is not a match.
+            raise OutputMismatch([f"$: cannot be checked ({type(exc).__name__})"]) from None
 
     def instructions(self):
         """What prompted mode adds to the system prompt: answer with JSON of this schema."""
@@ -139,30 +158,71 @@ def _close(schema):
             _close(child)
 
 
-def _every_property_required(schema):
+_SHAPES = ("type", "enum", "const", "anyOf", "$ref")
+
+
+def _strict(schema, top=True):
+    if not isinstance(schema, dict):
+        return False
+    if not top and not any(key in schema for key in _SHAPES):
+        return False  # Any: strict mode wants every subschema's shape
+    if schema.get("type") == "object" and (
+        schema.get("additionalProperties") is not False
+        or set(schema.get("properties", {})) != set(schema.get("required", ()))
+    ):
+        return False
+    return all(_strict(child, top=False) for child in jsonschema.subschemas(schema) if child is not schema)
+
+
+def _closed_only(schema):
     if not isinstance(schema, dict):
         return True
-    if schema.get("type") == "object" and set(schema.get("properties", {})) - set(schema.get("required", ())):
+    if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
         return False
-    return all(_every_property_required(child) for child in jsonschema.subschemas(schema))
+    return all(_closed_only(child) for child in jsonschema.subschemas(schema))
+
+
+#: How deep an answer's JSON may nest: deeper is no type's, and would exhaust the recursion.
+MAX_DEPTH = 64
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def extract_json(text):
-    """Return the first JSON value in ``text``; raise OutputMismatch when there is none."""
+    """Return the first JSON value in ``text``; raise OutputMismatch when there is none.
+
+    NaN and Infinity are not JSON (Python's json reads them): refused, as is a value
+    nested too deeply to read.
+    """
     text = (text or "").strip()
     if not text:
         raise OutputMismatch(["$: the answer is empty, not JSON"])
+    decoder = json.JSONDecoder(parse_constant=_not_json)
     try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[{\[]", text):
         try:
-            return decoder.raw_decode(text, match.start())[0]
+            return decoder.decode(text)
         except ValueError:
-            continue
+            pass
+        for match in re.finditer(r"[{\[]", text):
+            try:
+                return decoder.raw_decode(text, match.start())[0]
+            except ValueError:
+                continue
+    except RecursionError:
+        raise OutputMismatch([f"$: nested more than {MAX_DEPTH} deep"]) from None
     raise OutputMismatch(["$: the answer holds no JSON value"])
+
+
+def _depth(value, level=0):
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return max((_depth(item, level + 1) for item in value), default=level + 1)
+    return level
 
 
 def output_for(value, where="output"):
@@ -216,6 +276,13 @@ def _from_schema(schema, source, where):
 
 
 def _from_type(annotation, source, where):
+    if not (
+        isinstance(annotation, type) or typing.get_origin(annotation) is not None or annotation is typing.Any
+    ):
+        # A function would be called with the answer's fields (pydantic validates calls).
+        raise OutputTypeError(
+            f"{where} {_display(source)} is not a type: name a class, a typing construct or a JSON Schema"
+        )
     pydantic_adapter = _pydantic_adapter(annotation)
     if pydantic_adapter is None:
         try:
@@ -234,7 +301,11 @@ def _from_type(annotation, source, where):
         found = jsonschema.errors(data, schema)
         if found:
             raise OutputMismatch(found)
-        return jsonschema.build(annotation, data)
+        try:
+            return jsonschema.build(annotation, data)
+        except (TypeError, ValueError) as exc:  # a __post_init__ of the type's own refused it
+            # Not the exception's words: they may quote the answer.
+            raise OutputMismatch([f"$: {_type_name(annotation)} refused it ({type(exc).__name__})"]) from None
 
     return Output(source=source, schema=schema, name=_wire_name(_type_name(annotation)), load=load)
 
@@ -266,26 +337,61 @@ def _from_pydantic(adapter, annotation, source, where):
 
     try:
         schema = adapter.json_schema()
-    except pydantic.errors.PydanticInvalidForJsonSchema as exc:
-        raise OutputTypeError(f"{where} {_display(source)} has no JSON Schema: {exc}") from None
+    except pydantic.PydanticUserError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputTypeError(f"{where} {_display(source)} has no JSON Schema: {first_line}") from None
+    names = _property_names(schema)
 
     def load(data):
         try:
             return adapter.validate_json(json.dumps(data))
         except pydantic.ValidationError as exc:
             found = exc.errors(include_url=False, include_input=False)[: jsonschema.MAX_ERRORS]
-            raise OutputMismatch([f"{_place(error)}: {error['msg']}" for error in found]) from None
+            raise OutputMismatch([f"{_place(error, names)}: {_said(error)}" for error in found]) from None
 
     return Output(source=source, schema=schema, name=_wire_name(_type_name(annotation)), load=load)
 
 
-def _place(error):
+def _property_names(schema):
+    """Every property name a schema has: the only keys an error may name."""
+    names = set()
+    for node in _nodes(schema):
+        if isinstance(node.get("properties"), dict):
+            names.update(node["properties"])
+    return names
+
+
+def _nodes(schema):
+    yield schema
+    for child in jsonschema.subschemas(schema):
+        yield from _nodes(child)
+
+
+def _place(error, names):
     """Where a pydantic error is, as ``jsonschema`` says it; a key the schema does not have is
-    the answer's own, and not shown."""
-    loc = list(error["loc"])
-    if error["type"] == "extra_forbidden" and loc:
-        loc[-1] = "*"
-    return "$" + "".join(f"[{part}]" if isinstance(part, int) or part == "*" else f".{part}" for part in loc)
+    the answer's own (a dict's key, an extra field), and not shown."""
+    parts = []
+    for part in error["loc"]:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in names:
+            parts.append(f".{part}")
+        else:
+            parts.append("[*]")
+    return "$" + "".join(parts)
+
+
+def _said(error):
+    """What a pydantic error says, unless its words may quote the answer: then its kind."""
+    kind = error["type"]
+    quoting = kind.endswith("_parsing") and kind not in _PLAIN_PARSING
+    if quoting or kind in ("value_error", "assertion_error") or kind.startswith("union_tag"):
+        return f"not valid ({kind})"
+    return error["msg"]
+
+
+#: Pydantic's parsing errors whose words never quote the input (a UUID's does, a character).
+_PLAIN_PARSING = frozenset({"int_parsing", "float_parsing", "bool_parsing", "decimal_parsing"})
 
 
 def _type_name(annotation):

@@ -59,6 +59,18 @@ class Route:
         return self.breaker
 
 
+def _merged(turns):
+    """Return ``turns`` with each run of one role's turns joined: a correction after an empty
+    answer follows the user's own turn, and some providers want the roles to alternate."""
+    merged = []
+    for role, content in turns:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]}\n\n{content}")
+        else:
+            merged.append((role, content))
+    return merged
+
+
 def backoff(retry):
     """Full jitter: a random wait up to an exponentially growing cap."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**retry))  # noqa: S311 (not crypto)
@@ -148,8 +160,8 @@ class Attempts:
         request = route.backend.output_request(request)
         if not self._corrections:
             return request
-        *added, (_, correction) = self._corrections
-        return evolve(request, history=(*request.turns, *added), message=correction)
+        *turns, (_, correction) = _merged((*request.turns, *self._corrections))
+        return evolve(request, history=tuple(turns), message=correction)
 
     def validated(self, completion, streamed=False):
         """Return ``completion`` with its answer read into the request's output type.
@@ -183,6 +195,8 @@ class Attempts:
 
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
+        if isinstance(error, InvalidOutputError):
+            self.succeeded()  # the provider answered: its circuit (a half-open probe's too) is sound
         if self._reasked(error):
             return 0.0
         retryable = self._retryable(error)
@@ -191,6 +205,8 @@ class Attempts:
         return self._wait_after(error, opened) if retryable else 0.0
 
     async def afailed(self, error):
+        if isinstance(error, InvalidOutputError):
+            await self.asucceeded()
         if self._reasked(error):
             return 0.0
         retryable = self._retryable(error)

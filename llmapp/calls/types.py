@@ -96,7 +96,7 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The answer read into the call's output type (an instance of it; the JSON value for a
     #: JSON Schema), validated; None for a call that asked for text.
-    parsed: Any = field(default=None, compare=False)
+    parsed: Any = field(default=None, compare=False, repr=False)
 
     @property
     def usage(self) -> dict[str, int | None]:

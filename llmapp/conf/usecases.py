@@ -119,6 +119,7 @@ _DEFAULTS = {
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 FIELDS_HINT = 'For example {"PROVIDER": "openai", "MODEL": "gpt-4o-mini", "TEMPERATURE": 0.2}.'
 
+MAX_OUTPUT_RETRIES = 10
 # A day: far beyond any call, far below what a socket timeout can hold (about 1e9 seconds).
 MAX_TIMEOUT = 24 * 60 * 60
 
@@ -167,8 +168,11 @@ RULES = {
     "MAX_OUTPUT_TOKENS": Rule(
         lambda value: is_whole_number(value) and value >= 1, "a positive whole number", "llmapp.E014"
     ),
+    # Each re-ask sends the answers before it again: the cost grows with the square.
     "OUTPUT_RETRIES": Rule(
-        lambda value: is_whole_number(value) and value >= 0, "a whole number from 0 up", "llmapp.E024"
+        lambda value: is_whole_number(value) and 0 <= value <= MAX_OUTPUT_RETRIES,
+        f"a whole number from 0 to {MAX_OUTPUT_RETRIES}",
+        "llmapp.E024",
     ),
 }
 

@@ -135,6 +135,21 @@ class AnthropicProvider(StainlessProvider):
             )
         return transform(request.output.wire_schema)
 
+    def takes_natively(self, output):
+        # Structured outputs close every object: a dict whose keys the answer chooses cannot be
+        # said, nor a schema the SDK cannot turn into theirs (an Any, a tuple's fixed items).
+        if output.open_objects:
+            return False
+        try:
+            transform = getattr(self.import_sdk(), "transform_schema", None)
+            if transform is not None:
+                transform(output.wire_schema)
+        except ImproperlyInstalled:
+            return True  # nothing can be sent; say so where it is sent
+        except (TypeError, ValueError):
+            return False
+        return True
+
     # -- clients ---------------------------------------------------------------------
 
     client_classes = ("Anthropic", "AsyncAnthropic")

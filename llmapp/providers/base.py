@@ -145,11 +145,18 @@ class BaseProvider:
         if request.output is None:
             return request
         mode = self.output_mode
+        if mode == "native" and "prompted" in self.output_modes and not self.takes_natively(request.output):
+            mode = "prompted"
         if mode != "prompted":
             return evolve(request, output_mode=mode)
         instructions = request.output.instructions()
         prompt = f"{request.prompt}\n\n{instructions}" if request.prompt else instructions
         return evolve(request, output_mode=mode, prompt=prompt)
+
+    def takes_natively(self, output):
+        """Whether the provider's structured output can ask for ``output`` (an Output): else
+        it is asked for in the prompt."""
+        return True
 
     def native_temperature(self, temperature):
         """Map a provider-neutral 0-1 temperature onto this provider's range."""

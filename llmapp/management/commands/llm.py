@@ -57,7 +57,7 @@ class Command(LLMCommand):
         )
         parser.add_argument(
             "--output-retries",
-            help="How often an answer that does not match the output type is asked again (default: "
+            help="How often (0 to 10) an answer that does not match the output type is asked again (default: "
             "the use case's OUTPUT_RETRIES).",
         )
         parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
@@ -156,7 +156,7 @@ class Command(LLMCommand):
             "retries": _number(options["retries"], int, "--retries", "a whole number from 0 up"),
             "fallbacks": [] if options["no_fallback"] else None,
             "output_retries": _number(
-                options["output_retries"], int, "--output-retries", "a whole number from 0 up"
+                options["output_retries"], int, "--output-retries", "a whole number from 0 to 10"
             ),
         }
         if options["schema"] is not None:

@@ -36,6 +36,10 @@ class CompletionEvent(models.Model):
     # How an answer did not match the use case's output type (InvalidOutputError), one line
     # each: places in the answer and what was expected, never its content.
     output_errors = models.JSONField(null=True, blank=True)
+    # US dollars over the call's attempts, and the rates it was priced at (PRICES may change
+    # since); null when a model that answered has no price.
+    cost = models.DecimalField(max_digits=24, decimal_places=12, null=True, blank=True)
+    rates = models.JSONField(null=True, blank=True)
     # A failed call's exception and stack frames, secrets scrubbed and size bounded.
     exception = models.JSONField(null=True, blank=True)
 

@@ -1,5 +1,6 @@
 import re
 from datetime import timedelta
+from decimal import Decimal
 from urllib.parse import urlencode
 
 import pytest
@@ -236,16 +237,48 @@ def test_the_figures_are_those_of_the_last_24_hours(admin_client):
         ]
     )
     page = html(admin_client.get(USECASES))
-    # calls, error rate, p50, p95 (nearest rank), input tokens, output tokens
-    assert cells(row(page, "summarize"))[6:] == ["4", "25.0%", "200.0 ms", "400.0 ms", "4,500", "600"]
-    assert cells(row(page, "example"))[6:] == ["1", "0.0%", "42.2 ms", "42.2 ms", "0", "0"]
+    # calls, error rate, p50, p95 (nearest rank), input tokens, output tokens, cost (none priced)
+    assert cells(row(page, "summarize"))[6:] == [
+        "4",
+        "25.0%",
+        "200.0 ms",
+        "400.0 ms",
+        "4,500",
+        "600",
+        "4 unpriced",
+    ]
+    assert cells(row(page, "example"))[6:] == ["1", "0.0%", "42.2 ms", "42.2 ms", "0", "0", "1 unpriced"]
 
     detail = html(admin_client.get(SUMMARIZE))
     assert all(figure in detail for figure in ("25.0%", "200.0\u00a0ms", "400.0\u00a0ms", "4,500"))
 
 
 def test_a_use_case_without_calls_shows_zero(admin_client):
-    assert cells(row(html(admin_client.get(USECASES)), "summarize"))[6:] == ["0", "—", "—", "—", "0", "0"]
+    assert cells(row(html(admin_client.get(USECASES)), "summarize"))[6:] == [
+        "0",
+        "—",
+        "—",
+        "—",
+        "0",
+        "0",
+        "—",
+    ]
+
+
+def test_the_cost_of_the_last_24_hours_says_what_was_not_priced(admin_client):
+    CompletionEvent.objects.bulk_create(
+        [
+            event(cost=Decimal("0.75")),
+            event(cost=Decimal("0.50")),
+            event(cost=None),  # a model with no price answered
+            event(cost=Decimal("9"), age=timedelta(days=2)),
+            event("example", cost=Decimal("0.000042")),
+        ]
+    )
+    page = html(admin_client.get(USECASES))
+    assert cells(row(page, "summarize"))[-1] == "$1.2500 (+1 unpriced)"
+    assert cells(row(page, "example"))[-1] == "$0.000042"
+    assert "$1.2500 (+1 unpriced)" in html(admin_client.get(SUMMARIZE))
 
 
 def test_no_data_when_the_tsdb_is_null(admin_client, settings):

@@ -373,3 +373,13 @@ def test_a_typed_use_case_on_a_backend_that_cannot_type_is_a_warning(settings):
     ids, output = check()
     assert ids == ["llmapp.W007"]
     assert "provider 'plain' (UntypedProvider) can ask for it neither natively nor in the prompt" in output
+
+
+def test_malformed_prices_are_an_error(settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "PRICES": {"locmem": {"INPUT": 0.1, "OUTPUT": "1"}}},
+    }
+    ids, output = check()
+    assert ids == ["llmapp.E026"]
+    assert "LLM_PROVIDERS['test']['PRICES']['locmem']['INPUT'] is the float 0.1" in output

@@ -67,8 +67,10 @@ def test_cli_usage_table(settings):
         "IN",
         "TOKENS",
         "OUT",
+        "COST",
     ]
-    assert lines[1].split() == ["summarize", "3", "0.0%", "20.0ms", "30.0ms", "30", "6"]
+    # No price was known for those calls: their cost is said to be unknown, not zero.
+    assert lines[1].split() == ["summarize", "3", "0.0%", "20.0ms", "30.0ms", "30", "6", "3", "unpriced"]
     settings.LLM_TSDB = "null"
     out = io.StringIO()
     call_command("llm", "--usage", stdout=out)

@@ -1,5 +1,6 @@
 """Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
 
+from llmapp.calls.cost import dollars
 from llmapp.sentry.scrubbing import scrub
 
 NO_VALUE = "—"
@@ -37,6 +38,7 @@ def usage_cells(summary):
             "p95": NO_VALUE,
             "input_tokens": "0",
             "output_tokens": "0",
+            "cost": NO_VALUE,
         }
     return {
         "calls": count(summary.calls),
@@ -45,4 +47,5 @@ def usage_cells(summary):
         "p95": milliseconds(summary.p95_ms),
         "input_tokens": count(summary.input_tokens),
         "output_tokens": count(summary.output_tokens),
+        "cost": dollars(summary.cost, summary.unpriced, NO_VALUE),
     }

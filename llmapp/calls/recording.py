@@ -58,12 +58,19 @@ class Call:
         await _arecord(self._failed(error))
 
     def _succeeded(self, completion):
-        completion = evolve(completion, latency_ms=self._latency_ms(), attempts=self.attempts.count)
+        completion = evolve(
+            completion,
+            latency_ms=self._latency_ms(),
+            attempts=self.attempts.count,
+            cost=self.attempts.cost.total,
+        )
         tracing.finish_span(self.span, completion=completion)
         self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
         if not eventstream.keeps_events():
             return completion, None
-        return completion, build_event(self.request, completion.latency_ms, completion=completion)
+        return completion, build_event(
+            self.request, completion.latency_ms, completion=completion, rates=self.attempts.cost.rates
+        )
 
     def _failed(self, error):
         latency_ms = self._latency_ms()
@@ -80,6 +87,8 @@ class Call:
             error=error,
             exception=_capture(error, self.request),
             attempts=self.attempts.count,
+            cost=self.attempts.cost.total,
+            rates=self.attempts.cost.rates,
         )
 
     def _count(self, status, provider, model, latency_ms, completion=None):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from llmapp import metrics
 from llmapp.calls.circuit import model_scoped
+from llmapp.calls.cost import Tally
 from llmapp.calls.output import OutputMismatch
 from llmapp.calls.types import evolve
 from llmapp.exceptions import InvalidOutputError, ProviderError, ProviderTimeout, ProviderUnavailable
@@ -85,6 +86,8 @@ class Attempts:
         self.retries = retries
         #: How often an answer that does not match the request's output is asked again, per route.
         self.output_retries = output_retries
+        #: What the attempts that answered cost, and at which rates.
+        self.cost = Tally()
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic
@@ -163,12 +166,13 @@ class Attempts:
         *turns, (_, correction) = _merged((*request.turns, *self._corrections))
         return evolve(request, history=tuple(turns), message=correction)
 
-    def validated(self, completion, streamed=False):
-        """Return ``completion`` with its answer read into the request's output type.
+    def answered(self, completion, streamed=False):
+        """Account for an attempt's answer: add its cost; return it read into the output type.
 
         Raises InvalidOutputError for an answer that does not match (or was cut at the token
         limit); ``streamed``: its text reached the caller already, so no route may add to it.
         """
+        self.cost.add(self._route.alias, self._route.model, completion)
         output = self.request.output
         if output is None:
             return completion

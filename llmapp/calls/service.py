@@ -188,7 +188,7 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
     try:
         for backend, attempt in attempts:
             try:
-                completion = attempts.validated(backend.complete(attempt))
+                completion = attempts.answered(backend.complete(attempt))
             except ProviderError as exc:
                 attempts.sleep(attempts.failed(exc))
                 continue
@@ -220,7 +220,7 @@ def stream_prompt(
                     streamed = False
                     for item in items:
                         if isinstance(item, Completion):
-                            completion = attempts.validated(item, streamed)
+                            completion = attempts.answered(item, streamed)
                             break
                         yield item
                         streamed = True
@@ -255,7 +255,7 @@ async def acomplete_prompt(
         async with contextlib.aclosing(aiter(attempts)) as steps:
             async for backend, attempt in steps:
                 try:
-                    completion = attempts.validated(await backend.acomplete(attempt))
+                    completion = attempts.answered(await backend.acomplete(attempt))
                 except ProviderError as exc:
                     await attempts.asleep(await attempts.afailed(exc))
                     continue
@@ -282,7 +282,7 @@ async def astream_prompt(
                         streamed = False
                         async for item in items:
                             if isinstance(item, Completion):
-                                completion = attempts.validated(item, streamed)
+                                completion = attempts.answered(item, streamed)
                                 break
                             yield item
                             streamed = True

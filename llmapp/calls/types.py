@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from decimal import Decimal
 from enum import Enum
 from typing import Any, TypedDict
 
@@ -93,6 +94,11 @@ class Completion:
     latency_ms: float = 0.0
     request_id: str | None = None
     attempts: int = 1
+    #: Of ``input_tokens``, those the provider served from its prompt cache (priced apart).
+    cached_input_tokens: int | None = field(default=None, repr=False)
+    #: US dollars, over every attempt of the call (retries and fallbacks too); None when a
+    #: model that answered has no price in its provider's PRICES.
+    cost: Decimal | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The answer read into the call's output type (an instance of it; the JSON value for a
     #: JSON Schema), validated; None for a call that asked for text.
@@ -105,8 +111,10 @@ class Completion:
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON shape the CLI prints and batch files hold."""
         data = asdict(evolve(self, parsed=None))
-        del data["extra"], data["input_tokens"], data["output_tokens"]
+        del data["extra"], data["input_tokens"], data["output_tokens"], data["cached_input_tokens"]
         data["parsed"] = jsonable(self.parsed)
+        # A string: JSON's numbers are floats to most readers, and a bill must stay exact.
+        data["cost"] = None if self.cost is None else str(self.cost)
         data["usage"] = self.usage
         data["latency_ms"] = round(self.latency_ms, 1)
         return data

@@ -93,10 +93,13 @@ def insert_events(connection, events):
     fields = [field for field in CompletionEvent._meta.concrete_fields if not field.primary_key]
     names = [field.name for field in fields]
     kinds = [field.get_internal_type() for field in fields]
-    # Text may hold a NUL; dates and JSON need the database's own form; numbers go as they are.
+    # Text may hold a NUL; dates, decimals and JSON need the database's own form; numbers go
+    # as they are.
     text = [i for i, kind in enumerate(kinds) if kind in {"CharField", "TextField"}]
     json = [(i, fields[i]) for i, kind in enumerate(kinds) if kind == "JSONField"]
     dates = [i for i, kind in enumerate(kinds) if kind == "DateTimeField"]
+    decimals = [(i, fields[i]) for i, kind in enumerate(kinds) if kind == "DecimalField"]
+    adapt_decimal = connection.ops.adapt_decimalfield_value
     adapt_date = connection.ops.adapt_datetimefield_value
     table = connection.ops.quote_name(CompletionEvent._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
@@ -122,6 +125,9 @@ def insert_events(connection, events):
                         values[i] = field.get_db_prep_save(storable(values[i]), connection)
                 for i in dates:
                     values[i] = adapt_date(values[i])
+                for i, field in decimals:
+                    if values[i] is not None:
+                        values[i] = adapt_decimal(values[i], field.max_digits, field.decimal_places)
                 params += values
             values = ", ".join([row] * len(chunk))
             # Quoted names and placeholders only: the values travel as parameters.

@@ -2,6 +2,7 @@
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.utils import timezone
 
@@ -38,13 +39,24 @@ class UsageEvent:
     conversation: list | None = None
     #: How the last answer did not match the output type (InvalidOutputError): no content.
     output_errors: list | None = None
+    #: US dollars over the call's attempts (None: a model that answered has no price), and
+    #: {"alias:model": rates} of the priced ones, so that a cost can be checked later.
+    cost: Decimal | None = None
+    rates: dict | None = None
 
     def as_dict(self):
-        return asdict(self)
+        data = asdict(self)
+        data["cost"] = None if self.cost is None else str(self.cost)
+        return data
 
 
-def build_event(request, latency_ms, completion=None, error=None, exception=None, attempts=1):
-    """Return the UsageEvent for one call that either completed or raised ``error``."""
+def build_event(
+    request, latency_ms, completion=None, error=None, exception=None, attempts=1, cost=None, rates=None
+):
+    """Return the UsageEvent for one call that either completed or raised ``error``.
+
+    ``cost`` is what the attempts that answered a failed call cost (a completion has its own).
+    """
     with_content = conf.get_setting("LLM_LOG_CONTENT")
     common = {
         "usecase": request.usecase,
@@ -53,6 +65,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         "prompt": (request.prompt or "") if with_content else "",
         "message": (request.message or "") if with_content else "",
         "messages": len(request.history) + 1,
+        "rates": rates or None,
         "conversation": (
             [{"role": role, "content": content} for role, content in request.history]
             if with_content and request.history
@@ -70,6 +83,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
             attempts=completion.attempts,
             request_id=completion.request_id or "",
             response=(completion.text or "") if with_content else "",
+            cost=completion.cost,
             **common,
         )
     return UsageEvent(
@@ -86,6 +100,7 @@ def build_event(request, latency_ms, completion=None, error=None, exception=None
         # An answer that did not match the output type: the answer itself.
         response=(error.text or "") if with_content and isinstance(error, InvalidOutputError) else "",
         output_errors=list(error.errors) if isinstance(error, InvalidOutputError) else None,
+        cost=cost,
         exception=exception,
         **common,
     )

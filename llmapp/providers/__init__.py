@@ -10,6 +10,7 @@ import threading
 from django.utils.module_loading import import_string
 
 from llmapp import conf
+from llmapp.calls.cost import parse_prices
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
 from llmapp.redaction import redact
 
@@ -19,7 +20,7 @@ BUILTIN_BACKENDS = (
     "llmapp.providers.anthropic.AnthropicProvider",
     "llmapp.providers.gemini.GeminiProvider",
 )
-PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER"})
+PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER", "PRICES"})
 ENTRY_HINT = 'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
 
 
@@ -113,8 +114,8 @@ class ProviderHandler:
 
 
 def check_entry(alias, config):
-    """Raise ConfigurationError, saying what to write, when an entry's OPTIONS, MODELS or CIRCUIT_BREAKER
-    has the wrong shape; the BACKEND is backend_class()'s to check."""
+    """Raise ConfigurationError, saying what to write, when an entry's OPTIONS, MODELS, PRICES or
+    CIRCUIT_BREAKER has the wrong shape; the BACKEND is backend_class()'s to check."""
     where = f"LLM_PROVIDERS[{alias!r}]"
     options, models = config.get("OPTIONS"), config.get("MODELS")
     if options is not None and not isinstance(options, dict):
@@ -129,6 +130,8 @@ def check_entry(alias, config):
         raise ConfigurationError(
             f"{where}['MODELS'] must be a list of model names.", check_id="llmapp.E016", hint=ENTRY_HINT
         )
+    if config.get("PRICES") is not None:
+        parse_prices(alias, config["PRICES"])
     breaker = config.get("CIRCUIT_BREAKER", {})
     if breaker is None:
         return

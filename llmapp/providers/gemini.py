@@ -47,6 +47,7 @@ class GeminiStreamReader(StreamReader):
         self.model = chunk.model_version or self.model
         if chunk.usage_metadata:
             self.input_tokens, self.output_tokens = _tokens(chunk.usage_metadata)
+            self.cached_input_tokens = chunk.usage_metadata.cached_content_token_count
         self.provider.raise_if_blocked(chunk, self.request_id)
         texts = []
         for candidate in (chunk.candidates or [])[:1]:
@@ -282,6 +283,8 @@ class GeminiProvider(SDKProvider):
             finish_reason=_finish_reason(candidate),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            # Counted in the prompt's tokens too, as OpenAI does.
+            cached_input_tokens=getattr(response.usage_metadata, "cached_content_token_count", None),
             request_id=request_id,
         )
 

@@ -22,6 +22,7 @@ class OpenAIStreamReader(StreamReader):
         if chunk.usage:
             self.input_tokens = chunk.usage.prompt_tokens
             self.output_tokens = chunk.usage.completion_tokens
+            self.cached_input_tokens = _cached(chunk.usage)
         texts = []
         for choice in chunk.choices:
             self.finish_reason = choice.finish_reason or self.finish_reason
@@ -167,8 +168,15 @@ class OpenAIProvider(StainlessProvider):
             finish_reason="refusal" if _refused(choice.message) else choice.finish_reason,
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
+            cached_input_tokens=_cached(usage),
             request_id=getattr(response, "_request_id", None),
         )
+
+
+def _cached(usage):
+    """The input tokens OpenAI served from its prompt cache (counted in prompt_tokens too)."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    return getattr(details, "cached_tokens", None)
 
 
 def _refused(message):

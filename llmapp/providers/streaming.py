@@ -22,6 +22,7 @@ class StreamReader:
         self.finish_reason = None
         self.input_tokens = None
         self.output_tokens = None
+        self.cached_input_tokens = None
 
     def opened(self, chunks):
         """Note what the SDK's stream says before its first chunk: the provider's request-id
@@ -72,6 +73,7 @@ class StreamReader:
             finish_reason=self.finish_reason,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached_input_tokens,
             request_id=self.request_id,
         )
 

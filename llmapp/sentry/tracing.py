@@ -53,6 +53,10 @@ def start_span(request, *, streaming=False):
     return span
 
 
+#: The span data key of a call's cost in US dollars (sentry-sdk has no constant for it).
+COST = "llmapp.cost_usd"
+
+
 def finish_span(span, completion=None, error=None):
     if span is None:
         return
@@ -70,6 +74,8 @@ def finish_span(span, completion=None, error=None):
             span.set_data(
                 SPANDATA.GEN_AI_USAGE_TOTAL_TOKENS, completion.input_tokens + completion.output_tokens
             )
+        if completion.cost is not None:
+            span.set_data(COST, float(completion.cost))
         if completion.finish_reason:
             span.set_data(SPANDATA.GEN_AI_RESPONSE_FINISH_REASONS, [completion.finish_reason])
         if completion.request_id:

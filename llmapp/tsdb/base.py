@@ -1,5 +1,6 @@
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 DEFAULT_WINDOW = timedelta(hours=24)
 
@@ -15,6 +16,10 @@ class UsageSummary:
     p95_ms: float | None
     input_tokens: int
     output_tokens: int
+    #: US dollars over the priced calls; None when none was priced.
+    cost: Decimal | None = None
+    #: Calls whose cost is unknown (a model with no price answered): not in ``cost``.
+    unpriced: int = 0
 
     @property
     def error_rate(self):

@@ -26,6 +26,8 @@ class DatabaseTSDB(TSDB):
                 errors=Count("id", filter=~Q(status=CompletionEvent.Status.OK)),
                 input_tokens=Sum("input_tokens"),
                 output_tokens=Sum("output_tokens"),
+                total_cost=Sum("cost"),
+                unpriced=Count("id", filter=Q(cost__isnull=True)),
             )
         )
         usage = {}
@@ -39,6 +41,8 @@ class DatabaseTSDB(TSDB):
                 p95_ms=_percentile(latencies, row["calls"], 0.95),
                 input_tokens=row["input_tokens"] or 0,
                 output_tokens=row["output_tokens"] or 0,
+                cost=row["total_cost"],
+                unpriced=row["unpriced"],
             )
         return usage
 

@@ -5,6 +5,7 @@ import sys
 
 from django.core.management.base import CommandError
 
+from llmapp.calls.cost import dollars, most_cost
 from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
 from llmapp.calls.types import Completion
 from llmapp.conf.usecases import get_usecase_errors, get_usecases
@@ -168,6 +169,8 @@ class Command(LLMCommand):
             request, _ = plan_call(usecase, message, **overrides)
             backend = providers[request.provider]
             described = backend.describe_request(backend.output_request(request))
+            most = most_cost(request)
+            described["max_cost_usd"] = None if most is None else str(most)
             self.stdout.write(json.dumps(described, indent=2, ensure_ascii=False))
             return
         if options["stream"]:
@@ -294,7 +297,7 @@ class Command(LLMCommand):
         for name in get_usecases():
             summary = usage.get(name)
             if summary is None:
-                rows.append((name, "0", "-", "-", "-", "0", "0"))
+                rows.append((name, "0", "-", "-", "-", "0", "0", "-"))
                 continue
             rows.append(
                 (
@@ -305,9 +308,11 @@ class Command(LLMCommand):
                     f"{summary.p95_ms:.1f}ms",
                     str(summary.input_tokens),
                     str(summary.output_tokens),
+                    dollars(summary.cost, summary.unpriced),
                 )
             )
-        self.table(("USE CASE", "CALLS 24H", "ERRORS", "P50", "P95", "TOKENS IN", "TOKENS OUT"), rows)
+        header = ("USE CASE", "CALLS 24H", "ERRORS", "P50", "P95", "TOKENS IN", "TOKENS OUT", "COST")
+        self.table(header, rows)
 
     def table(self, header, rows):
         """Write aligned columns; the last column is left ragged."""

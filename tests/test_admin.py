@@ -584,3 +584,14 @@ def test_an_answer_that_did_not_match_shows_its_validation_errors_in_the_log(adm
     log_page = html(admin_client.get(f"{LOG}{recorded.pk}/change/"))
     assert "<li>" + escape("$.label: Input should be 'spam' or 'ham'") + "</li>" in log_page
     assert "eggs" not in log_page  # the answer is content: kept only with LLM_LOG_CONTENT
+
+
+def test_the_log_shows_each_calls_cost_and_its_rates(admin_client):
+    priced = event(cost=Decimal("0.0042"), rates={"test:m": {"INPUT": "0.15", "OUTPUT": "0.60"}})
+    priced.save()
+    event(cost=None).save()
+    page = html(admin_client.get(LOG))
+    assert '<td class="field-cost_usd">$0.004200</td>' in page
+    assert '<td class="field-cost_usd">unpriced</td>' in page
+    detail = html(admin_client.get(f"{LOG}{priced.pk}/change/"))
+    assert "$0.004200" in detail and escape('"INPUT": "0.15"') in detail

@@ -208,3 +208,19 @@ def test_the_event_of_a_conversation_counts_its_turns_and_keeps_them_only_with_c
         assert (event.conversation, event.message) == (None, "")
     complete_prompt("summarize", "one message", provider="test")
     assert CompletionEvent.objects.order_by("-id").first().messages == 1
+
+
+def test_a_priced_call_counts_its_cost_in_millionths_of_a_dollar(metrics_sent, settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "PRICES": {"locmem": {"INPUT": "1000", "OUTPUT": "2000"}}},
+    }
+    locmem.queue("three word answer")
+    completion = complete_prompt("summarize", "hi", provider="test")
+    ok = {"usecase": "summarize", "provider": "test", "model": "locmem", "status": "ok"}
+    assert (
+        "incr",
+        "llmapp.complete_prompt.cost_microusd",
+        round(completion.cost * 1_000_000),
+        ok,
+    ) in metrics_sent()

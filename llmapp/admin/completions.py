@@ -7,6 +7,7 @@ from django.template.defaultfilters import truncatechars
 from django.utils.html import format_html, format_html_join
 
 from llmapp.admin.display import milliseconds, safe
+from llmapp.calls.cost import dollars
 from llmapp.models import CompletionEvent
 
 # Text columns scrubbed again before display (see display.safe).
@@ -31,6 +32,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
         "latency",
         "input_tokens",
         "output_tokens",
+        "cost_usd",
         "error",
     )
     list_display_links = ("created_at",)
@@ -42,7 +44,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     list_per_page = 50
-    readonly_fields = ("use_case", "latency", "validation_errors")
+    readonly_fields = ("use_case", "latency", "validation_errors", "cost_usd")
     change_form_template = "admin/llmapp/completionevent/change_form.html"
 
     def has_add_permission(self, request):
@@ -69,6 +71,10 @@ class CompletionEventAdmin(admin.ModelAdmin):
             "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((error,) for error in event.output_errors))
         )
 
+    @admin.display(description="cost", ordering="cost")
+    def cost_usd(self, event):
+        return dollars(event.cost, none="unpriced")
+
     @admin.display(description="error")
     def error(self, event):
         if not event.error_type:
@@ -87,6 +93,8 @@ class CompletionEventAdmin(admin.ModelAdmin):
                         "output_tokens",
                         "attempts",
                         "messages",
+                        "cost_usd",
+                        "rates",
                         "request_id",
                     )
                 },

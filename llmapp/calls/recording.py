@@ -21,6 +21,8 @@ CALLS = "complete_prompt.calls"
 LATENCY = "complete_prompt.latency_ms"
 INPUT_TOKENS = "complete_prompt.input_tokens"
 OUTPUT_TOKENS = "complete_prompt.output_tokens"
+#: Millionths of a US dollar: counters count whole numbers.
+COST = "complete_prompt.cost_microusd"
 
 
 class Call:
@@ -65,7 +67,9 @@ class Call:
             cost=self.attempts.cost.total,
         )
         tracing.finish_span(self.span, completion=completion)
-        self._count(OK, completion.provider, completion.model, completion.latency_ms, completion)
+        self._count(
+            OK, completion.provider, completion.model, completion.latency_ms, completion, completion.cost
+        )
         if not eventstream.keeps_events():
             return completion, None
         return completion, build_event(
@@ -77,7 +81,11 @@ class Call:
         tracing.finish_span(self.span, error=error)
         provider = getattr(error, "provider", None) or self.request.provider
         self._count(
-            REFUSED if isinstance(error, ProviderRefused) else ERROR, provider, self.request.model, latency_ms
+            REFUSED if isinstance(error, ProviderRefused) else ERROR,
+            provider,
+            self.request.model,
+            latency_ms,
+            cost=self.attempts.cost.total,
         )
         if not eventstream.keeps_events():
             return None
@@ -91,7 +99,7 @@ class Call:
             rates=self.attempts.cost.rates,
         )
 
-    def _count(self, status, provider, model, latency_ms, completion=None):
+    def _count(self, status, provider, model, latency_ms, completion=None, cost=None):
         tags = {"usecase": self.request.usecase, "provider": provider, "model": model, "status": status}
         metrics.incr(CALLS, tags=tags)
         metrics.timing(LATENCY, latency_ms, tags=tags)
@@ -100,6 +108,8 @@ class Call:
                 metrics.incr(INPUT_TOKENS, amount=completion.input_tokens, tags=tags)
             if completion.output_tokens:
                 metrics.incr(OUTPUT_TOKENS, amount=completion.output_tokens, tags=tags)
+        if cost:
+            metrics.incr(COST, amount=round(cost * 1_000_000), tags=tags)
 
 
 def _record(event):

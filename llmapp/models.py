@@ -40,6 +40,8 @@ class CompletionEvent(models.Model):
     # since); null when a model that answered has no price.
     cost = models.DecimalField(max_digits=24, decimal_places=12, null=True, blank=True)
     rates = models.JSONField(null=True, blank=True)
+    # Given again from the use case's response cache: nothing was sent.
+    cached = models.BooleanField(default=False)
     # A failed call's exception and stack frames, secrets scrubbed and size bounded.
     exception = models.JSONField(null=True, blank=True)
 

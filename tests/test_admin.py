@@ -246,8 +246,9 @@ def test_the_figures_are_those_of_the_last_24_hours(admin_client):
         "4,500",
         "600",
         "4 unpriced",
+        "—",
     ]
-    assert cells(row(page, "example"))[6:] == ["1", "0.0%", "42.2 ms", "42.2 ms", "0", "0", "1 unpriced"]
+    assert cells(row(page, "example"))[6:] == ["1", "0.0%", "42.2 ms", "42.2 ms", "0", "0", "1 unpriced", "—"]
 
     detail = html(admin_client.get(SUMMARIZE))
     assert all(figure in detail for figure in ("25.0%", "200.0\u00a0ms", "400.0\u00a0ms", "4,500"))
@@ -262,6 +263,7 @@ def test_a_use_case_without_calls_shows_zero(admin_client):
         "0",
         "0",
         "—",
+        "—",
     ]
 
 
@@ -270,14 +272,16 @@ def test_the_cost_of_the_last_24_hours_says_what_was_not_priced(admin_client):
         [
             event(cost=Decimal("0.75")),
             event(cost=Decimal("0.50")),
+            event(cost=Decimal("0"), cached=True),
             event(cost=None),  # a model with no price answered
             event(cost=Decimal("9"), age=timedelta(days=2)),
             event("example", cost=Decimal("0.000042")),
         ]
     )
     page = html(admin_client.get(USECASES))
-    assert cells(row(page, "summarize"))[-1] == "$1.2500 (+1 unpriced)"
-    assert cells(row(page, "example"))[-1] == "$0.000042"
+    # The cost, then the cache's hit rate: one call of four was answered from it.
+    assert cells(row(page, "summarize"))[-2:] == ["$1.2500 (+1 unpriced)", "25.0%"]
+    assert cells(row(page, "example"))[-2:] == ["$0.000042", "—"]
     assert "$1.2500 (+1 unpriced)" in html(admin_client.get(SUMMARIZE))
 
 

@@ -33,10 +33,11 @@ class CompletionEventAdmin(admin.ModelAdmin):
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "cached",
         "error",
     )
     list_display_links = ("created_at",)
-    list_filter = (("usecase", UseCaseFilter), "provider", "status", "created_at")
+    list_filter = (("usecase", UseCaseFilter), "provider", "status", "cached", "created_at")
     # Only fields that can hold no secret: a search matches stored text, not the masked text
     # shown, so searching error_message would let a view-only user guess a secret a character
     # at a time (an event recorded before its key was configured keeps it in clear).
@@ -95,6 +96,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
                         "messages",
                         "cost_usd",
                         "rates",
+                        "cached",
                         "request_id",
                     )
                 },

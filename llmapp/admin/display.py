@@ -39,6 +39,7 @@ def usage_cells(summary):
             "input_tokens": "0",
             "output_tokens": "0",
             "cost": NO_VALUE,
+            "cache_hits": NO_VALUE,
         }
     return {
         "calls": count(summary.calls),
@@ -48,4 +49,5 @@ def usage_cells(summary):
         "input_tokens": count(summary.input_tokens),
         "output_tokens": count(summary.output_tokens),
         "cost": dollars(summary.cost, summary.unpriced, NO_VALUE),
+        "cache_hits": percent(summary.cache_hit_rate) if summary.cached else NO_VALUE,
     }

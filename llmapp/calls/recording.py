@@ -21,6 +21,7 @@ CALLS = "complete_prompt.calls"
 LATENCY = "complete_prompt.latency_ms"
 INPUT_TOKENS = "complete_prompt.input_tokens"
 OUTPUT_TOKENS = "complete_prompt.output_tokens"
+CACHE_HITS = "complete_prompt.cache_hits"
 #: Millionths of a US dollar: counters count whole numbers.
 COST = "complete_prompt.cost_microusd"
 
@@ -103,7 +104,10 @@ class Call:
         tags = {"usecase": self.request.usecase, "provider": provider, "model": model, "status": status}
         metrics.incr(CALLS, tags=tags)
         metrics.timing(LATENCY, latency_ms, tags=tags)
-        if completion is not None:
+        if completion is not None and completion.cached:
+            # Nothing was sent: no tokens were used, nothing was spent.
+            metrics.incr(CACHE_HITS, tags=tags)
+        elif completion is not None:
             if completion.input_tokens:
                 metrics.incr(INPUT_TOKENS, amount=completion.input_tokens, tags=tags)
             if completion.output_tokens:

@@ -88,6 +88,8 @@ class Attempts:
         self.output_retries = output_retries
         #: What the attempts that answered cost, and at which rates.
         self.cost = Tally()
+        #: The call's response cache (``responses.CachedAnswers``), or None.
+        self.answers = None
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic

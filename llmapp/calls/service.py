@@ -4,6 +4,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Unpack
 
+from llmapp.calls import responses
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.output import OutputTypeError, output_for
 from llmapp.calls.recording import Call
@@ -153,14 +154,26 @@ def _check_encodable(what, text):
 
 
 def plan_call(
-    usecase, message=None, *, timeout=None, retries=None, fallbacks=None, output_retries=None, **overrides
+    usecase,
+    message=None,
+    *,
+    timeout=None,
+    retries=None,
+    fallbacks=None,
+    output_retries=None,
+    cache=responses.USE,
+    **overrides,
 ):
     """Validate one call and return its request and the Attempts that will run it.
 
     ``timeout`` (seconds, over all attempts), ``retries``, ``fallbacks`` (a list of
     "provider" or "provider:model"; ``[]`` for none) and ``output_retries`` override the
-    use case's.
+    use case's; ``cache`` says what the call does with its response cache.
     """
+    if cache not in responses.MODES:
+        raise InvalidRequestError(
+            f"cache must be one of {', '.join(map(repr, responses.MODES))}, got {shown(cache)}."
+        )
     request, backend = prepare_request(usecase, message, **overrides)
     config = get_usecase(usecase)
     timeout = _checked("TIMEOUT", timeout, config, InvalidRequestError)
@@ -169,9 +182,11 @@ def plan_call(
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
-    return request, Attempts(
+    attempts = Attempts(
         request, routes, retries=retries, timeout=float(timeout), output_retries=output_retries
     )
+    attempts.answers = responses.for_call(config, request, cache)
+    return request, attempts
 
 
 def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]) -> Completion:
@@ -185,6 +200,9 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
     """
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts)
+    answers = attempts.answers
+    if answers is not None and (hit := answers.get(attempts.request, budget=attempts.left())) is not None:
+        return call.succeeded(hit)
     try:
         for backend, attempt in attempts:
             try:
@@ -197,6 +215,8 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
     except BaseException as exc:  # an interrupted call is recorded too
         call.failed(exc)
         raise
+    if answers is not None:
+        answers.keep(completion, budget=attempts.left())
     return call.succeeded(completion)
 
 
@@ -212,6 +232,10 @@ def stream_prompt(
     """
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts, streaming=True)
+    answers = attempts.answers
+    if answers is not None and (hit := answers.get(attempts.request, budget=attempts.left())) is not None:
+        yield from call.succeeded(hit).pieces()
+        return
     completion = None
     try:
         for backend, attempt in attempts:
@@ -236,6 +260,8 @@ def stream_prompt(
     except BaseException as exc:
         call.failed(exc)
         raise
+    if answers is not None:
+        answers.keep(completion, budget=attempts.left())
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
     yield call.succeeded(completion)
 
@@ -251,6 +277,12 @@ async def acomplete_prompt(
     """
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts)
+    answers = attempts.answers
+    if (
+        answers is not None
+        and (hit := await answers.aget(attempts.request, budget=attempts.left())) is not None
+    ):
+        return await call.asucceeded(hit)
     try:
         async with contextlib.aclosing(aiter(attempts)) as steps:
             async for backend, attempt in steps:
@@ -264,6 +296,8 @@ async def acomplete_prompt(
     except BaseException as exc:  # a cancelled call (the client went away) is recorded too
         await call.afailed(exc)
         raise
+    if answers is not None:
+        await answers.akeep(completion, budget=attempts.left())
     return await call.asucceeded(completion)
 
 
@@ -273,6 +307,14 @@ async def astream_prompt(
     """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
     _, attempts = plan_call(usecase, message, **overrides)
     call = Call(attempts, streaming=True)
+    answers = attempts.answers
+    if (
+        answers is not None
+        and (hit := await answers.aget(attempts.request, budget=attempts.left())) is not None
+    ):
+        for piece in (await call.asucceeded(hit)).pieces():
+            yield piece
+        return
     completion = None
     try:
         async with contextlib.aclosing(aiter(attempts)) as steps:
@@ -298,6 +340,8 @@ async def astream_prompt(
     except BaseException as exc:
         await call.afailed(exc)
         raise
+    if answers is not None:
+        await answers.akeep(completion, budget=attempts.left())
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
     yield await call.asucceeded(completion)
 

@@ -41,6 +41,9 @@ class CallOptions(TypedDict, total=False):
     output: Any
     #: How often an answer that does not match ``output`` is asked again on the same route.
     output_retries: int
+    #: The use case's response cache, for this call: "use" (the default), "refresh" (do not
+    #: look it up, keep the new answer) or "off".
+    cache: str
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,16 @@ class Completion:
     #: US dollars, over every attempt of the call (retries and fallbacks too); None when a
     #: model that answered has no price in its provider's PRICES.
     cost: Decimal | None = None
+    #: Given again from the use case's response cache: no attempt was made, nothing was spent.
+    cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The answer read into the call's output type (an instance of it; the JSON value for a
     #: JSON Schema), validated; None for a call that asked for text.
     parsed: Any = field(default=None, compare=False, repr=False)
+
+    def pieces(self):
+        """What a stream of this whole answer yields: its text (if any), then itself."""
+        return [self.text, self] if self.text else [self]
 
     @property
     def usage(self) -> dict[str, int | None]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmapp import conf
+from llmapp.calls.responses import cache_problem
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
 from llmapp.redaction import mask, redact
@@ -59,6 +60,14 @@ def whole_number(text):
     return int(text)
 
 
+def cache_alias(text):
+    """Parse "default": the CACHES alias that keeps a use case's answers."""
+    return {"ALIAS": text}
+
+
+cache_alias.__name__ = "CACHES alias"
+
+
 whole_number.__name__ = "whole number"
 
 # Field name -> parser for values given as text (environment variables).
@@ -75,6 +84,7 @@ FIELDS = {
     # A dotted path, from the environment; in code and settings a type or a JSON Schema too.
     "OUTPUT": str,
     "OUTPUT_RETRIES": whole_number,
+    "CACHE": cache_alias,
 }
 
 BUILTIN_USECASES = {
@@ -114,6 +124,8 @@ _DEFAULTS = {
     "OUTPUT": None,
     # How often an answer that does not match OUTPUT is asked again on the same route.
     "OUTPUT_RETRIES": 1,
+    # Where answers are kept for identical calls (see llmapp.calls.responses); None: nowhere.
+    "CACHE": None,
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -201,6 +213,7 @@ class UseCase:
     sources: dict
     output: Any = None
     output_retries: int = 1
+    cache: dict | None = None
 
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
@@ -256,6 +269,9 @@ class UseCase:
         call raises the first it meets. A broken provider entry is that entry's problem.
         """
         problems = [error for field in RULES if (error := self.invalid(field)) is not None]
+        cache = cache_problem(self.name, self.cache)
+        if cache is not None:
+            problems.append(cache)
         try:
             typed = self.output_spec is not None
         except ConfigurationError as exc:
@@ -465,6 +481,7 @@ def _resolve(name, from_settings, read_env):
         sources=sources,
         output=values["OUTPUT"] or None,
         output_retries=values["OUTPUT_RETRIES"],
+        cache=values["CACHE"] or None,
     )
 
 

@@ -43,6 +43,8 @@ class UsageEvent:
     #: {"alias:model": rates} of the priced ones, so that a cost can be checked later.
     cost: Decimal | None = None
     rates: dict | None = None
+    #: Given again from the response cache: nothing was sent.
+    cached: bool = False
 
     def as_dict(self):
         data = asdict(self)
@@ -77,8 +79,10 @@ def build_event(
             provider=completion.provider,
             model=completion.model,
             status=OK,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
+            # A cached answer used no tokens: the ones it took are those of the call that made it.
+            input_tokens=0 if completion.cached else completion.input_tokens,
+            output_tokens=0 if completion.cached else completion.output_tokens,
+            cached=completion.cached,
             finish_reason=completion.finish_reason or "",
             attempts=completion.attempts,
             request_id=completion.request_id or "",

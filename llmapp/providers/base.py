@@ -248,7 +248,7 @@ class BaseProvider:
 
     def pieces(self, completion):
         """Return what a stream of an answer that came whole yields: its text, then ``completion``."""
-        return [completion.text, completion] if completion.text else [completion]
+        return completion.pieces()
 
     def stream_failed(self, error, chunks, request_id=None):
         """Return ``error`` as a stream's failure after ``chunks`` chunks of text.

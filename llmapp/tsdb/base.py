@@ -20,6 +20,12 @@ class UsageSummary:
     cost: Decimal | None = None
     #: Calls whose cost is unknown (a model with no price answered): not in ``cost``.
     unpriced: int = 0
+    #: Calls answered from the response cache.
+    cached: int = 0
+
+    @property
+    def cache_hit_rate(self):
+        return self.cached / self.calls if self.calls else 0.0
 
     @property
     def error_rate(self):

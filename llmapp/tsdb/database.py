@@ -28,6 +28,7 @@ class DatabaseTSDB(TSDB):
                 output_tokens=Sum("output_tokens"),
                 total_cost=Sum("cost"),
                 unpriced=Count("id", filter=Q(cost__isnull=True)),
+                hits=Count("id", filter=Q(cached=True)),
             )
         )
         usage = {}
@@ -43,6 +44,7 @@ class DatabaseTSDB(TSDB):
                 output_tokens=row["output_tokens"] or 0,
                 cost=row["total_cost"],
                 unpriced=row["unpriced"],
+                cached=row["hits"],
             )
         return usage
 

@@ -61,6 +61,17 @@ class Command(LLMCommand):
             help="How often (0 to 10) an answer that does not match the output type is asked again (default: "
             "the use case's OUTPUT_RETRIES).",
         )
+        cache = parser.add_mutually_exclusive_group()
+        cache.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="Neither look up nor keep the answer in the use case's CACHE.",
+        )
+        cache.add_argument(
+            "--refresh-cache",
+            action="store_true",
+            help="Ask the provider even if the use case's CACHE has the answer, and keep the new one.",
+        )
         parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
         parser.add_argument(
             "--json",
@@ -162,6 +173,8 @@ class Command(LLMCommand):
         }
         if options["schema"] is not None:
             overrides["output"] = self.read_schema(options["schema"])
+        if options["no_cache"] or options["refresh_cache"]:
+            overrides["cache"] = "off" if options["no_cache"] else "refresh"
         usecase = options["usecase"]
         overrides |= reliability
         if options["dry_run"]:

@@ -117,6 +117,35 @@ class ProviderError(LLMError):
         )
 
 
+class BudgetExceeded(LLMError):
+    """A call that its use case's budget (or its subject's) cannot pay for; nothing was sent.
+
+    ``scope`` is "use case" or "subject"; ``spent`` and ``limit`` are US dollars (Decimals)
+    in the period that ends at ``resets_at`` (UTC).
+    """
+
+    #: Like ProviderError's: the routes given up before (a "fallback" budget tries each).
+    earlier = ()
+    provider = None
+
+    def __init__(self, *, usecase, scope, spent, limit, period, resets_at):
+        self.usecase, self.scope, self.spent, self.limit = usecase, scope, spent, limit
+        self.period, self.resets_at = period, resets_at
+        whose = f"use case {usecase!r}" if scope == "use case" else f"this subject of use case {usecase!r}"
+        super().__init__(
+            f"{whose} has spent ${spent:f} of its ${limit:f} budget per {_period(period)}, too little left "
+            f"for this call; it resets at {resets_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def _period(period):
+    seconds = int(period.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 class StreamAbandoned(LLMError):
     """The caller stopped reading a stream before it ended (recorded, never raised)."""
 

@@ -42,6 +42,8 @@ class CompletionEvent(models.Model):
     rates = models.JSONField(null=True, blank=True)
     # Given again from the use case's response cache: nothing was sent.
     cached = models.BooleanField(default=False)
+    # Whom the call was for (app_label.model:pk, or the string the caller gave).
+    subject = models.CharField(max_length=200, blank=True)
     # A failed call's exception and stack frames, secrets scrubbed and size bounded.
     exception = models.JSONField(null=True, blank=True)
 

@@ -383,3 +383,19 @@ def test_malformed_prices_are_an_error(settings):
     ids, output = check()
     assert ids == ["llmapp.E026"]
     assert "LLM_PROVIDERS['test']['PRICES']['locmem']['INPUT'] is the float 0.1" in output
+
+
+def test_budgets_want_a_cache_every_worker_shares(settings):
+    settings.LLM_USECASES = {"summarize": {"BUDGET": {"USD": "5"}, "PROVIDER": "test"}}
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "PRICES": {"locmem": {"FREE": True}}},
+    }
+    settings.DEBUG = False
+    ids, output = check()
+    assert ids == ["llmapp.cache.W001"]
+    assert "use case(s) summarize have a BUDGET kept in cache 'default' (LocMemCache)" in output
+    settings.DEBUG = True  # a developer's single process: nothing to say
+    assert check()[0] == []
+    settings.LLM_LIMITS_CACHE = "nope"
+    assert check()[0] == ["llmapp.cache.E003"]

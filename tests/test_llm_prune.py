@@ -5,7 +5,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from llmapp.management.durations import parse_age
+from llmapp.conf.durations import parse_age
 from llmapp.models import CompletionEvent
 
 

@@ -23,7 +23,13 @@ from llmapp.calls.circuit import model_scoped
 from llmapp.calls.cost import Tally
 from llmapp.calls.output import OutputMismatch
 from llmapp.calls.types import evolve
-from llmapp.exceptions import InvalidOutputError, ProviderError, ProviderTimeout, ProviderUnavailable
+from llmapp.exceptions import (
+    BudgetExceeded,
+    InvalidOutputError,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
 BACKOFF_CAP = 8.0
@@ -90,6 +96,10 @@ class Attempts:
         self.cost = Tally()
         #: The call's response cache (``responses.CachedAnswers``), or None.
         self.answers = None
+        #: The budgets the call is held to (``budgets.Budgets``), or None; and what the
+        #: attempt under way holds of them.
+        self.budgets = None
+        self._reservation = None
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic
@@ -114,7 +124,9 @@ class Attempts:
         for position, route in enumerate(self.routes):
             # The breaker's cache may wait only for what is left of the deadline.
             allowed = all(breaker.allow(budget=self.left()) for breaker in route.breakers)
-            yield from self._on_route(position, route, allowed)
+            for backend, attempt in self._on_route(position, route, allowed):
+                if self.budgets is None or self._reserved(self.budgets.reserve(attempt)):
+                    yield backend, attempt
         raise self._exhausted()
 
     async def __aiter__(self):
@@ -123,9 +135,20 @@ class Attempts:
             allowed = True
             for breaker in route.breakers:
                 allowed = allowed and await breaker.aallow(budget=self.left())
-            for attempt in self._on_route(position, route, allowed):
-                yield attempt
+            for backend, attempt in self._on_route(position, route, allowed):
+                if self.budgets is None or self._reserved(await self.budgets.areserve(attempt)):
+                    yield backend, attempt
         raise self._exhausted()
+
+    def _reserved(self, outcome):
+        """Say whether the attempt may be sent: its budgets' Reservation, or their BudgetExceeded."""
+        if not isinstance(outcome, BudgetExceeded):
+            self._reservation = outcome
+            return True
+        if not self.budgets.falls_back:
+            raise outcome
+        self._give_up(outcome)  # another route may cost less, or nothing
+        return False
 
     def _on_route(self, position, route, allowed):
         if not allowed:
@@ -174,7 +197,10 @@ class Attempts:
         Raises InvalidOutputError for an answer that does not match (or was cut at the token
         limit); ``streamed``: its text reached the caller already, so no route may add to it.
         """
-        self.cost.add(self._route.alias, self._route.model, completion)
+        cost = self.cost.add(self._route.alias, self._route.model, completion)
+        if self._reservation is not None:
+            self._reservation.settle(cost)
+            self._reservation = None
         output = self.request.output
         if output is None:
             return completion
@@ -199,8 +225,15 @@ class Attempts:
     def left(self):
         return self.deadline - self.clock()
 
+    def _release(self):
+        # An attempt that got no answer was not billed (an answer's error was settled already).
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
+        self._release()
         if isinstance(error, InvalidOutputError):
             self.succeeded()  # the provider answered: its circuit (a half-open probe's too) is sound
         if self._reasked(error):
@@ -211,6 +244,7 @@ class Attempts:
         return self._wait_after(error, opened) if retryable else 0.0
 
     async def afailed(self, error):
+        self._release()
         if isinstance(error, InvalidOutputError):
             await self.asucceeded()
         if self._reasked(error):

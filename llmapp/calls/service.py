@@ -5,11 +5,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Unpack
 
 from llmapp.calls import responses
+from llmapp.calls.budgets import Budgets, subject_key
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.output import OutputTypeError, output_for
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
-from llmapp.calls.types import CallOptions, Completion, CompletionRequest
+from llmapp.calls.types import CallOptions, Completion, CompletionRequest, evolve
 from llmapp.conf.usecases import RULES, get_usecase, shown
 from llmapp.exceptions import (
     InvalidMaxOutputTokens,
@@ -162,6 +163,7 @@ def plan_call(
     fallbacks=None,
     output_retries=None,
     cache=responses.USE,
+    subject=None,
     **overrides,
 ):
     """Validate one call and return its request and the Attempts that will run it.
@@ -182,10 +184,15 @@ def plan_call(
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
+    subject = subject_key(subject)
+    if subject is not None:
+        request = evolve(request, subject=subject)
     attempts = Attempts(
         request, routes, retries=retries, timeout=float(timeout), output_retries=output_retries
     )
     attempts.answers = responses.for_call(config, request, cache)
+    if config.budget_spec is not None:
+        attempts.budgets = Budgets(config.name, config.budget_spec, subject)
     return request, attempts
 
 

@@ -162,6 +162,13 @@ class SharedState:
         guard.succeeded()
         return job.result
 
+    def post(self, operation):
+        """Queue ``operation(cache)`` and return at once: for a write no caller waits for (its
+        failure is counted, and the cache taken as down, when it ends)."""
+        job, _ = self._submit(operation, None)
+        if job is not None:
+            job.notify(lambda: self._outcome(job, True, 0, None))
+
     def get(self, key, default=None, *, budget=None):
         return self.run(lambda cache: cache.get(key, default), default=default, budget=budget)
 
@@ -384,7 +391,47 @@ def check_shared_state(app_configs=None, **kwargs):
                 id="llmapp.cache.E002",
             )
         )
+    errors += _check_limits_cache(settings)
     return errors
+
+
+#: Cache backends whose state each process keeps for itself.
+PER_PROCESS = ("django.core.cache.backends.locmem.LocMemCache", "django.core.cache.backends.dummy.DummyCache")
+
+
+def _check_limits_cache(settings):
+    """LLM_LIMITS_CACHE must exist; in production, budgets on a per-process cache multiply."""
+    from django.core import checks
+    from django.core.exceptions import ImproperlyConfigured
+
+    from llmapp.conf.usecases import get_usecases
+
+    alias = conf.get_setting("LLM_LIMITS_CACHE")
+    if alias not in settings.CACHES:
+        return [
+            checks.Error(
+                f"LLM_LIMITS_CACHE is {alias!r}, which CACHES does not configure: budgets are not kept.",
+                hint=f"Use one of {', '.join(map(repr, settings.CACHES))}, or add {alias!r} to CACHES.",
+                id="llmapp.cache.E003",
+            )
+        ]
+    try:
+        budgeted = [usecase.name for usecase in get_usecases().values() if usecase.budget]
+    except ImproperlyConfigured:  # LLM_USECASES's own problem, which its check says
+        return []
+    backend = settings.CACHES[alias].get("BACKEND")
+    if not budgeted or settings.DEBUG or backend not in PER_PROCESS:
+        return []
+    return [
+        checks.Warning(
+            f"use case(s) {', '.join(budgeted)} have a BUDGET kept in cache {alias!r} "
+            f"({backend.rpartition('.')[2]}), which each process keeps for itself: with several "
+            "workers, each may spend the whole budget.",
+            hint="Point LLM_LIMITS_CACHE at a cache every worker shares (Redis, Memcached, the "
+            "database cache).",
+            id="llmapp.cache.W001",
+        )
+    ]
 
 
 def _read_timeout():

@@ -44,6 +44,9 @@ class CallOptions(TypedDict, total=False):
     #: The use case's response cache, for this call: "use" (the default), "refresh" (do not
     #: look it up, keep the new answer) or "off".
     cache: str
+    #: Whom the call is for (a user, an account: a saved model instance, or a string), held
+    #: to the use case's BUDGET PER_SUBJECT and named in its usage event.
+    subject: Any
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class CompletionRequest:
     #: How this attempt asks for it: "native" (the provider's structured output) or
     #: "prompted" (the schema in the system prompt); None for text.
     output_mode: str | None = None
+    #: Whom the call is for, as ``budgets.subject_key`` names it; None for no one.
+    subject: str | None = None
 
     @property
     def turns(self):

@@ -29,6 +29,8 @@ DEFAULTS = {
     "LLM_LOG_LEVEL": None,
     # The cache alias that holds circuit-breaker state; share it across workers.
     "LLM_CIRCUIT_BREAKER_CACHE": "default",
+    # The cache that holds budgets (and rate limits) for every worker.
+    "LLM_LIMITS_CACHE": "default",
     # Seconds a call waits at most for one operation on that cache; past it, calls go on without it.
     "LLM_CACHE_TIMEOUT": 0.25,
     # The Tasks-framework queue that `manage.py llm --enqueue` sends batch items to.

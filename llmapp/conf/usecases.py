@@ -9,6 +9,7 @@ and the registry remembers which layer each value came from.
 """
 
 import functools
+import json
 import numbers
 import os
 import re
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmapp import conf
+from llmapp.calls.budgets import parse_budget
+from llmapp.calls.cost import price
 from llmapp.calls.responses import cache_problem
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
@@ -60,6 +63,17 @@ def whole_number(text):
     return int(text)
 
 
+def json_object(text):
+    """Parse '{"USD": "50", "PERIOD": "1d"}'."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+json_object.__name__ = "JSON object"
+
+
 def cache_alias(text):
     """Parse "default": the CACHES alias that keeps a use case's answers."""
     return {"ALIAS": text}
@@ -85,6 +99,7 @@ FIELDS = {
     "OUTPUT": str,
     "OUTPUT_RETRIES": whole_number,
     "CACHE": cache_alias,
+    "BUDGET": json_object,
 }
 
 BUILTIN_USECASES = {
@@ -126,6 +141,8 @@ _DEFAULTS = {
     "OUTPUT_RETRIES": 1,
     # Where answers are kept for identical calls (see llmapp.calls.responses); None: nowhere.
     "CACHE": None,
+    # What the use case, and each subject, may spend per period (see llmapp.calls.budgets).
+    "BUDGET": None,
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -214,6 +231,7 @@ class UseCase:
     output: Any = None
     output_retries: int = 1
     cache: dict | None = None
+    budget: dict | None = None
 
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
@@ -273,6 +291,11 @@ class UseCase:
         if cache is not None:
             problems.append(cache)
         try:
+            budgeted = self.budget_spec is not None
+        except ConfigurationError as exc:
+            problems.append(exc)
+            budgeted = False
+        try:
             typed = self.output_spec is not None
         except ConfigurationError as exc:
             problems.append(exc)
@@ -291,6 +314,7 @@ class UseCase:
         else:
             problems += self._model_problems(self.provider, self.model, "model", "MODEL")
             problems += self._output_problems(self.provider, typed)
+            problems += self._price_problems(self.provider, self.model, budgeted)
         for spec in self.fallbacks:
             alias, _, model = str(spec).partition(":")
             if alias not in configured:
@@ -304,7 +328,32 @@ class UseCase:
             else:
                 problems += self._model_problems(alias, model or None, "fallback model", "FALLBACKS")
                 problems += self._output_problems(alias, typed)
+                problems += self._price_problems(alias, model or None, budgeted)
         return problems
+
+    @functools.cached_property
+    def budget_spec(self):
+        """The Budget its calls are held to (``llmapp.calls.budgets``), or None; raises its
+        ConfigurationError when BUDGET is malformed."""
+        return parse_budget(self.name, self.budget)
+
+    def _price_problems(self, alias, model, budgeted):
+        if not budgeted:
+            return []
+        try:
+            model = model or providers[alias].model
+        except ConfigurationError:
+            return []
+        if price(alias, model) is not None:
+            return []
+        return [
+            ConfigurationError(
+                f"use case {self.name!r} has a BUDGET, but model {model!r} of provider {alias!r} has no "
+                "price: its calls cannot be held to the budget.",
+                check_id="llmapp.W008",
+                hint=f"Add {model!r} to LLM_PROVIDERS[{alias!r}]['PRICES'] (FREE if it costs nothing).",
+            )
+        ]
 
     def _output_problems(self, alias, typed):
         try:
@@ -482,6 +531,7 @@ def _resolve(name, from_settings, read_env):
         output=values["OUTPUT"] or None,
         output_retries=values["OUTPUT_RETRIES"],
         cache=values["CACHE"] or None,
+        budget=values["BUDGET"] or None,
     )
 
 

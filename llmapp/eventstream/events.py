@@ -45,6 +45,8 @@ class UsageEvent:
     rates: dict | None = None
     #: Given again from the response cache: nothing was sent.
     cached: bool = False
+    #: Whom the call was for (``app_label.model:pk`` or the string given), or "".
+    subject: str = ""
 
     def as_dict(self):
         data = asdict(self)
@@ -68,6 +70,7 @@ def build_event(
         "message": (request.message or "") if with_content else "",
         "messages": len(request.history) + 1,
         "rates": rates or None,
+        "subject": request.subject or "",
         "conversation": (
             [{"role": role, "content": content} for role, content in request.history]
             if with_content and request.history

@@ -1,9 +1,9 @@
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from llmapp.conf.durations import AGE_FORMAT, parse_age
 from llmapp.exceptions import LLMError
 from llmapp.management.base import LLMCommand
-from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.management.outputfile import open_output
 from llmapp.models import Batch, BatchItem
 

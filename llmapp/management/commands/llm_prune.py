@@ -1,7 +1,7 @@
 from django.utils import timezone
 
+from llmapp.conf.durations import AGE_FORMAT, parse_age
 from llmapp.management.base import LLMCommand
-from llmapp.management.durations import AGE_FORMAT, parse_age
 from llmapp.models import CompletionEvent
 
 

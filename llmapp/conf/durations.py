@@ -1,4 +1,4 @@
-"""Ages given on the command line: 90m, 12h, 30d, 2w."""
+"""Durations given as text, on the command line and in settings: 90m, 12h, 30d, 2w."""
 
 import re
 from datetime import timedelta
@@ -14,12 +14,20 @@ _AGE = re.compile(r"^\s*([0-9]+)\s*([mhdw])\s*$", re.I)
 
 def parse_age(text, flag):
     """Return the timedelta that ``30d``, ``12h``, ``90m`` or ``2w`` stands for."""
-    match = _AGE.match(text or "")
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CommandError(f"{flag} {exc}.") from None
+
+
+def parse_duration(text):
+    """Return the timedelta of ``30d``, ``12h``, ``90m`` or ``2w``; raise ValueError saying what is wrong."""
+    match = _AGE.match(text) if isinstance(text, str) else None
     digits = match.group(1).lstrip("0") if match else ""
     if not digits:
-        raise CommandError(f"{flag} must be {AGE_FORMAT}; got {text!r}.")
+        raise ValueError(f"must be {AGE_FORMAT}; got {text!r}")
     unit = UNITS[match.group(2).lower()]
     # Checked before timedelta(), which overflows on a huge count (and int() refuses 4300+ digits).
     if len(digits) > 9 or int(digits) > MAX_AGE / timedelta(**{unit: 1}):
-        raise CommandError(f"{flag} is too large: at most {MAX_AGE.days}d (100 years); got {text.strip()!r}.")
+        raise ValueError(f"is too large: at most {MAX_AGE.days}d (100 years); got {text.strip()!r}")
     return timedelta(**{unit: int(digits)})

@@ -390,7 +390,7 @@ def test_batch_records_carry_parsed(tmp_path, settings):
     ("answer", "error"),
     [
         ('{"label": "spam", "score": NaN}', "$: the answer holds no JSON value"),
-        ("[" * 5000, "$: nested more than 64 deep"),
+        ("[" * 5000 + "]" * 5000, "$: nested more than 64 deep"),
         ('{"label": "spam", "score": ' + "[" * 100 + "]" * 100 + "}", "$: nested more than 64 deep"),
         ("", "$: the answer is empty, not JSON"),
     ],

@@ -138,6 +138,23 @@ class BudgetExceeded(LLMError):
         )
 
 
+class RateLimited(LLMError):
+    """A call that a rate limit (requests or tokens a minute, calls at once) holds back; nothing was sent.
+
+    ``scope`` says whose limit ("use case 'triage'", "this subject", "provider 'openai'"),
+    ``limit`` which (RPM, TPM, CONCURRENCY, or HTTP 429: the provider asked every worker to
+    wait), ``retry_after`` in how many seconds it may pass.
+    """
+
+    earlier = ()
+    provider = None
+
+    def __init__(self, *, usecase, scope, limit, retry_after):
+        self.usecase, self.scope, self.limit, self.retry_after = usecase, scope, limit, retry_after
+        what = f"{scope} asked to wait (HTTP 429)" if limit == "HTTP 429" else f"the {limit} of {scope}"
+        super().__init__(f"use case {usecase!r} is rate limited: {what}; try again in {retry_after:.1f}s")
+
+
 def _period(period):
     seconds = int(period.total_seconds())
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):

@@ -394,8 +394,18 @@ def test_budgets_want_a_cache_every_worker_shares(settings):
     settings.DEBUG = False
     ids, output = check()
     assert ids == ["llmapp.cache.W001"]
-    assert "use case(s) summarize have a BUDGET kept in cache 'default' (LocMemCache)" in output
+    assert "summarize have a BUDGET or RATE_LIMIT kept in cache 'default' (LocMemCache)" in output
     settings.DEBUG = True  # a developer's single process: nothing to say
     assert check()[0] == []
     settings.LLM_LIMITS_CACHE = "nope"
     assert check()[0] == ["llmapp.cache.E003"]
+
+
+def test_a_malformed_provider_rate_limit_is_an_error(settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "RATE_LIMIT": {"CONCURRENCY": 2}},
+    }
+    ids, output = check()
+    assert ids == ["llmapp.E029"]
+    assert "LLM_PROVIDERS['test']['RATE_LIMIT'] must be a dict of RPM, TPM" in output

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -21,10 +22,18 @@ from django.db import close_old_connections
 from llmapp import eventstream
 from llmapp.calls.service import complete_prompt, prepare_request
 from llmapp.calls.types import jsonable
-from llmapp.exceptions import ConfigurationError, ImproperlyInstalled, InvalidRequestError, LLMError
+from llmapp.exceptions import (
+    ConfigurationError,
+    ImproperlyInstalled,
+    InvalidRequestError,
+    LLMError,
+    RateLimited,
+)
 from llmapp.redaction import redact
 
 logger = logging.getLogger("llmapp.batch")
+#: How a batch waits out a rate limit (tests replace it).
+sleep = time.sleep
 
 #: Keys an input object may carry besides ``id`` and ``message``.
 #: The name of a batch's worker threads.
@@ -132,7 +141,7 @@ def run_item(usecase, item, stop_on=()):
     if item.problem:
         return error_record(item.id, "InvalidInput", item.problem)
     try:
-        completion = complete_prompt(usecase, item.message, **item.overrides)
+        completion = _paced(usecase, item)
     except LLMError as exc:
         if isinstance(exc, stop_on):
             raise
@@ -142,6 +151,15 @@ def run_item(usecase, item, stop_on=()):
         logger.exception("Item %r of a batch of use case %r failed", item.id, usecase)
         return error_record(item.id, type(exc).__name__, redact(str(exc)))
     return completion_record(item.id, completion)
+
+
+def _paced(usecase, item):
+    """Run ``item``'s call, waiting as long as a rate limit says rather than failing the item."""
+    while True:
+        try:
+            return complete_prompt(usecase, item.message, **item.overrides)
+        except RateLimited as exc:
+            sleep(exc.retry_after)
 
 
 def _run_in_worker(usecase, item, stopped):

@@ -29,6 +29,7 @@ from llmapp.exceptions import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    RateLimited,
 )
 
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most
@@ -100,6 +101,10 @@ class Attempts:
         #: attempt under way holds of them.
         self.budgets = None
         self._reservation = None
+        #: The rate limits the call is held to (``ratelimits.Limiter``), or None; and the
+        #: concurrency slots the attempt under way holds.
+        self.limiter = None
+        self._slots = None
         self.timeout = timeout
         # The module's, looked up now: what a test put there runs this call.
         self.clock = clock or monotonic
@@ -125,6 +130,10 @@ class Attempts:
             # The breaker's cache may wait only for what is left of the deadline.
             allowed = all(breaker.allow(budget=self.left()) for breaker in route.breakers)
             for backend, attempt in self._on_route(position, route, allowed):
+                if self.limiter is not None:
+                    while not self._let_through(outcome := self.limiter.acquire(attempt)):
+                        self.sleep(outcome.retry_after)
+                        attempt = evolve(attempt, timeout=min(attempt.timeout, self.left()))
                 if self.budgets is None or self._reserved(self.budgets.reserve(attempt)):
                     yield backend, attempt
         raise self._exhausted()
@@ -136,15 +145,29 @@ class Attempts:
             for breaker in route.breakers:
                 allowed = allowed and await breaker.aallow(budget=self.left())
             for backend, attempt in self._on_route(position, route, allowed):
+                if self.limiter is not None:
+                    while not self._let_through(outcome := await self.limiter.aacquire(attempt)):
+                        await self.asleep(outcome.retry_after)
+                        attempt = evolve(attempt, timeout=min(attempt.timeout, self.left()))
                 if self.budgets is None or self._reserved(await self.budgets.areserve(attempt)):
                     yield backend, attempt
         raise self._exhausted()
+
+    def _let_through(self, outcome):
+        """Say whether a rate limit lets the attempt go (its Slots), or it is to wait; raise if neither."""
+        if not isinstance(outcome, RateLimited):
+            self._slots = outcome
+            return True
+        if not self.limiter.waits or outcome.retry_after >= self.left():
+            raise outcome
+        return False
 
     def _reserved(self, outcome):
         """Say whether the attempt may be sent: its budgets' Reservation, or their BudgetExceeded."""
         if not isinstance(outcome, BudgetExceeded):
             self._reservation = outcome
             return True
+        self._release()
         if not self.budgets.falls_back:
             raise outcome
         self._give_up(outcome)  # another route may cost less, or nothing
@@ -201,6 +224,7 @@ class Attempts:
         if self._reservation is not None:
             self._reservation.settle(cost)
             self._reservation = None
+        self._release()
         output = self.request.output
         if output is None:
             return completion
@@ -226,14 +250,24 @@ class Attempts:
         return self.deadline - self.clock()
 
     def _release(self):
-        # An attempt that got no answer was not billed (an answer's error was settled already).
+        """Give back what the attempt under way holds: its concurrency slots, and its budgets'
+        reservation unless its answer settled it (an attempt that got none was not billed)."""
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
 
+    def _paused(self, error):
+        # A provider that says when to come back is left alone that long by every worker.
+        if self.limiter is not None and error.status_code == 429 and error.retry_after:
+            self.limiter.pause(self._route.alias, error.retry_after)
+
     def failed(self, error):
         """Account for ``error``; return how long to wait before the next attempt, or raise it."""
         self._release()
+        self._paused(error)
         if isinstance(error, InvalidOutputError):
             self.succeeded()  # the provider answered: its circuit (a half-open probe's too) is sound
         if self._reasked(error):
@@ -245,6 +279,7 @@ class Attempts:
 
     async def afailed(self, error):
         self._release()
+        self._paused(error)
         if isinstance(error, InvalidOutputError):
             await self.asucceeded()
         if self._reasked(error):

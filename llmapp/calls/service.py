@@ -8,6 +8,7 @@ from llmapp.calls import responses
 from llmapp.calls.budgets import Budgets, subject_key
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.output import OutputTypeError, output_for
+from llmapp.calls.ratelimits import Limiter, provider_limits
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
 from llmapp.calls.types import CallOptions, Completion, CompletionRequest, evolve
@@ -193,6 +194,9 @@ def plan_call(
     attempts.answers = responses.for_call(config, request, cache)
     if config.budget_spec is not None:
         attempts.budgets = Budgets(config.name, config.budget_spec, subject)
+    limited = any(provider_limits(route.alias, providers.settings.get(route.alias)) for route in routes)
+    if config.rate_limit_spec is not None or limited:
+        attempts.limiter = Limiter(config.name, config.rate_limit_spec, subject)
     return request, attempts
 
 

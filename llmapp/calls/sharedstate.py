@@ -416,17 +416,26 @@ def _check_limits_cache(settings):
             )
         ]
     try:
-        budgeted = [usecase.name for usecase in get_usecases().values() if usecase.budget]
+        budgeted = [
+            usecase.name for usecase in get_usecases().values() if usecase.budget or usecase.rate_limit
+        ]
     except ImproperlyConfigured:  # LLM_USECASES's own problem, which its check says
         return []
+    providers = conf.get_setting("LLM_PROVIDERS")
+    if isinstance(providers, dict):
+        budgeted += [
+            f"provider {alias}"
+            for alias, entry in providers.items()
+            if isinstance(entry, dict) and entry.get("RATE_LIMIT")
+        ]
     backend = settings.CACHES[alias].get("BACKEND")
     if not budgeted or settings.DEBUG or backend not in PER_PROCESS:
         return []
     return [
         checks.Warning(
-            f"use case(s) {', '.join(budgeted)} have a BUDGET kept in cache {alias!r} "
+            f"{', '.join(budgeted)} have a BUDGET or RATE_LIMIT kept in cache {alias!r} "
             f"({backend.rpartition('.')[2]}), which each process keeps for itself: with several "
-            "workers, each may spend the whole budget.",
+            "workers, each may spend the whole budget, or send the whole rate.",
             hint="Point LLM_LIMITS_CACHE at a cache every worker shares (Redis, Memcached, the "
             "database cache).",
             id="llmapp.cache.W001",

@@ -21,6 +21,7 @@ from typing import Any
 from llmapp import conf
 from llmapp.calls.budgets import parse_budget
 from llmapp.calls.cost import price
+from llmapp.calls.ratelimits import parse_rate_limit
 from llmapp.calls.responses import cache_problem
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
@@ -100,6 +101,7 @@ FIELDS = {
     "OUTPUT_RETRIES": whole_number,
     "CACHE": cache_alias,
     "BUDGET": json_object,
+    "RATE_LIMIT": json_object,
 }
 
 BUILTIN_USECASES = {
@@ -143,6 +145,8 @@ _DEFAULTS = {
     "CACHE": None,
     # What the use case, and each subject, may spend per period (see llmapp.calls.budgets).
     "BUDGET": None,
+    # Requests and tokens a minute, calls at once (see llmapp.calls.ratelimits).
+    "RATE_LIMIT": None,
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -232,6 +236,7 @@ class UseCase:
     output_retries: int = 1
     cache: dict | None = None
     budget: dict | None = None
+    rate_limit: dict | None = None
 
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
@@ -296,6 +301,10 @@ class UseCase:
             problems.append(exc)
             budgeted = False
         try:
+            self.rate_limit_spec  # noqa: B018 (raises when malformed)
+        except ConfigurationError as exc:
+            problems.append(exc)
+        try:
             typed = self.output_spec is not None
         except ConfigurationError as exc:
             problems.append(exc)
@@ -330,6 +339,12 @@ class UseCase:
                 problems += self._output_problems(alias, typed)
                 problems += self._price_problems(alias, model or None, budgeted)
         return problems
+
+    @functools.cached_property
+    def rate_limit_spec(self):
+        """The RateLimit its calls are held to (``llmapp.calls.ratelimits``), or None; raises its
+        ConfigurationError when RATE_LIMIT is malformed."""
+        return parse_rate_limit(self.name, self.rate_limit)
 
     @functools.cached_property
     def budget_spec(self):
@@ -532,6 +547,7 @@ def _resolve(name, from_settings, read_env):
         output_retries=values["OUTPUT_RETRIES"],
         cache=values["CACHE"] or None,
         budget=values["BUDGET"] or None,
+        rate_limit=values["RATE_LIMIT"] or None,
     )
 
 

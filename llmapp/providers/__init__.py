@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from llmapp import conf
 from llmapp.calls.cost import parse_prices
+from llmapp.calls.ratelimits import provider_limits
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
 from llmapp.redaction import redact
 
@@ -20,7 +21,7 @@ BUILTIN_BACKENDS = (
     "llmapp.providers.anthropic.AnthropicProvider",
     "llmapp.providers.gemini.GeminiProvider",
 )
-PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER", "PRICES"})
+PROVIDER_KEYS = frozenset({"BACKEND", "OPTIONS", "MODELS", "CIRCUIT_BREAKER", "PRICES", "RATE_LIMIT"})
 ENTRY_HINT = 'Each LLM_PROVIDERS entry is {"BACKEND": "<import string>", "OPTIONS": {...}, "MODELS": [...]}.'
 
 
@@ -132,6 +133,7 @@ def check_entry(alias, config):
         )
     if config.get("PRICES") is not None:
         parse_prices(alias, config["PRICES"])
+    provider_limits(alias, config)
     breaker = config.get("CIRCUIT_BREAKER", {})
     if breaker is None:
         return

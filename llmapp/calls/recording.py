@@ -5,10 +5,11 @@ import time
 
 from asgiref.sync import sync_to_async
 
-from llmapp import eventstream, metrics
+from llmapp import eventstream, metrics, signals
 from llmapp.calls.types import evolve
 from llmapp.eventstream.events import ERROR, OK, REFUSED, build_event
-from llmapp.exceptions import ProviderRefused
+from llmapp.exceptions import BudgetExceeded, ProviderRefused, RateLimited
+from llmapp.redaction import redact
 from llmapp.sentry import tracing
 from llmapp.sentry.frames import capture_exception
 
@@ -46,19 +47,32 @@ class Call:
         """Record the completion; return it with its latency and attempts filled in."""
         completion, event = self._succeeded(completion)
         _record(event)
+        _report(
+            signals.completion_finished.send_robust(
+                self.request.usecase, completion=completion, request=self.request
+            )
+        )
         return completion
 
     def failed(self, error):
         _record(self._failed(error))
+        for signal in _signals(error):
+            _report(signal.send_robust(self.request.usecase, error=error, request=self.request))
 
     async def asucceeded(self, completion):
         """The async twin of :meth:`succeeded`: off the event loop only for a stream that blocks."""
         completion, event = self._succeeded(completion)
         await _arecord(event)
+        sent = signals.completion_finished.asend_robust(
+            self.request.usecase, completion=completion, request=self.request
+        )
+        _report(await sent)
         return completion
 
     async def afailed(self, error):
         await _arecord(self._failed(error))
+        for signal in _signals(error):
+            _report(await signal.asend_robust(self.request.usecase, error=error, request=self.request))
 
     def _succeeded(self, completion):
         completion = evolve(
@@ -114,6 +128,27 @@ class Call:
                 metrics.incr(OUTPUT_TOKENS, amount=completion.output_tokens, tags=tags)
         if cost:
             metrics.incr(COST, amount=round(cost * 1_000_000), tags=tags)
+
+
+def _signals(error):
+    """The signals a call that failed with ``error`` sends."""
+    if isinstance(error, BudgetExceeded):
+        return (signals.completion_failed, signals.budget_exceeded)
+    if isinstance(error, RateLimited):
+        return (signals.completion_failed, signals.rate_limited)
+    return (signals.completion_failed,)
+
+
+def _report(responses):
+    """Log the receivers that raised: a project's receiver never fails the call."""
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            logger.error(
+                "A receiver of an llmapp signal failed (%s): %s: %s",
+                getattr(receiver, "__qualname__", receiver),
+                type(response).__name__,
+                redact(str(response)),
+            )
 
 
 def _record(event):

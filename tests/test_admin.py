@@ -247,8 +247,21 @@ def test_the_figures_are_those_of_the_last_24_hours(admin_client):
         "600",
         "4 unpriced",
         "—",
+        "0",
+        "—",
     ]
-    assert cells(row(page, "example"))[6:] == ["1", "0.0%", "42.2 ms", "42.2 ms", "0", "0", "1 unpriced", "—"]
+    assert cells(row(page, "example"))[6:] == [
+        "1",
+        "0.0%",
+        "42.2 ms",
+        "42.2 ms",
+        "0",
+        "0",
+        "1 unpriced",
+        "—",
+        "0",
+        "—",
+    ]
 
     detail = html(admin_client.get(SUMMARIZE))
     assert all(figure in detail for figure in ("25.0%", "200.0\u00a0ms", "400.0\u00a0ms", "4,500"))
@@ -263,6 +276,8 @@ def test_a_use_case_without_calls_shows_zero(admin_client):
         "0",
         "0",
         "—",
+        "—",
+        "0",
         "—",
     ]
 
@@ -280,8 +295,8 @@ def test_the_cost_of_the_last_24_hours_says_what_was_not_priced(admin_client):
     )
     page = html(admin_client.get(USECASES))
     # The cost, then the cache's hit rate: one call of four was answered from it.
-    assert cells(row(page, "summarize"))[-2:] == ["$1.2500 (+1 unpriced)", "25.0%"]
-    assert cells(row(page, "example"))[-2:] == ["$0.000042", "—"]
+    assert cells(row(page, "summarize"))[-4:-2] == ["$1.2500 (+1 unpriced)", "25.0%"]
+    assert cells(row(page, "example"))[-4:-2] == ["$0.000042", "—"]
     assert "$1.2500 (+1 unpriced)" in html(admin_client.get(SUMMARIZE))
 
 
@@ -290,7 +305,7 @@ def test_no_data_when_the_tsdb_is_null(admin_client, settings):
     settings.LLM_EVENTSTREAM = "null"
     CompletionEvent.objects.bulk_create([event()])
     page = html(admin_client.get(USECASES))
-    assert cells(row(page, "summarize"))[6:] == ["no data"]
+    assert cells(row(page, "summarize"))[6:] == ["no data", "—"]  # the budget is not the TSDB's
     assert "LLM_TSDB is &#x27;null&#x27;" in page
     assert "no data" in html(admin_client.get(SUMMARIZE))
 
@@ -599,3 +614,28 @@ def test_the_log_shows_each_calls_cost_and_its_rates(admin_client):
     assert '<td class="field-cost_usd">unpriced</td>' in page
     detail = html(admin_client.get(f"{LOG}{priced.pk}/change/"))
     assert "$0.004200" in detail and escape('"INPUT": "0.15"') in detail
+
+
+def test_throttled_calls_and_the_budget_spent_this_period(admin_client, settings):
+    from llmapp.calls import budgets
+
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {
+            **settings.LLM_PROVIDERS["test"],
+            "PRICES": {"locmem": {"INPUT": "100000", "OUTPUT": "100000"}},
+        },
+    }
+    settings.LLM_USECASES = {
+        "summarize": {"PROVIDER": "test", "PROMPT": "", "MAX_OUTPUT_TOKENS": 5, "BUDGET": {"USD": "2"}}
+    }
+    CompletionEvent.objects.bulk_create([event(status="error", error_type="RateLimited"), event()])
+    locmem.queue("one two three")
+    completion = complete_prompt("summarize", "hi")
+    page = html(admin_client.get(USECASES))
+    share = f"{completion.cost / 2:.1%}"
+    # calls, ..., throttled, budget used
+    assert cells(row(page, "summarize"))[-2:] == ["1", share]
+    detail = html(admin_client.get(SUMMARIZE))
+    _, resets = budgets.Limit(Decimal(2), timedelta(days=1)).window(budgets.clock())
+    assert f"of $2.0000 ({share}); resets {resets:%Y-%m-%d %H:%M} UTC" in detail

@@ -34,6 +34,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
         "output_tokens",
         "cost_usd",
         "cached",
+        "subject",
         "error",
     )
     list_display_links = ("created_at",)
@@ -97,6 +98,7 @@ class CompletionEventAdmin(admin.ModelAdmin):
                         "cost_usd",
                         "rates",
                         "cached",
+                        "subject",
                         "request_id",
                     )
                 },

@@ -1,6 +1,8 @@
 """Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
 
+from llmapp.calls.budgets import used
 from llmapp.calls.cost import dollars
+from llmapp.exceptions import ConfigurationError
 from llmapp.sentry.scrubbing import scrub
 
 NO_VALUE = "—"
@@ -40,6 +42,7 @@ def usage_cells(summary):
             "output_tokens": "0",
             "cost": NO_VALUE,
             "cache_hits": NO_VALUE,
+            "throttled": "0",
         }
     return {
         "calls": count(summary.calls),
@@ -50,4 +53,22 @@ def usage_cells(summary):
         "output_tokens": count(summary.output_tokens),
         "cost": dollars(summary.cost, summary.unpriced, NO_VALUE),
         "cache_hits": percent(summary.cache_hit_rate) if summary.cached else NO_VALUE,
+        "throttled": count(summary.throttled),
+    }
+
+
+def budget_display(usecase):
+    """A use case's budget as pages show it: spent of limit, the share, when it resets; or None."""
+    try:
+        budget = usecase.budget_spec
+    except ConfigurationError:
+        return None
+    figures = used(usecase.name, budget)
+    if figures is None:
+        return None
+    spent, limit, resets = figures
+    share = percent(spent / limit) if limit else NO_VALUE
+    return {
+        "share": share,
+        "text": f"{dollars(spent)} of {dollars(limit)} ({share}); resets {resets:%Y-%m-%d %H:%M} UTC",
     }

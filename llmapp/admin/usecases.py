@@ -11,7 +11,7 @@ from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from llmapp.admin.display import NO_VALUE, count, milliseconds, safe, usage_cells
+from llmapp.admin.display import NO_VALUE, budget_display, count, milliseconds, safe, usage_cells
 from llmapp.admin.health import ProviderHealth, provider_health
 from llmapp.calls.service import complete_prompt
 from llmapp.calls.types import jsonable
@@ -44,6 +44,8 @@ class UseCaseRow:
     model_source: str
     #: Display strings of the usage over the last 24 hours, or None when the TSDB keeps none.
     usage: dict | None
+    #: What the use case has spent of its budget this period (``budget_display``), or None.
+    budget: dict | None = None
 
     @property
     def name(self):
@@ -175,7 +177,7 @@ class UseCaseAdmin(admin.ModelAdmin):
             else:
                 model, model_source = provider.default_model or NO_VALUE, PROVIDER_DEFAULT
             figures = None if usage is None else usage_cells(usage.get(usecase.name))
-            rows.append(UseCaseRow(usecase, provider, model, model_source, figures))
+            rows.append(UseCaseRow(usecase, provider, model, model_source, figures, budget_display(usecase)))
         return rows
 
     def recent(self, request, name):

@@ -211,6 +211,19 @@ class Budgets:
         )
 
 
+def used(usecase, budget):
+    """What use case ``usecase`` has spent of its Budget's own limit: (spent, limit, resets_at),
+    or None when it has no such limit or the cache cannot say."""
+    if budget is None or budget.total is None:
+        return None
+    number, resets = budget.total.window(clock())
+    state = sharedstate.get(conf.get_setting("LLM_LIMITS_CACHE"), "budgets")
+    spent = state.get(f"llmapp:budget:{usecase}:{number}", default=0)
+    if not isinstance(spent, int):
+        return None
+    return Decimal(spent) / MICRO, budget.total.usd, resets
+
+
 def _reserve(cache, plan):
     """Hold each scope's share, or none: ("held", [(key, micros, ttl)]) or ("exceeded", index, spent)."""
     held = []

@@ -22,6 +22,8 @@ class UsageSummary:
     unpriced: int = 0
     #: Calls answered from the response cache.
     cached: int = 0
+    #: Calls a rate limit held back (RateLimited).
+    throttled: int = 0
 
     @property
     def cache_hit_rate(self):

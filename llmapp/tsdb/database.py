@@ -29,6 +29,7 @@ class DatabaseTSDB(TSDB):
                 total_cost=Sum("cost"),
                 unpriced=Count("id", filter=Q(cost__isnull=True)),
                 hits=Count("id", filter=Q(cached=True)),
+                throttled=Count("id", filter=Q(error_type="RateLimited")),
             )
         )
         usage = {}
@@ -45,6 +46,7 @@ class DatabaseTSDB(TSDB):
                 cost=row["total_cost"],
                 unpriced=row["unpriced"],
                 cached=row["hits"],
+                throttled=row["throttled"],
             )
         return usage
 

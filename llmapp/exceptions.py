@@ -128,6 +128,10 @@ class BudgetExceeded(LLMError):
     earlier = ()
     provider = None
 
+    @property
+    def reason(self):
+        return str(self)
+
     def __init__(self, *, usecase, scope, spent, limit, period, resets_at):
         self.usecase, self.scope, self.spent, self.limit = usecase, scope, spent, limit
         self.period, self.resets_at = period, resets_at
@@ -148,6 +152,10 @@ class RateLimited(LLMError):
 
     earlier = ()
     provider = None
+
+    @property
+    def reason(self):
+        return str(self)
 
     def __init__(self, *, usecase, scope, limit, retry_after):
         self.usecase, self.scope, self.limit, self.retry_after = usecase, scope, limit, retry_after

@@ -251,3 +251,64 @@ def test_a_budgeted_route_with_no_price_is_a_warning(settings):
     assert "model 'preview' of provider 'default' has no price" in str(problems[0])
     locmem.queue("fine")
     assert complete_prompt("summarize", "hi").text  # unpriced: not held, not refused
+
+
+def test_text_without_spaces_is_reserved_at_its_length_not_its_words(budgeted, settings):
+    # 600 characters of Chinese are one "word", but hundreds of tokens: reserved as such.
+    usecase(settings, {"USD": "0.0002"})
+    with pytest.raises(BudgetExceeded):
+        complete_prompt("summarize", "预算" * 300)
+    assert budgeted.requests == []
+
+
+def test_a_call_that_ends_in_an_error_of_its_own_gives_back_what_it_held(budgeted, settings, monkeypatch):
+    from llmapp.providers import providers
+
+    usecase(settings, {"USD": str(WORST)})
+    backend = providers["openai"]
+
+    def broken(request):
+        raise RuntimeError("a bug below the provider")
+
+    monkeypatch.setattr(backend, "complete", broken)
+    with pytest.raises(RuntimeError):
+        complete_prompt("summarize", "hi")
+    monkeypatch.undo()
+    complete_prompt("summarize", "hi")  # the budget is whole again
+    assert len(budgeted.requests) == 1
+
+
+def test_a_stream_cut_after_text_keeps_its_reservation_and_its_cost_is_unknown(budgeted, settings):
+    from llmapp import stream_prompt
+
+    usecase(settings, {"USD": TWO_CALLS})
+    budgeted.reply_stream(["one ", "two ", "three"], cut_after=2)
+    with pytest.raises(Exception, match="cut after 2 chunk"):
+        list(stream_prompt("summarize", "hi"))
+    # Billed for what is not known: held at its most (given back, a call would fit).
+    with pytest.raises(BudgetExceeded):
+        complete_prompt("summarize", "hi")
+    assert len(budgeted.requests) == 1
+
+
+def test_a_refused_route_is_no_attempt_and_the_error_has_a_reason(budgeted, settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "PRICES": {"locmem": {"FREE": True}}},
+    }
+    usecase(settings, {"USD": "0.000001", "ON_EXCEEDED": "fallback"}, FALLBACKS=["test"])
+    assert complete_prompt("summarize", "hi").attempts == 1
+    with pytest.raises(BudgetExceeded) as raised:
+        usecase(settings, {"USD": "0.000001"})
+        complete_prompt("summarize", "hi")
+    assert raised.value.reason == str(raised.value)
+
+
+def test_subjects_anonymous_visitors_and_long_names():
+    from django.contrib.auth.models import AnonymousUser
+
+    from llmapp.calls.budgets import subject_key
+
+    assert subject_key(AnonymousUser()) == "anonymous"
+    with pytest.raises(InvalidRequestError, match="at most 200 characters, got 201"):
+        subject_key("x" * 201)

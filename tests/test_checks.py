@@ -410,3 +410,18 @@ def test_a_malformed_provider_rate_limit_is_an_error(settings):
     ids, output = check()
     assert ids == ["llmapp.E029"]
     assert "LLM_PROVIDERS['test']['RATE_LIMIT'] must be a dict of RPM, TPM" in output
+
+
+def test_budgets_in_a_cache_whose_increments_are_not_atomic_are_a_warning(settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        "db": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "llm_cache"},
+    }
+    settings.LLM_LIMITS_CACHE = "db"
+    settings.LLM_USECASES = {"summarize": {"RATE_LIMIT": {"RPM": 5}}}
+    settings.DEBUG = True
+    ids, output = check()
+    assert ids == ["llmapp.cache.W001"]
+    assert "(DatabaseCache), whose increments are not atomic" in output
+    settings.LLM_LIMITS_CACHE = ["default"]
+    assert check()[0] == ["llmapp.cache.E003"]

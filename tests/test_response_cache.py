@@ -169,7 +169,7 @@ def test_a_hit_is_recorded_as_cached_using_no_tokens_and_costing_nothing(cached,
     ("cache", "message"),
     [
         ({"ALIAS": "nope"}, "['CACHE']['ALIAS'] is 'nope', which is not in CACHES"),
-        ({"ALIAS": "default", "TTL": 0}, "['CACHE']['TTL'] must be a number of seconds above 0"),
+        ({"ALIAS": "default", "TTL": 0}, "['CACHE']['TTL'] must be a number of seconds from 1"),
         ({"ALIAS": "default", "SIZE": 3}, "must be a dict of ALIAS, TTL and ANY_TEMPERATURE"),
         ("default", "must be a dict of ALIAS, TTL and ANY_TEMPERATURE"),
     ],
@@ -211,3 +211,28 @@ def test_a_cache_that_is_down_or_hung_is_a_miss_never_a_failure(settings, openai
             assert complete_prompt("summarize", "x").text == "two"  # nothing kept, nothing failed
         finally:
             sharedstate.reset()
+
+
+def test_a_fallbacks_answer_is_not_kept_for_the_primary(cached, settings):
+    settings.LLM_USECASES = {
+        "summarize": {**settings.LLM_USECASES["summarize"], "FALLBACKS": ["test"], "RETRIES": 0}
+    }
+    cached.reply_error(503, "overloaded")
+    assert complete_prompt("summarize", "x").provider == "test"
+    cached.reply("from openai")
+    completion = complete_prompt("summarize", "x")
+    assert (completion.provider, completion.cached, completion.text) == ("openai", False, "from openai")
+
+
+def test_a_provider_set_up_otherwise_is_another_key(cached, settings):
+    cached.reply("one")
+    cached.reply("two")
+    complete_prompt("summarize", "x")
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {
+            **settings.LLM_PROVIDERS["openai"],
+            "OPTIONS": {**settings.LLM_PROVIDERS["openai"]["OPTIONS"], "structured_output": "prompted"},
+        },
+    }
+    assert complete_prompt("summarize", "x").text == "two"

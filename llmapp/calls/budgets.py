@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from llmapp import conf
 from llmapp.calls import sharedstate
-from llmapp.calls.cost import most_cost
+from llmapp.calls.cost import MAX_AMOUNT, most_cost
 from llmapp.calls.sharedstate import increment
 from llmapp.conf.durations import parse_duration
 from llmapp.exceptions import BudgetExceeded, ConfigurationError, InvalidRequestError
 
+#: The longest subject, as the usage event's column holds it.
+MAX_SUBJECT = 200
 #: Counters are kept in millionths of a dollar: whole numbers, which caches add atomically.
 MICRO = Decimal(1_000_000)
 RAISE, FALLBACK = "raise", "fallback"
@@ -93,8 +94,8 @@ def _limit(where, value):
         usd = Decimal(str(usd))
     except InvalidOperation:
         raise _wrong(f"{where}['USD'] must be a decimal string such as '50'.") from None
-    if not usd.is_finite() or usd < 0:
-        raise _wrong(f"{where}['USD'] must be an amount from 0 up.")
+    if not usd.is_finite() or usd < 0 or usd > MAX_AMOUNT:
+        raise _wrong(f"{where}['USD'] must be an amount from 0 up to {MAX_AMOUNT:,}.")
     try:
         period = parse_duration(period)
     except ValueError as exc:
@@ -112,12 +113,18 @@ def subject_key(subject):
         return None
     meta = getattr(subject, "_meta", None)
     if meta is not None and getattr(subject, "pk", None) is not None:
-        return f"{meta.label_lower}:{subject.pk}"
-    if isinstance(subject, str) and subject.strip():
-        return subject
-    raise InvalidRequestError(
-        f"subject must be a saved model instance or a non-empty string, got a {type(subject).__name__}."
-    )
+        key = f"{meta.label_lower}:{subject.pk}"
+    elif getattr(subject, "is_anonymous", False) is True:
+        return "anonymous"  # request.user of a visitor: every visitor shares one subject
+    elif isinstance(subject, str) and subject.strip():
+        key = subject
+    else:
+        raise InvalidRequestError(
+            f"subject must be a saved model instance or a non-empty string, got a {type(subject).__name__}."
+        )
+    if len(key) > MAX_SUBJECT:
+        raise InvalidRequestError(f"subject must be at most {MAX_SUBJECT} characters, got {len(key)}.")
+    return key
 
 
 class Reservation:
@@ -149,8 +156,7 @@ class Budgets:
         self.usecase = usecase
         self.budget = budget
         self.subject = subject
-        alias = conf.get_setting("LLM_LIMITS_CACHE")
-        self.state = sharedstate.get(alias, "budgets")
+        self.state = sharedstate.get(sharedstate.limits_alias(), "budgets")
 
     @property
     def falls_back(self):
@@ -217,7 +223,10 @@ def used(usecase, budget):
     if budget is None or budget.total is None:
         return None
     number, resets = budget.total.window(clock())
-    state = sharedstate.get(conf.get_setting("LLM_LIMITS_CACHE"), "budgets")
+    try:
+        state = sharedstate.get(sharedstate.limits_alias(), "budgets")
+    except ConfigurationError:
+        return None
     spent = state.get(f"llmapp:budget:{usecase}:{number}", default=0)
     if not isinstance(spent, int):
         return None

@@ -86,6 +86,10 @@ def parse_prices(alias, prices):
     return parsed
 
 
+#: Far above any price per million tokens or any budget, far below what Decimal overflows at.
+MAX_AMOUNT = Decimal(1_000_000_000)
+
+
 def _rate(where, value):
     if isinstance(value, float):
         raise _wrong(
@@ -97,8 +101,8 @@ def _rate(where, value):
         rate = Decimal(str(value).strip())
     except InvalidOperation:
         raise _wrong(f"{where} must be a decimal string such as '0.15', got {str(value)[:20]!r}.") from None
-    if not rate.is_finite() or rate < 0:
-        raise _wrong(f"{where} must be a price from 0 up.")
+    if not rate.is_finite() or rate < 0 or rate > MAX_AMOUNT:
+        raise _wrong(f"{where} must be a price from 0 up to {MAX_AMOUNT:,}.")
     return rate
 
 
@@ -141,12 +145,12 @@ def dollars(cost, unpriced=0, none="-"):
 
 def most_cost(request):
     """The most ``request`` can cost: its estimated input, and MAX_OUTPUT_TOKENS out; None unpriced."""
-    from llmapp.providers.tokens import estimate_tokens, turn_tokens
+    from llmapp.providers.tokens import request_tokens
 
     found = price(request.provider, request.model)
     if found is None:
         return None
-    return found.most(estimate_tokens(request.prompt) + turn_tokens(request), request.max_output_tokens)
+    return found.most(request_tokens(request), request.max_output_tokens)
 
 
 class Tally:

@@ -20,7 +20,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from llmapp import conf, metrics
+from llmapp import metrics
 from llmapp.calls import sharedstate
 from llmapp.calls.sharedstate import increment
 from llmapp.exceptions import ConfigurationError, RateLimited
@@ -114,7 +114,7 @@ class Limiter:
         self.usecase = usecase
         self.rate_limit = rate_limit
         self.subject = subject
-        self.state = sharedstate.get(conf.get_setting("LLM_LIMITS_CACHE"), "limits")
+        self.state = sharedstate.get(sharedstate.limits_alias(), "limits")
 
     @property
     def waits(self):
@@ -158,7 +158,7 @@ class Limiter:
         return self._outcome(await self.state.arun(lambda cache: _take(cache, plan), budget=_left(request)))
 
     def _plan(self, request):
-        from llmapp.providers.tokens import estimate_tokens, turn_tokens
+        from llmapp.providers.tokens import request_tokens
 
         scopes = self.scopes(request)
         if not scopes:
@@ -166,7 +166,7 @@ class Limiter:
         now = clock()
         minute = int(now // MINUTE)
         next_minute = (minute + 1) * MINUTE - now
-        tokens = estimate_tokens(request.prompt) + turn_tokens(request) + request.max_output_tokens
+        tokens = request_tokens(request) + request.max_output_tokens
         slot_ttl = max(1, int(_left(request) or MINUTE) + 5)
         return [
             (scope, f"llmapp:rate:{name}", limits, minute, next_minute, tokens, slot_ttl)

@@ -46,8 +46,8 @@ def cache_problem(usecase, value):
     if not isinstance(alias, str) or alias not in settings.CACHES:
         known = ", ".join(settings.CACHES)
         return _wrong(f"{where}['ALIAS'] is {alias!r}, which is not in CACHES: name one of {known}.")
-    if isinstance(ttl, bool) or not isinstance(ttl, numbers.Real) or not 0 < ttl <= 10 * 365 * 86400:
-        return _wrong(f"{where}['TTL'] must be a number of seconds above 0, got {ttl!r}.")
+    if isinstance(ttl, bool) or not isinstance(ttl, numbers.Real) or not 1 <= ttl <= 10 * 365 * 86400:
+        return _wrong(f"{where}['TTL'] must be a number of seconds from 1, got {ttl!r}.")
     if not isinstance(value.get("ANY_TEMPERATURE", False), bool):
         return _wrong(f"{where}['ANY_TEMPERATURE'] must be True or False.")
     return None
@@ -137,12 +137,38 @@ def for_call(config, request, mode):
     )
 
 
+#: The OPTIONS of a provider that change its answers; its key, timeouts and headers do not.
+SHAPING_OPTIONS = (
+    "base_url",
+    "azure_endpoint",
+    "azure_deployment",
+    "api_version",
+    "vertexai",
+    "project",
+    "location",
+    "structured_output",
+    "token_limit_parameter",
+)
+
+
 def cache_key(request):
-    """A key of everything in ``request`` that shapes its answer."""
+    """A key of everything in ``request`` that shapes its answer, its provider's set-up too."""
+    from llmapp.providers import providers
+    from llmapp.redaction import url_secrets
+
+    entry = providers.settings.get(request.provider) or {}
+    options = entry.get("OPTIONS") or {}
+    server = {name: str(options[name]) for name in SHAPING_OPTIONS if options.get(name) is not None}
+    for name in ("base_url", "azure_endpoint"):
+        if name in server:  # credentials in a URL are not what shapes an answer
+            for secret in url_secrets(server[name]):
+                server[name] = server[name].replace(secret, "")
     shape = [
         VERSION,
         request.usecase,
         request.provider,
+        str(entry.get("BACKEND")),
+        server,
         request.model,
         request.prompt,
         [list(turn) for turn in request.turns],

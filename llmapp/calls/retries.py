@@ -168,6 +168,7 @@ class Attempts:
             self._reservation = outcome
             return True
         self._release()
+        self.count -= 1  # not sent: no attempt
         if not self.budgets.falls_back:
             raise outcome
         self._give_up(outcome)  # another route may cost less, or nothing
@@ -249,6 +250,11 @@ class Attempts:
     def left(self):
         return self.deadline - self.clock()
 
+    @property
+    def served_by_primary(self):
+        """Whether the route that answered is the call's own (not a fallback's)."""
+        return self._route is self.routes[0]
+
     def _release(self):
         """Give back what the attempt under way holds: its concurrency slots, and its budgets'
         reservation unless its answer settled it (an attempt that got none was not billed)."""
@@ -258,6 +264,15 @@ class Attempts:
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
+
+    def ended(self, error=None, *, billed=False):
+        """The call ended outside the loop (an exception of the caller's, a cancel, an abandoned
+        stream): give back what the attempt under way holds, unless it may have been ``billed``
+        (a stream whose text reached the caller), whose cost is then unknown."""
+        if billed and self._reservation is not None:
+            self.cost.total = None
+            self._reservation = None  # held: what it cost is not known
+        self._release()
 
     def _paused(self, error):
         # A provider that says when to come back is left alone that long by every worker.

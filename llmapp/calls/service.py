@@ -224,9 +224,10 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
             attempts.succeeded()
             break
     except BaseException as exc:  # an interrupted call is recorded too
+        attempts.ended()
         call.failed(exc)
         raise
-    if answers is not None:
+    if answers is not None and attempts.served_by_primary:
         answers.keep(completion, budget=attempts.left())
     return call.succeeded(completion)
 
@@ -248,11 +249,12 @@ def stream_prompt(
         yield from call.succeeded(hit).pieces()
         return
     completion = None
+    streamed = False
     try:
         for backend, attempt in attempts:
+            streamed = False
             try:
                 with contextlib.closing(backend.stream(attempt)) as items:
-                    streamed = False
                     for item in items:
                         if isinstance(item, Completion):
                             completion = attempts.answered(item, streamed)
@@ -261,17 +263,21 @@ def stream_prompt(
                         streamed = True
                         attempts.check_deadline()
             except ProviderError as exc:
+                if streamed:  # cut after text: billed, for what is not known
+                    attempts.ended(billed=True)
                 attempts.sleep(attempts.failed(exc))
                 continue
             attempts.succeeded()
             break
     except GeneratorExit:
+        attempts.ended(billed=streamed)
         call.failed(StreamAbandoned("the caller stopped reading the stream"))
         raise
     except BaseException as exc:
+        attempts.ended(billed=streamed)
         call.failed(exc)
         raise
-    if answers is not None:
+    if answers is not None and attempts.served_by_primary:
         answers.keep(completion, budget=attempts.left())
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
     yield call.succeeded(completion)
@@ -305,9 +311,10 @@ async def acomplete_prompt(
                 await attempts.asucceeded()
                 break
     except BaseException as exc:  # a cancelled call (the client went away) is recorded too
+        attempts.ended()
         await call.afailed(exc)
         raise
-    if answers is not None:
+    if answers is not None and attempts.served_by_primary:
         await answers.akeep(completion, budget=attempts.left())
     return await call.asucceeded(completion)
 
@@ -327,12 +334,13 @@ async def astream_prompt(
             yield piece
         return
     completion = None
+    streamed = False
     try:
         async with contextlib.aclosing(aiter(attempts)) as steps:
             async for backend, attempt in steps:
+                streamed = False
                 try:
                     async with contextlib.aclosing(backend.astream(attempt)) as items:
-                        streamed = False
                         async for item in items:
                             if isinstance(item, Completion):
                                 completion = attempts.answered(item, streamed)
@@ -341,17 +349,21 @@ async def astream_prompt(
                             streamed = True
                             attempts.check_deadline()
                 except ProviderError as exc:
+                    if streamed:  # cut after text: billed, for what is not known
+                        attempts.ended(billed=True)
                     await attempts.asleep(await attempts.afailed(exc))
                     continue
                 await attempts.asucceeded()
                 break
     except GeneratorExit:
+        attempts.ended(billed=streamed)
         await call.afailed(StreamAbandoned("the caller stopped reading the stream"))
         raise
     except BaseException as exc:
+        attempts.ended(billed=streamed)
         await call.afailed(exc)
         raise
-    if answers is not None:
+    if answers is not None and attempts.served_by_primary:
         await answers.akeep(completion, budget=attempts.left())
     # Recorded outside the try: closing the stream after its Completion abandons nothing.
     yield await call.asucceeded(completion)

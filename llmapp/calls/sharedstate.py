@@ -397,24 +397,42 @@ def check_shared_state(app_configs=None, **kwargs):
 
 #: Cache backends whose state each process keeps for itself.
 PER_PROCESS = ("django.core.cache.backends.locmem.LocMemCache", "django.core.cache.backends.dummy.DummyCache")
+#: Cache backends whose incr() is a get and a set: two workers may both pass a limit.
+NOT_ATOMIC = (
+    "django.core.cache.backends.db.DatabaseCache",
+    "django.core.cache.backends.filebased.FileBasedCache",
+)
+
+
+def limits_alias():
+    """Return LLM_LIMITS_CACHE (budgets, rate limits); raise a ConfigurationError if CACHES lacks it."""
+    from django.conf import settings
+
+    alias = conf.get_setting("LLM_LIMITS_CACHE")
+    if not isinstance(alias, str) or alias not in settings.CACHES:
+        from llmapp.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"LLM_LIMITS_CACHE is {alias!r}, which CACHES does not configure: budgets and rate limits "
+            "cannot be kept.",
+            check_id="llmapp.cache.E003",
+            hint=f"Use one of {', '.join(map(repr, settings.CACHES))}, or add it to CACHES.",
+        )
+    return alias
 
 
 def _check_limits_cache(settings):
-    """LLM_LIMITS_CACHE must exist; in production, budgets on a per-process cache multiply."""
+    """LLM_LIMITS_CACHE must exist; budgets and limits want one every worker shares, atomically."""
     from django.core import checks
     from django.core.exceptions import ImproperlyConfigured
 
     from llmapp.conf.usecases import get_usecases
+    from llmapp.exceptions import ConfigurationError
 
-    alias = conf.get_setting("LLM_LIMITS_CACHE")
-    if alias not in settings.CACHES:
-        return [
-            checks.Error(
-                f"LLM_LIMITS_CACHE is {alias!r}, which CACHES does not configure: budgets are not kept.",
-                hint=f"Use one of {', '.join(map(repr, settings.CACHES))}, or add {alias!r} to CACHES.",
-                id="llmapp.cache.E003",
-            )
-        ]
+    try:
+        alias = limits_alias()
+    except ConfigurationError as exc:
+        return [exc.as_check()]
     try:
         budgeted = [
             usecase.name for usecase in get_usecases().values() if usecase.budget or usecase.rate_limit
@@ -429,15 +447,20 @@ def _check_limits_cache(settings):
             if isinstance(entry, dict) and entry.get("RATE_LIMIT")
         ]
     backend = settings.CACHES[alias].get("BACKEND")
-    if not budgeted or settings.DEBUG or backend not in PER_PROCESS:
+    if not budgeted:
+        return []
+    if backend in NOT_ATOMIC:
+        why = "whose increments are not atomic: workers racing for the last of a limit may all pass it"
+    elif backend in PER_PROCESS and not settings.DEBUG:
+        why = "which each process keeps for itself: with several workers, each may spend the whole limit"
+    else:
         return []
     return [
         checks.Warning(
             f"{', '.join(budgeted)} have a BUDGET or RATE_LIMIT kept in cache {alias!r} "
-            f"({backend.rpartition('.')[2]}), which each process keeps for itself: with several "
-            "workers, each may spend the whole budget, or send the whole rate.",
-            hint="Point LLM_LIMITS_CACHE at a cache every worker shares (Redis, Memcached, the "
-            "database cache).",
+            f"({backend.rpartition('.')[2]}), {why}.",
+            hint="Point LLM_LIMITS_CACHE at Redis or Memcached, which every worker shares and which "
+            "add atomically.",
             id="llmapp.cache.W001",
         )
     ]

@@ -1,5 +1,6 @@
 """Estimate token counts where a provider reports none (preview, locmem)."""
 
+import json
 import re
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -37,6 +38,24 @@ def _cut_words(sentence, max_tokens):
             break
         words.append(word)
     return " ".join(words) + "…"
+
+
+def most_tokens(text):
+    """At least as many tokens as ``text`` can take, for what a call may spend before it is sent.
+
+    Words undercount text without spaces (Chinese, base64, URLs: one "word" each); no
+    tokenizer gives fewer than one token per three bytes of UTF-8 in practice.
+    """
+    text = text or ""
+    return max(estimate_tokens(text), -(-len(text.encode("utf-8", "replace")) // 3))
+
+
+def request_tokens(request):
+    """At least the input tokens of ``request``: its prompt, every turn, and the schema it sends."""
+    texts = [request.prompt, *(content for _, content in request.turns)]
+    if request.output is not None:
+        texts.append(json.dumps(request.output.wire_schema))
+    return sum(most_tokens(text) for text in texts)
 
 
 def turn_tokens(request):

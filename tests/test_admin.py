@@ -617,7 +617,7 @@ def test_the_log_shows_each_calls_cost_and_its_rates(admin_client):
 
 
 def test_throttled_calls_and_the_budget_spent_this_period(admin_client, settings):
-    from llmapp.calls import budgets
+    from llmapp.calls.spend import budgets
 
     settings.LLM_PROVIDERS = {
         **settings.LLM_PROVIDERS,

@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 
 from llmapp import acomplete_prompt, complete_prompt
-from llmapp.calls import budgets, sharedstate
+from llmapp.calls import sharedstate
+from llmapp.calls.spend import budgets
 from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import BudgetExceeded, ConfigurationError, InvalidRequestError
 from llmapp.models import CompletionEvent
@@ -307,7 +308,7 @@ def test_a_refused_route_is_no_attempt_and_the_error_has_a_reason(budgeted, sett
 def test_subjects_anonymous_visitors_and_long_names():
     from django.contrib.auth.models import AnonymousUser
 
-    from llmapp.calls.budgets import subject_key
+    from llmapp.calls.spend.budgets import subject_key
 
     assert subject_key(AnonymousUser()) == "anonymous"
     with pytest.raises(InvalidRequestError, match="at most 200 characters, got 201"):

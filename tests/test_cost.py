@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from llmapp import complete_prompt
-from llmapp.calls.cost import Price, Tally, parse_prices
+from llmapp.calls.spend.cost import Price, Tally, parse_prices
 from llmapp.calls.types import Completion
 from llmapp.exceptions import ConfigurationError, InvalidOutputError
 from llmapp.models import CompletionEvent

@@ -1,4 +1,4 @@
-"""llmapp.calls.jsonschema: Python types to JSON Schema, answers checked, the smallest valid value."""
+"""llmapp.calls.output.jsonschema: Python types to JSON Schema, answers checked, the smallest valid value."""
 
 import dataclasses
 from typing import Any, Literal, Optional
@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 import pydantic
 import pytest
 
-from llmapp.calls import jsonschema
+from llmapp.calls.output import jsonschema
 from tests.fakes.output_types import TICKET_SCHEMA, Address, Contact, Priority, Routing
 
 SCHEMAS = [

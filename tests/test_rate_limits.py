@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from llmapp import acomplete_prompt, complete_prompt
-from llmapp.calls import ratelimits, sharedstate
+from llmapp.calls import sharedstate
+from llmapp.calls.spend import ratelimits
 from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import ConfigurationError, ProviderError, RateLimited
 from tests.conftest import ROOT
@@ -195,7 +196,7 @@ def test_a_malformed_rate_limit_is_a_check_error_and_one_line(settings, rate_lim
 
 WORKER = """
 from llmapp import complete_prompt
-from llmapp.calls import ratelimits
+from llmapp.calls.spend import ratelimits
 from llmapp.exceptions import RateLimited
 ratelimits.clock = lambda: {start}  # both processes in the same minute, whatever the real clock says
 sent = 0

@@ -7,7 +7,7 @@ from django.template.defaultfilters import truncatechars
 from django.utils.html import format_html, format_html_join
 
 from llmapp.admin.display import milliseconds, safe
-from llmapp.calls.cost import dollars
+from llmapp.calls.spend.cost import dollars
 from llmapp.models import CompletionEvent
 
 # Text columns scrubbed again before display (see display.safe).

@@ -1,7 +1,7 @@
 """Turn llmapp's data into text for admin pages: secrets scrubbed, numbers formatted."""
 
-from llmapp.calls.budgets import used
-from llmapp.calls.cost import dollars
+from llmapp.calls.spend.budgets import used
+from llmapp.calls.spend.cost import dollars
 from llmapp.exceptions import ConfigurationError
 from llmapp.sentry.scrubbing import scrub
 

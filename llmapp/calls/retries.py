@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from llmapp import metrics
 from llmapp.calls.circuit import model_scoped
-from llmapp.calls.cost import Tally
 from llmapp.calls.output import OutputMismatch
+from llmapp.calls.spend.cost import Tally
 from llmapp.calls.types import evolve
 from llmapp.exceptions import (
     BudgetExceeded,

@@ -4,13 +4,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Unpack
 
-from llmapp.calls import responses
-from llmapp.calls.budgets import Budgets, subject_key
 from llmapp.calls.circuit import CircuitBreaker
 from llmapp.calls.output import OutputTypeError, output_for
-from llmapp.calls.ratelimits import Limiter, provider_limits
 from llmapp.calls.recording import Call
 from llmapp.calls.retries import Attempts, Route
+from llmapp.calls.spend import responses
+from llmapp.calls.spend.budgets import Budgets, subject_key
+from llmapp.calls.spend.ratelimits import Limiter, provider_limits
 from llmapp.calls.types import CallOptions, Completion, CompletionRequest, evolve
 from llmapp.conf.usecases import RULES, get_usecase, shown
 from llmapp.exceptions import (

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmapp import conf
-from llmapp.calls.budgets import parse_budget
-from llmapp.calls.cost import price
-from llmapp.calls.ratelimits import parse_rate_limit
-from llmapp.calls.responses import cache_problem
+from llmapp.calls.spend.budgets import parse_budget
+from llmapp.calls.spend.cost import price
+from llmapp.calls.spend.ratelimits import parse_rate_limit
+from llmapp.calls.spend.responses import cache_problem
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
 from llmapp.redaction import mask, redact
@@ -141,11 +141,11 @@ _DEFAULTS = {
     "OUTPUT": None,
     # How often an answer that does not match OUTPUT is asked again on the same route.
     "OUTPUT_RETRIES": 1,
-    # Where answers are kept for identical calls (see llmapp.calls.responses); None: nowhere.
+    # Where answers are kept for identical calls (see llmapp.calls.spend.responses); None: nowhere.
     "CACHE": None,
-    # What the use case, and each subject, may spend per period (see llmapp.calls.budgets).
+    # What the use case, and each subject, may spend per period (see llmapp.calls.spend.budgets).
     "BUDGET": None,
-    # Requests and tokens a minute, calls at once (see llmapp.calls.ratelimits).
+    # Requests and tokens a minute, calls at once (see llmapp.calls.spend.ratelimits).
     "RATE_LIMIT": None,
 }
 
@@ -342,13 +342,13 @@ class UseCase:
 
     @functools.cached_property
     def rate_limit_spec(self):
-        """The RateLimit its calls are held to (``llmapp.calls.ratelimits``), or None; raises its
+        """The RateLimit its calls are held to (``llmapp.calls.spend.ratelimits``), or None; raises its
         ConfigurationError when RATE_LIMIT is malformed."""
         return parse_rate_limit(self.name, self.rate_limit)
 
     @functools.cached_property
     def budget_spec(self):
-        """The Budget its calls are held to (``llmapp.calls.budgets``), or None; raises its
+        """The Budget its calls are held to (``llmapp.calls.spend.budgets``), or None; raises its
         ConfigurationError when BUDGET is malformed."""
         return parse_budget(self.name, self.budget)
 

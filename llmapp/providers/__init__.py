@@ -10,8 +10,8 @@ import threading
 from django.utils.module_loading import import_string
 
 from llmapp import conf
-from llmapp.calls.cost import parse_prices
-from llmapp.calls.ratelimits import provider_limits
+from llmapp.calls.spend.cost import parse_prices
+from llmapp.calls.spend.ratelimits import provider_limits
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
 from llmapp.redaction import redact
 

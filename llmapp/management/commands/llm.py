@@ -5,8 +5,8 @@ import sys
 
 from django.core.management.base import CommandError
 
-from llmapp.calls.cost import dollars, most_cost
 from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
+from llmapp.calls.spend.cost import dollars, most_cost
 from llmapp.calls.types import Completion
 from llmapp.conf.usecases import get_usecase_errors, get_usecases
 from llmapp.exceptions import InvalidMessageError, InvalidOutputType, LLMError

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from llmapp.calls import jsonschema
+from llmapp.calls.output import jsonschema
 
 #: The property a schema whose root is not an object is wrapped in: OpenAI's and
 #: Anthropic's structured outputs take an object at the root, and every provider is asked alike.

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from llmapp.calls import sharedstate
-from llmapp.calls.cost import MAX_AMOUNT, most_cost
 from llmapp.calls.sharedstate import increment
+from llmapp.calls.spend.cost import MAX_AMOUNT, most_cost
 from llmapp.conf.durations import parse_duration
 from llmapp.exceptions import BudgetExceeded, ConfigurationError, InvalidRequestError
 

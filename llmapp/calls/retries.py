@@ -46,13 +46,14 @@ asleep = asyncio.sleep
 @dataclass(frozen=True)
 class Route:
     """One provider and model to try, with the circuit breakers of the provider and of the
-    model (None when turned off)."""
+    model (None when turned off), and the provider's rate limits (None for none)."""
 
     alias: str
     backend: object
     model: str
     breaker: object = None
     model_breaker: object = None
+    limits: object = None
 
     @property
     def breakers(self):

@@ -194,8 +194,7 @@ def plan_call(
     attempts.answers = responses.for_call(config, request, cache)
     if config.budget_spec is not None:
         attempts.budgets = Budgets(config.name, config.budget_spec, subject)
-    limited = any(provider_limits(route.alias, providers.settings.get(route.alias)) for route in routes)
-    if config.rate_limit_spec is not None or limited:
+    if config.rate_limit_spec is not None or any(route.limits for route in routes):
         attempts.limiter = Limiter(config.name, config.rate_limit_spec, subject)
     return request, attempts
 
@@ -377,6 +376,7 @@ def _route(alias, backend, model):
         model,
         CircuitBreaker.for_provider(alias, config),
         CircuitBreaker.for_provider(alias, config, model=model),
+        provider_limits(alias, config) if "RATE_LIMIT" in config else None,
     )
 
 

@@ -130,6 +130,9 @@ class Attempts:
         for position, route in enumerate(self.routes):
             # The breaker's cache may wait only for what is left of the deadline.
             allowed = all(breaker.allow(budget=self.left()) for breaker in route.breakers)
+            if self.limiter is None and self.budgets is None:  # nothing to hold: the common case
+                yield from self._on_route(position, route, allowed)
+                continue
             for backend, attempt in self._on_route(position, route, allowed):
                 if self.limiter is not None:
                     while not self._let_through(outcome := self.limiter.acquire(attempt)):
@@ -226,7 +229,8 @@ class Attempts:
         if self._reservation is not None:
             self._reservation.settle(cost)
             self._reservation = None
-        self._release()
+        if self._slots is not None:
+            self._release()
         output = self.request.output
         if output is None:
             return completion

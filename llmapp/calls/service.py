@@ -181,17 +181,20 @@ def plan_call(
     config = get_usecase(usecase)
     timeout = _checked("TIMEOUT", timeout, config, InvalidRequestError)
     retries = _checked("RETRIES", retries, config, InvalidRequestError)
-    output_retries = _checked("OUTPUT_RETRIES", output_retries, config, InvalidRequestError)
+    # Only a typed call asks again: an untyped one need not look.
+    if request.output is not None or output_retries is not None:
+        output_retries = _checked("OUTPUT_RETRIES", output_retries, config, InvalidRequestError)
     routes = [_route(request.provider, backend, request.model)]
     for spec in config.fallbacks if fallbacks is None else fallbacks:
         routes.append(_fallback_route(config, spec))
-    subject = subject_key(subject)
     if subject is not None:
+        subject = subject_key(subject)
         request = evolve(request, subject=subject)
     attempts = Attempts(
-        request, routes, retries=retries, timeout=float(timeout), output_retries=output_retries
+        request, routes, retries=retries, timeout=float(timeout), output_retries=output_retries or 0
     )
-    attempts.answers = responses.for_call(config, request, cache)
+    if config.cache is not None:
+        attempts.answers = responses.for_call(config, request, cache)
     if config.budget_spec is not None:
         attempts.budgets = Budgets(config.name, config.budget_spec, subject)
     if config.rate_limit_spec is not None or any(route.limits for route in routes):

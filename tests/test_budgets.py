@@ -313,3 +313,33 @@ def test_subjects_anonymous_visitors_and_long_names():
     assert subject_key(AnonymousUser()) == "anonymous"
     with pytest.raises(InvalidRequestError, match="at most 200 characters, got 201"):
         subject_key("x" * 201)
+
+
+def test_a_reservation_that_lands_after_its_caller_stopped_waiting_is_given_back(settings, openai_provider):
+    import threading
+
+    from django.core.cache import caches
+
+    from tests.fakes import slow_cache
+
+    settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
+    settings.CACHES = {**settings.CACHES, "limits": {"BACKEND": "tests.fakes.slow_cache.SlowLocMemCache"}}
+    settings.LLM_LIMITS_CACHE = "limits"
+    settings.LLM_CACHE_TIMEOUT = 0.1
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {**settings.LLM_PROVIDERS["openai"], "PRICES": {"gpt-4o-mini": DOLLAR_A_MILLION}},
+    }
+    usecase(settings, {"USD": "1"})
+    slow_cache.release.clear()
+    try:
+        complete_prompt("summarize", "hi")  # the cache did not answer in time: the call went on
+    finally:
+        slow_cache.release.set()  # the cache comes back: the held increment lands
+        workers = [thread for thread in threading.enumerate() if thread.name == "llmapp-cache-limits"]
+        sharedstate.reset()  # the workers end once their jobs have
+        for worker in workers:
+            worker.join(10)
+    assert len(openai_provider.requests) == 1
+    [key] = [key.split(":", 2)[2] for key in caches["limits"]._cache if "llmapp:budget:" in key]
+    assert caches["limits"].get(key) == 0  # landed, and taken back at once

@@ -162,6 +162,17 @@ class SharedState:
         guard.succeeded()
         return job.result
 
+    def run_or_undo(self, operation, undo, *, budget=None):
+        """Return ``operation(cache)`` (None if the cache failed); one that ends after its caller
+        stopped waiting is undone there (``undo(cache, result)``), so that what the caller took
+        as not done is not done: a reservation in a hung cache that comes back is not held."""
+        guarded, settled = _undone_if_late(operation, undo)
+        return settled(self.run(guarded, budget=budget))
+
+    async def arun_or_undo(self, operation, undo, *, budget=None):
+        guarded, settled = _undone_if_late(operation, undo)
+        return settled(await self.arun(guarded, budget=budget))
+
     def post(self, operation):
         """Queue ``operation(cache)`` and return at once: for a write no caller waits for (its
         failure is counted, and the cache taken as down, when it ends)."""
@@ -192,6 +203,31 @@ class SharedState:
             return True
 
         return self.run(delete, default=False, budget=budget)
+
+
+def _undone_if_late(operation, undo):
+    """Wrap ``operation`` for ``run_or_undo``; return it and what turns the run's outcome into its result."""
+    lock = threading.Lock()
+    state = {"waited": True, "result": None}
+
+    def guarded(cache):
+        result = operation(cache)
+        with lock:
+            if state["waited"]:
+                state["result"] = result
+                return result
+        undo(cache, result)  # its caller went on without it
+        return result
+
+    def settled(outcome):
+        if outcome is not None:
+            return outcome
+        with lock:
+            state["waited"] = False
+            # Done just as the wait ended: its result stands.
+            return state["result"]
+
+    return guarded, settled
 
 
 class _Job:

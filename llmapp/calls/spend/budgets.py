@@ -191,13 +191,18 @@ class Budgets:
         plan = self._plan(request)
         if plan is None:
             return Reservation(self.state, [])
-        return self._outcome(plan, self.state.run(lambda cache: _reserve(cache, plan), budget=_left(request)))
+        outcome = self.state.run_or_undo(
+            lambda cache: _reserve(cache, plan), _unreserve, budget=_left(request)
+        )
+        return self._outcome(plan, outcome)
 
     async def areserve(self, request):
         plan = self._plan(request)
         if plan is None:
             return Reservation(self.state, [])
-        outcome = await self.state.arun(lambda cache: _reserve(cache, plan), budget=_left(request))
+        outcome = await self.state.arun_or_undo(
+            lambda cache: _reserve(cache, plan), _unreserve, budget=_left(request)
+        )
         return self._outcome(plan, outcome)
 
     def _outcome(self, plan, outcome):
@@ -245,6 +250,13 @@ def _reserve(cache, plan):
             return ("exceeded", index, total - micros)
         held.append((key, micros, ttl))
     return ("held", held)
+
+
+def _unreserve(cache, outcome):
+    """Give back what ``_reserve`` held, when its caller stopped waiting for it."""
+    if outcome is not None and outcome[0] == "held":
+        for key, micros, ttl in outcome[1]:
+            increment(cache, key, -micros, ttl)
 
 
 def _left(request):

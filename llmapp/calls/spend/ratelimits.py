@@ -149,13 +149,18 @@ class Limiter:
         plan = self._plan(request)
         if plan is None:
             return Slots(self.state, [])
-        return self._outcome(self.state.run(lambda cache: _take(cache, plan), budget=_left(request)))
+        return self._outcome(
+            self.state.run_or_undo(lambda cache: _take(cache, plan), _untake, budget=_left(request))
+        )
 
     async def aacquire(self, request):
         plan = self._plan(request)
         if plan is None:
             return Slots(self.state, [])
-        return self._outcome(await self.state.arun(lambda cache: _take(cache, plan), budget=_left(request)))
+        outcome = await self.state.arun_or_undo(
+            lambda cache: _take(cache, plan), _untake, budget=_left(request)
+        )
+        return self._outcome(outcome)
 
     def _plan(self, request):
         from llmapp.providers.tokens import request_tokens
@@ -231,7 +236,16 @@ def _take(cache, plan):
             if slot is None:
                 return refuse(scope, "CONCURRENCY", 1.0)
             slots.append(slot)
-    return ("taken", slots)
+    return ("taken", slots, undo)
+
+
+def _untake(cache, outcome):
+    """Give back what ``_take`` took, when its caller stopped waiting for it."""
+    if outcome is not None and outcome[0] == "taken":
+        for key, amount, ttl in outcome[2]:
+            increment(cache, key, -amount, ttl)
+        if outcome[1]:
+            cache.delete_many(outcome[1])
 
 
 def _digest(text):

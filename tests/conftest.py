@@ -9,6 +9,7 @@ from django.core.cache import caches
 from tests.environment import developer_variables, isolated_environ
 from tests.fakes.openai_server import fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
+from tests.services import CACHE_KINDS, cache_of_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 # Shaped like a real key so that key-shaped redaction is exercised too.
@@ -50,6 +51,14 @@ def openai_provider(settings, fake_openai):  # noqa: F811
         },
     }
     return fake_openai
+
+
+@pytest.fixture(params=CACHE_KINDS)
+def limits_cache(request, settings):
+    """LLM_LIMITS_CACHE on a local-memory cache, or on a namespace of the machine's Redis."""
+    with cache_of_kind(request.param, settings, "limits"):
+        settings.LLM_LIMITS_CACHE = "limits"
+        yield request.param
 
 
 def manage_env(database, env_file, env=None):

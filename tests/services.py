@@ -109,6 +109,29 @@ def redis_namespace(database=0):
         namespace.delete()
 
 
+#: The two kinds of cache the shared-state features are tested on.
+CACHE_KINDS = ("locmem", "redis")
+
+
+@contextlib.contextmanager
+def cache_of_kind(kind, settings, alias):
+    """Configure ``CACHES[alias]`` as a local-memory cache, or as a namespace of the machine's
+    Redis for ``kind`` "redis" (whose keys, and llmapp's threads on it, go after)."""
+    if kind == "locmem":
+        settings.CACHES = {
+            **settings.CACHES,
+            alias: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        }
+        yield
+        return
+    from llmapp.calls import sharedstate
+
+    with redis_namespace() as namespace:
+        settings.CACHES = {**settings.CACHES, alias: namespace.cache}
+        yield
+    sharedstate.reset()
+
+
 def closed_port():
     """Return a port on 127.0.0.1 that nothing listens on: connecting to it is refused."""
     with socket.socket() as probe:

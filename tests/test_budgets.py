@@ -14,7 +14,6 @@ from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import BudgetExceeded, ConfigurationError, InvalidRequestError
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
-from tests.services import redis_namespace
 
 #: $1 per million tokens in and out: a call's most is its tokens in millionths of a dollar.
 DOLLAR_A_MILLION = {"INPUT": "1", "OUTPUT": "1"}
@@ -24,24 +23,6 @@ WORST = Decimal("0.000011")
 #: call leaves room for another worst case in WORST + BILLED.
 BILLED = Decimal("0.000005")
 TWO_CALLS = str(WORST + BILLED)
-
-
-@pytest.fixture(params=["locmem", "redis"])
-def limits_cache(request, settings):
-    """LLM_LIMITS_CACHE on a local-memory cache, or on a namespace of the machine's Redis."""
-    if request.param == "locmem":
-        settings.CACHES = {
-            **settings.CACHES,
-            "limits": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        }
-        settings.LLM_LIMITS_CACHE = "limits"
-        yield request.param
-        return
-    with redis_namespace() as namespace:
-        settings.CACHES = {**settings.CACHES, "limits": namespace.cache}
-        settings.LLM_LIMITS_CACHE = "limits"
-        yield request.param
-    sharedstate.reset()
 
 
 @pytest.fixture
@@ -204,7 +185,6 @@ def test_a_failed_attempt_gives_back_what_it_held(budgeted, settings):
 def test_a_limits_cache_that_is_down_lets_calls_through(settings, openai_provider):
     from tests.services import closed_port
 
-    pytest.importorskip("redis")
     settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
     settings.CACHES = {
         **settings.CACHES,

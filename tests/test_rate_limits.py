@@ -20,23 +20,6 @@ from tests.timekeeping import simulated_time  # noqa: F401
 START = 1_800_000_000.0 - 1_800_000_000.0 % 60 + 20
 
 
-@pytest.fixture(params=["locmem", "redis"])
-def limits_cache(request, settings):
-    if request.param == "locmem":
-        settings.CACHES = {
-            **settings.CACHES,
-            "limits": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        }
-        settings.LLM_LIMITS_CACHE = "limits"
-        yield request.param
-        return
-    with redis_namespace() as namespace:
-        settings.CACHES = {**settings.CACHES, "limits": namespace.cache}
-        settings.LLM_LIMITS_CACHE = "limits"
-        yield request.param
-    sharedstate.reset()
-
-
 @pytest.fixture
 def limited(settings, openai_provider, limits_cache, simulated_time, monkeypatch):  # noqa: F811
     """Use case "summarize" on openai, in simulated time that starts 20 s into a minute."""

@@ -13,23 +13,14 @@ from llmapp.calls import sharedstate
 from llmapp.exceptions import ConfigurationError, InvalidRequestError
 from llmapp.models import CompletionEvent
 from tests.fakes.output_types import TICKET_SCHEMA
-from tests.services import redis_namespace
+from tests.services import CACHE_KINDS, cache_of_kind
 
 
-@pytest.fixture(params=["locmem", "redis"])
+@pytest.fixture(params=CACHE_KINDS)
 def answers_cache(request, settings):
     """The CACHES alias "answers": a local-memory cache, or a namespace on the machine's Redis."""
-    if request.param == "locmem":
-        settings.CACHES = {
-            **settings.CACHES,
-            "answers": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        }
+    with cache_of_kind(request.param, settings, "answers"):
         yield request.param
-        return
-    with redis_namespace() as namespace:
-        settings.CACHES = {**settings.CACHES, "answers": namespace.cache}
-        yield request.param
-    sharedstate.reset()
 
 
 @pytest.fixture
@@ -189,7 +180,6 @@ def test_a_cache_that_cannot_work_is_a_check_error(settings, cache, message):
 def test_a_cache_that_is_down_or_hung_is_a_miss_never_a_failure(settings, openai_provider, down):
     from tests.services import BlackHole, closed_port
 
-    pytest.importorskip("redis")
     settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
     settings.LLM_CACHE_TIMEOUT = 0.5
     settings.LLM_USECASES = {

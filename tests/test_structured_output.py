@@ -15,7 +15,7 @@ from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
 from tests.conftest import API_KEY
 from tests.fakes.output_types import TICKET_SCHEMA, Contact, Priority, Ticket
-from tests.test_provider_contract import CASES
+from tests.test_provider_contract import CASES, provider  # noqa: F401 (the fixture)
 
 VALID = '{"label": "spam", "score": 0.9}'
 ANSWERED = "CONFIDENTIAL-VALUE"
@@ -40,25 +40,15 @@ def native_schema(alias, body):
     return body["generationConfig"]["responseJsonSchema"]
 
 
-@pytest.fixture(params=list(CASES))
-def typed(request, settings):
-    """Use case 'triage' with TICKET_SCHEMA as its OUTPUT, on a provider's fake server."""
-    case = CASES[request.param]
-    with case.server_class() as server:
-        settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
-        settings.LLM_PROVIDERS = {
-            **settings.LLM_PROVIDERS,
-            request.param: {
-                "BACKEND": case.backend,
-                "OPTIONS": {"api_key": API_KEY, "base_url": server.base_url, "timeout": 3},
-                "CIRCUIT_BREAKER": None,
-            },
-        }
-        settings.LLM_USECASES = {
-            "triage": {"PROVIDER": request.param, "PROMPT": "Triage the ticket.", "OUTPUT": TICKET_SCHEMA}
-        }
-        server.alias, server.case = request.param, case
-        yield server
+@pytest.fixture
+def typed(provider, settings):  # noqa: F811 (the contract suite's fixture)
+    """Use case 'triage' with TICKET_SCHEMA as its OUTPUT, on each provider's fake server."""
+    settings.LLM_USECASES = {
+        "triage": {"PROVIDER": provider.alias, "PROMPT": "Triage the ticket.", "OUTPUT": TICKET_SCHEMA}
+    }
+    server = provider.server
+    server.alias, server.case = provider.alias, provider.case
+    return server
 
 
 def test_every_provider_asks_natively_and_parses_the_answer(typed):

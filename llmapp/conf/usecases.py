@@ -295,20 +295,9 @@ class UseCase:
         cache = cache_problem(self.name, self.cache)
         if cache is not None:
             problems.append(cache)
-        try:
-            budgeted = self.budget_spec is not None
-        except ConfigurationError as exc:
-            problems.append(exc)
-            budgeted = False
-        try:
-            self.rate_limit_spec  # noqa: B018 (raises when malformed)
-        except ConfigurationError as exc:
-            problems.append(exc)
-        try:
-            typed = self.output_spec is not None
-        except ConfigurationError as exc:
-            problems.append(exc)
-            typed = False
+        budgeted = self._spec("budget_spec", problems) is not None
+        self._spec("rate_limit_spec", problems)
+        typed = self._spec("output_spec", problems) is not None
         configured = conf.get_setting("LLM_PROVIDERS")
         if not isinstance(configured, dict) or not configured:
             return problems  # LLM_PROVIDERS's own problem
@@ -369,6 +358,15 @@ class UseCase:
                 hint=f"Add {model!r} to LLM_PROVIDERS[{alias!r}]['PRICES'] (FREE if it costs nothing).",
             )
         ]
+
+    def _spec(self, name, problems):
+        """The parsed field ``name`` (``output_spec``...); None, its ConfigurationError added to
+        ``problems``, when it is malformed."""
+        try:
+            return getattr(self, name)
+        except ConfigurationError as exc:
+            problems.append(exc)
+            return None
 
     def _output_problems(self, alias, typed):
         try:

@@ -211,55 +211,56 @@ class Command(LLMCommand):
     def read_messages(self, options):
         """The conversation of --messages FILE ('-': standard input), a JSON list; checked by the call."""
         name = options["messages"]
-        try:
-            if name == "-":
-                stdin = options.get("stdin", sys.stdin)
-                raw = getattr(stdin, "buffer", None)
-                text = raw.read().decode("utf-8") if raw is not None else stdin.read()
-            else:
-                with open(name, encoding="utf-8") as file:
-                    text = file.read()
-        except OSError as exc:
-            raise CommandError(f"cannot read --messages {name}: {exc.strerror}.") from None
-        except UnicodeDecodeError as exc:
-            raise CommandError(f"--messages {name} is not UTF-8 text (at byte {exc.start}).") from None
-        try:
-            return json.loads(text)
-        except RecursionError:
-            raise CommandError(f"--messages {name} is nested too deeply to be a list of turns.") from None
-        except ValueError as exc:
-            raise CommandError(
-                f"--messages {name} is not JSON ({exc}); it holds a list of "
-                '{"role": ..., "content": ...} turns.'
-            ) from None
+        return self.read_json(
+            f"--messages {name}",
+            "a list of turns",
+            'a list of {"role": ..., "content": ...} turns',
+            path=name,
+            stdin=options.get("stdin", sys.stdin),
+        )
 
     def read_schema(self, spec):
         """The output type of --schema: inline JSON, a JSON file, or a dotted path (checked by the call)."""
         text = spec.strip()
-        if not text.startswith(("{", "[")) and not os.path.isfile(spec):
+        inline = text.startswith(("{", "["))
+        if not inline and not os.path.isfile(spec):
             if not _DOTTED.match(text):
                 raise CommandError(
                     f"--schema {spec}: no such file, and not a dotted path (module.Type) or inline JSON."
                 )
             return text
-        where = "--schema" if text.startswith(("{", "[")) else f"--schema {spec}"
-        if where != "--schema":
+        where = "--schema" if inline else f"--schema {spec}"
+        schema = self.read_json(
+            where, "a JSON Schema", "a JSON Schema object", text=text if inline else None, path=spec
+        )
+        if not isinstance(schema, dict):
+            raise CommandError(f"{where} must be a JSON Schema object, got a JSON {type(schema).__name__}.")
+        return schema
+
+    def read_json(self, where, shape, holds, *, text=None, path=None, stdin=None):
+        """Return the JSON value of ``text``, else of the file ``path`` ('-': ``stdin``).
+
+        Each way it can fail is one line naming ``where`` (the option as given) and what it
+        should be (``shape``) or hold (``holds``).
+        """
+        if text is None:
             try:
-                with open(spec, encoding="utf-8") as file:
-                    text = file.read()
+                if path == "-":
+                    raw = getattr(stdin, "buffer", None)
+                    text = raw.read().decode("utf-8") if raw is not None else stdin.read()
+                else:
+                    with open(path, encoding="utf-8") as file:
+                        text = file.read()
             except OSError as exc:
                 raise CommandError(f"cannot read {where}: {exc.strerror}.") from None
             except UnicodeDecodeError as exc:
                 raise CommandError(f"{where} is not UTF-8 text (at byte {exc.start}).") from None
         try:
-            schema = json.loads(text)
+            return json.loads(text)
         except RecursionError:
-            raise CommandError(f"{where} is nested too deeply to be a JSON Schema.") from None
+            raise CommandError(f"{where} is nested too deeply to be {shape}.") from None
         except ValueError as exc:
-            raise CommandError(f"{where} is not JSON ({exc}); it holds a JSON Schema object.") from None
-        if not isinstance(schema, dict):
-            raise CommandError(f"{where} must be a JSON Schema object, got a JSON {type(schema).__name__}.")
-        return schema
+            raise CommandError(f"{where} is not JSON ({exc}); it holds {holds}.") from None
 
     def read_message(self, options):
         message = options["message"]

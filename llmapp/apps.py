@@ -9,8 +9,9 @@ class LlmAppConfig(AppConfig):
     def ready(self):
         from django.core import checks
 
-        from llmapp.conf.checks import check_llmapp
+        from llmapp.conf.checks import check_llmapp, check_overrides
         from llmapp.conf.startup import initialize_app
 
         checks.register(check_llmapp, "llmapp")
+        checks.register(check_overrides, "llmapp", checks.Tags.database)
         initialize_app()

@@ -14,10 +14,12 @@ class ConfigurationError(LLMError, ImproperlyConfigured):
     problem, listed in the README), ``hint`` what the check adds to the message.
     """
 
-    def __init__(self, message, *, check_id=None, hint=None):
+    def __init__(self, message, *, check_id=None, hint=None, field=None):
         super().__init__(message)
         self.check_id = check_id
         self.hint = hint
+        #: The use-case field (MODEL, FALLBACKS...) whose value this is the problem of, if one.
+        self.field = field
 
     def as_check(self, hint=None):
         """This problem as a Django check message: an Error, a Warning for a ``.W`` id."""
@@ -72,6 +74,10 @@ class InvalidMessageError(InvalidRequestError):
 
 class InvalidOutputType(InvalidRequestError):
     """A call's ``output`` is not a type or JSON Schema llmapp can ask for."""
+
+
+class UsecaseDisabled(InvalidRequestError):
+    """The use case's ENABLED is off (in settings, its override or the environment): nothing was sent."""
 
 
 class ProviderError(LLMError):

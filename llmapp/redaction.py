@@ -82,6 +82,8 @@ _QUERY_CREDENTIALS = re.compile(
 )
 # Bearer tokens, in case a server echoes one back; each provider adds its keys' shape.
 _BEARER = r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}"
+# llmapp's own API tokens (llmapp.api.tokens), wherever they appear.
+_API_TOKEN = r"\bllm_[A-Za-z0-9_-]{40,}"  # noqa: S105 (a pattern, not a password)
 _key_shapes = None
 
 
@@ -94,7 +96,7 @@ def key_shapes():
     global _key_shapes
     shapes = _key_shapes
     if shapes is None:
-        patterns = [_BEARER]
+        patterns = [_BEARER, _API_TOKEN]
         try:
             # Imported here: the providers import this module.
             from llmapp.providers import backend_classes

@@ -99,6 +99,7 @@ def cache_log(caplog):
 
 @pytest.mark.django_db
 def test_calls_go_on_without_the_circuit_when_its_cache_refuses(settings, refused, counted, caplog):
+    settings.LLM_USECASE_OVERRIDES = False  # its version check would be the first operation to fail
     # With a working cache this breaker opens on the first failure and the call fails.
     # A new dict: changing the settings' own would outlive the test.
     test_provider = {**settings.LLM_PROVIDERS["test"], "CIRCUIT_BREAKER": {"FAILURES": 1}}

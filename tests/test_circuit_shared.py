@@ -51,5 +51,6 @@ def test_workers_share_one_circuit(manage, fake_openai, redis_cache):
 
     # The state is under this test's own prefix (a parallel run's is under another), and
     # the fixture deletes it: the next run starts with the circuit closed.
-    circuit_keys = {key.rpartition(":llmapp:circuit:")[2] for key in redis_cache.stored_keys()}
+    stored = redis_cache.stored_keys()
+    circuit_keys = {key.rpartition(":llmapp:circuit:")[2] for key in stored if ":llmapp:circuit:" in key}
     assert circuit_keys == {"openai:failures", "openai:opened"}

@@ -83,9 +83,9 @@ def test_list_shows_usecases_with_provider_model_and_description(settings):
     settings.LLM_USECASES = {"triage": {"PROVIDER": "test", "DESCRIPTION": "Sort tickets"}}
     out, _ = llm("--list")
     lines = out.splitlines()
-    assert lines[0].split() == ["USE", "CASE", "PROVIDER", "MODEL", "DESCRIPTION"]
-    assert any(line.split()[:3] == ["summarize", "default", "preview"] for line in lines)
-    assert any(line.split() == ["triage", "test", "locmem", "Sort", "tickets"] for line in lines)
+    assert lines[0].split() == ["USE", "CASE", "PROVIDER", "MODEL", "OVERRIDE", "DESCRIPTION"]
+    assert any(line.split()[:4] == ["summarize", "default", "preview", "-"] for line in lines)
+    assert any(line.split() == ["triage", "test", "locmem", "-", "Sort", "tickets"] for line in lines)
 
 
 def test_dry_run_prints_the_request_and_sends_nothing(openai_provider):

@@ -13,8 +13,10 @@ from django.urls import path, reverse
 
 from llmapp.admin.display import NO_VALUE, budget_display, count, milliseconds, safe, usage_cells
 from llmapp.admin.health import ProviderHealth, provider_health
+from llmapp.admin.overrides import CHANGE_PERMISSION, edit_view, history_view, revert_view
 from llmapp.calls.service import complete_prompt
 from llmapp.calls.types import jsonable
+from llmapp.conf import overrides
 from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
 from llmapp.conf.usecases import UseCase as UseCaseConfig
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError, LLMError
@@ -23,7 +25,7 @@ from llmapp.tsdb import get_tsdb
 
 TEST_PERMISSION = "test_usecase"
 # Shown with their own headings on the detail page, not in the configuration table.
-OWN_SECTIONS = ("DESCRIPTION", "PROMPT", "OUTPUT")
+OWN_SECTIONS = ("DESCRIPTION", "PROMPT", "PROMPT_TEMPLATE", "MESSAGE_TEMPLATE", "OUTPUT")
 
 
 class TestPromptForm(forms.Form):
@@ -77,6 +79,10 @@ class UseCaseAdmin(admin.ModelAdmin):
     def has_test_permission(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.{TEST_PERMISSION}")
 
+    def has_edit_permission(self, request):
+        """Whether the user may change use cases' overrides; Django's own change views stay off."""
+        return request.user.has_perm(f"{self.opts.app_label}.{CHANGE_PERMISSION}")
+
     def get_urls(self):
         # Only these two: the default change, delete and history views would query
         # the placeholder's table, which does not exist.
@@ -86,12 +92,30 @@ class UseCaseAdmin(admin.ModelAdmin):
             path(
                 "<str:name>/", self.admin_site.admin_view(self.detail_view), name="{}_{}_detail".format(*info)
             ),
+            path(
+                "<str:name>/edit/",
+                self.admin_site.admin_view(lambda request, name: edit_view(self, request, name)),
+                name="{}_{}_edit".format(*info),
+            ),
+            path(
+                "<str:name>/history/",
+                self.admin_site.admin_view(lambda request, name: history_view(self, request, name)),
+                name="{}_{}_history".format(*info),
+            ),
+            path(
+                "<str:name>/revert/<int:revision>/",
+                self.admin_site.admin_view(
+                    lambda request, name, revision: revert_view(self, request, name, revision)
+                ),
+                name="{}_{}_revert".format(*info),
+            ),
         ]
 
     def changelist_view(self, request, extra_context=None):
         if not self.has_view_permission(request):
             raise PermissionDenied
         context = self.context(request, title="Use cases")
+        overrides.refresh()
         try:
             usecases = list(get_usecases().values())
         except ConfigurationError as exc:
@@ -104,6 +128,7 @@ class UseCaseAdmin(admin.ModelAdmin):
     def detail_view(self, request, name):
         if not self.has_view_permission(request):
             raise PermissionDenied
+        overrides.refresh()
         try:
             usecase = get_usecase(name)
         except InvalidUsecaseError:
@@ -119,10 +144,14 @@ class UseCaseAdmin(admin.ModelAdmin):
             "row": row,
             "configuration": configuration(row),
             "prompt": safe(usecase.prompt),
+            "templates": templates_display(usecase),
+            "disabled_origin": usecase.origin("ENABLED"),
             "description": safe(usecase.description),
             "output": output_display(usecase),
             "usage_note": usage_note,
             "can_test": can_test,
+            "can_edit": self.has_edit_permission(request),
+            "by_prompt_version": self.by_prompt_version(request, usecase.name),
             "form": form,
             "result": result and completion_display(result),
             "error": safe(error),
@@ -180,6 +209,45 @@ class UseCaseAdmin(admin.ModelAdmin):
             rows.append(UseCaseRow(usecase, provider, model, model_source, figures, budget_display(usecase)))
         return rows
 
+    def by_prompt_version(self, request, name, days=7):
+        """The use case's calls over ``days`` days by prompt version: a change in answers traced to
+        a change in prompts. None when this user may not read the log."""
+        from datetime import timedelta
+
+        from django.db.models import Avg, Count, Min, Q, Sum
+        from django.utils import timezone
+
+        try:
+            log_admin = self.admin_site.get_model_admin(CompletionEvent)
+        except NotRegistered:
+            return None
+        if not log_admin.has_view_permission(request):
+            return None
+        since = timezone.now() - timedelta(days=days)
+        rows = (
+            CompletionEvent.objects.filter(usecase=name, created_at__gte=since)
+            .values("prompt_version")
+            .annotate(
+                calls=Count("pk"),
+                errors=Count("pk", filter=~Q(status=CompletionEvent.Status.OK)),
+                latency=Avg("latency_ms"),
+                output_tokens=Sum("output_tokens"),
+                first=Min("created_at"),
+            )
+            .order_by("-first")
+        )
+        return [
+            {
+                "version": row["prompt_version"] or NO_VALUE,
+                "calls": count(row["calls"]),
+                "error_rate": f"{row['errors'] / row['calls']:.1%}",
+                "latency": milliseconds(row["latency"]),
+                "output_tokens": count(row["output_tokens"]),
+                "first": row["first"],
+            }
+            for row in rows
+        ]
+
     def recent(self, request, name):
         """Return the recent calls of use case ``name``, if this user may read the log."""
         try:
@@ -225,6 +293,28 @@ def configuration(row):
             value = ", ".join(map(str, value)) or NO_VALUE
         lines.append((label, safe(str(value)), usecase.origin(field)))
     return lines
+
+
+def templates_display(usecase):
+    """The use case's PROMPT_TEMPLATE and MESSAGE_TEMPLATE: where each is set, its version and source."""
+    shown = []
+    for field in ("PROMPT_TEMPLATE", "MESSAGE_TEMPLATE"):
+        try:
+            template = usecase.template(field)
+            if template is None:
+                continue
+            shown.append(
+                {
+                    "field": field,
+                    "name": template.name,
+                    "origin": usecase.origin(field),
+                    "version": template.version,
+                    "source": safe(template.template.source),
+                }
+            )
+        except ConfigurationError as exc:
+            shown.append({"field": field, "origin": usecase.origin(field), "error": safe(str(exc))})
+    return shown
 
 
 def output_display(usecase):

@@ -12,6 +12,8 @@ from llmapp.calls.spend import responses
 from llmapp.calls.spend.budgets import Budgets, subject_key
 from llmapp.calls.spend.ratelimits import Limiter, provider_limits
 from llmapp.calls.types import CallOptions, Completion, CompletionRequest, evolve
+from llmapp.conf import overrides
+from llmapp.conf.prompts import text_version
 from llmapp.conf.usecases import RULES, get_usecase, shown
 from llmapp.exceptions import (
     InvalidMaxOutputTokens,
@@ -23,6 +25,7 @@ from llmapp.exceptions import (
     InvalidTemperature,
     ProviderError,
     StreamAbandoned,
+    UsecaseDisabled,
 )
 from llmapp.providers import providers
 
@@ -55,6 +58,7 @@ def prepare_request(
     provider=None,
     model=None,
     output=None,
+    context=None,
 ):
     """Resolve and validate one call; return the request and the backend that would serve it.
 
@@ -62,8 +66,25 @@ def prepare_request(
     what is wrong, never how a particular caller (the CLI, a view) should pass it.
     """
     config = get_usecase(usecase)
+    if not config.enabled:
+        raise UsecaseDisabled(
+            f"use case {config.name!r} is disabled ({config.origin('ENABLED')}); nothing was sent."
+        )
+    if context is not None and not isinstance(context, Mapping):
+        raise InvalidRequestError(
+            f"context must be a dict of template variables, got a {type(context).__name__}."
+        )
+    template = config.template("MESSAGE_TEMPLATE")
+    if template is not None and messages is None:
+        given = {} if message is None else {"message": message}
+        message = template.render({**(context or {}), **given})
     message, history = _conversation(message, messages)
-    prompt = config.prompt if prompt is None else prompt
+    if prompt is None:
+        template = config.template("PROMPT_TEMPLATE")
+        prompt = config.prompt if template is None else template.render(context)
+        version = config.prompt_version
+    else:
+        version = text_version(prompt) if isinstance(prompt, str) else ""
     if isinstance(prompt, str):
         _check_encodable("prompt", prompt)
 
@@ -103,6 +124,7 @@ def prepare_request(
         max_output_tokens=max_output_tokens,
         history=history,
         output=output,
+        prompt_version=version,
     )
     return request, backend
 
@@ -165,7 +187,7 @@ def plan_call(
     output_retries=None,
     cache=responses.USE,
     subject=None,
-    **overrides,
+    **options,
 ):
     """Validate one call and return its request and the Attempts that will run it.
 
@@ -177,7 +199,7 @@ def plan_call(
         raise InvalidRequestError(
             f"cache must be one of {', '.join(map(repr, responses.MODES))}, got {shown(cache)}."
         )
-    request, backend = prepare_request(usecase, message, **overrides)
+    request, backend = prepare_request(usecase, message, **options)
     config = get_usecase(usecase)
     timeout = _checked("TIMEOUT", timeout, config, InvalidRequestError)
     retries = _checked("RETRIES", retries, config, InvalidRequestError)
@@ -202,16 +224,17 @@ def plan_call(
     return request, attempts
 
 
-def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]) -> Completion:
+def complete_prompt(usecase: str, message: str | None = None, **options: Unpack[CallOptions]) -> Completion:
     """Run ``usecase`` on ``message`` and return its Completion.
 
     Keyword overrides, for this call only: ``prompt``, ``temperature`` (0-1),
     ``max_output_tokens``, ``provider`` (an LLM_PROVIDERS alias), ``model``,
     ``timeout``, ``retries``, ``fallbacks``, ``messages`` (a conversation in place of
-    ``message``), ``output`` (the answer's type: ``Completion.parsed`` holds it) and
-    ``output_retries``.
+    ``message``), ``output`` (the answer's type: ``Completion.parsed`` holds it),
+    ``output_retries`` and ``context`` (what PROMPT_TEMPLATE and MESSAGE_TEMPLATE render with).
     """
-    _, attempts = plan_call(usecase, message, **overrides)
+    overrides.refresh()
+    _, attempts = plan_call(usecase, message, **options)
     call = Call(attempts)
     answers = attempts.answers
     if answers is not None and (hit := answers.get(attempts.request, budget=attempts.left())) is not None:
@@ -235,7 +258,7 @@ def complete_prompt(usecase: str, message: str | None = None, **overrides: Unpac
 
 
 def stream_prompt(
-    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
+    usecase: str, message: str | None = None, **options: Unpack[CallOptions]
 ) -> Iterator[str | Completion]:
     """Yield the answer's text chunks as they arrive, then its Completion.
 
@@ -244,7 +267,8 @@ def stream_prompt(
     failure ends the stream, and so does an answer that does not match the output type
     (checked when the stream ends: InvalidOutputError). The deadline holds while text flows, too.
     """
-    _, attempts = plan_call(usecase, message, **overrides)
+    overrides.refresh()
+    _, attempts = plan_call(usecase, message, **options)
     call = Call(attempts, streaming=True)
     answers = attempts.answers
     if answers is not None and (hit := answers.get(attempts.request, budget=attempts.left())) is not None:
@@ -286,7 +310,7 @@ def stream_prompt(
 
 
 async def acomplete_prompt(
-    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
+    usecase: str, message: str | None = None, **options: Unpack[CallOptions]
 ) -> Completion:
     """The async twin of :func:`complete_prompt`, for ASGI views.
 
@@ -294,7 +318,8 @@ async def acomplete_prompt(
     breaker that answers from memory (its cache, when it must be asked, is awaited on a
     thread of its own) and a usage event put on the writer's queue.
     """
-    _, attempts = plan_call(usecase, message, **overrides)
+    await overrides.arefresh()
+    _, attempts = plan_call(usecase, message, **options)
     call = Call(attempts)
     answers = attempts.answers
     if (
@@ -322,10 +347,11 @@ async def acomplete_prompt(
 
 
 async def astream_prompt(
-    usecase: str, message: str | None = None, **overrides: Unpack[CallOptions]
+    usecase: str, message: str | None = None, **options: Unpack[CallOptions]
 ) -> AsyncIterator[str | Completion]:
     """The async twin of :func:`stream_prompt`: text chunks as they arrive, then the Completion."""
-    _, attempts = plan_call(usecase, message, **overrides)
+    await overrides.arefresh()
+    _, attempts = plan_call(usecase, message, **options)
     call = Call(attempts, streaming=True)
     answers = attempts.answers
     if (

@@ -47,6 +47,8 @@ class CallOptions(TypedDict, total=False):
     #: Whom the call is for (a user, an account: a saved model instance, or a string), held
     #: to the use case's BUDGET PER_SUBJECT and named in its usage event.
     subject: Any
+    #: What the use case's PROMPT_TEMPLATE and MESSAGE_TEMPLATE render with.
+    context: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class CompletionRequest:
     output_mode: str | None = None
     #: Whom the call is for, as ``budgets.subject_key`` names it; None for no one.
     subject: str | None = None
+    #: What the prompt was, for the usage event (``UseCase.prompt_version``).
+    prompt_version: str = field(default="", compare=False)
 
     @property
     def turns(self):

@@ -16,6 +16,10 @@ DEFAULTS = {
     "LLM_USECASES": {},
     # Read LLM_<USECASE>_<FIELD> variables (LLM_SUMMARIZE_PROVIDER=openai) over settings.
     "LLM_USECASE_ENV_OVERRIDES": True,
+    # Use-case fields changed in the admin or over the API (llmapp.conf.overrides), over settings.
+    "LLM_USECASE_OVERRIDES": True,
+    # Which fields those may change; None: every one of overrides.EDITABLE_FIELDS.
+    "LLM_EDITABLE_FIELDS": None,
     "LLM_EVENTSTREAM": "database",
     # The event stream's keyword arguments; for "database": queue_size, batch_size,
     # max_wait, synchronous and timeout (llmapp.eventstream.database.DEFAULTS).

@@ -11,9 +11,10 @@ from django.core import checks
 
 from llmapp import conf, eventstream, tsdb
 from llmapp.calls.sharedstate import check_shared_state
+from llmapp.conf import overrides
 from llmapp.conf.backends import backend_class
 from llmapp.conf.startup import called_from
-from llmapp.conf.usecases import get_usecase_errors, get_usecases
+from llmapp.conf.usecases import get_usecase_errors, get_usecases, resolve_with
 from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
 from llmapp.metrics.checks import check_metrics
 from llmapp.providers import check_entry, providers
@@ -105,9 +106,53 @@ def running_check_command():
 
 
 def validate_options():
-    """Check the providers and the use cases."""
+    """Check the providers, the use cases and what their overrides may change."""
     backends, messages = _check_providers()
-    return messages + _check_usecases(backends)
+    return messages + _check_usecases(backends) + _check_editable_fields()
+
+
+def _check_editable_fields():
+    chosen = conf.get_setting("LLM_EDITABLE_FIELDS")
+    if chosen is None:
+        return []
+    if isinstance(chosen, list | tuple) and all(field in overrides.EDITABLE_FIELDS for field in chosen):
+        return []
+    return [
+        checks.Error(
+            f"LLM_EDITABLE_FIELDS must be a list of {', '.join(overrides.EDITABLE_FIELDS)}; got {chosen!r}.",
+            hint="Leave it unset to make every one of them editable, or [] for none.",
+            id="llmapp.E032",
+        )
+    ]
+
+
+def check_overrides(app_configs=None, databases=None, **kwargs):
+    """Overrides saved in the database that no longer hold (a provider or model since removed).
+
+    A database check (``check --database default``, ``migrate``): other commands read no database.
+    """
+    if not databases or not overrides.enabled():
+        return []
+    try:
+        saved = overrides.read_overrides()
+    except Exception:  # no table yet (before migrate), or no database: nothing to check
+        return []
+    messages = []
+    for name, (revision, fields) in saved.items():
+        try:
+            _, problems = resolve_with(name, fields, revision)
+        except ConfigurationError:  # an unknown use case, or broken settings: their own checks say so
+            continue
+        messages += [
+            checks.Warning(
+                redact(f"the override of use case {name!r} (revision {revision}) no longer holds: {problem}"),
+                hint="Calls use the value beneath it. Change the use case in the admin or over the API, "
+                "or restore the provider or model in settings.",
+                id="llmapp.W009",
+            )
+            for problem in problems
+        ]
+    return messages
 
 
 def validate_backends():

@@ -3,11 +3,14 @@
 Each field's value is resolved in layers, later ones winning:
 
     builtin < code (register_usecase from an AppConfig.ready) < settings (LLM_USECASES)
+            < override (saved in the admin or over the API: llmapp.conf.overrides)
             < environment (LLM_<USECASE>_<FIELD>, when LLM_USECASE_ENV_OVERRIDES is on)
 
 and the registry remembers which layer each value came from.
 """
 
+import contextlib
+import contextvars
 import functools
 import json
 import numbers
@@ -27,10 +30,11 @@ from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
 from llmapp.redaction import mask, redact
 
-BUILTIN, CODE, SETTINGS, ENVIRONMENT, PROVIDER_DEFAULT = (
+BUILTIN, CODE, SETTINGS, OVERRIDE, ENVIRONMENT, PROVIDER_DEFAULT = (
     "built-in",
     "code",
     "settings",
+    "override",
     "environment",
     "provider default",
 )
@@ -85,10 +89,27 @@ cache_alias.__name__ = "CACHES alias"
 
 whole_number.__name__ = "whole number"
 
+
+def boolean(text):
+    """Parse "true"/"false" (also on/off, yes/no, 1/0)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+boolean.__name__ = "boolean (true or false)"
+
 # Field name -> parser for values given as text (environment variables).
 FIELDS = {
+    "ENABLED": boolean,
     "DESCRIPTION": str,
     "PROMPT": str,
+    # A template name (in an override: the template's source); see llmapp.conf.prompts.
+    "PROMPT_TEMPLATE": str,
+    "MESSAGE_TEMPLATE": str,
     "PROVIDER": str,
     "MODEL": str,
     "TEMPERATURE": number,
@@ -125,8 +146,14 @@ BUILTIN_USECASES = {
 
 # What a use case registered only in code or settings gets for the fields it leaves out.
 _DEFAULTS = {
+    # Off: calls raise UsecaseDisabled without sending.
+    "ENABLED": True,
     "DESCRIPTION": "",
     "PROMPT": "",
+    # The system prompt as a Django template rendered with the call's context (over PROMPT).
+    "PROMPT_TEMPLATE": None,
+    # The user's message as a Django template, rendered with the context and ``message``.
+    "MESSAGE_TEMPLATE": None,
     "PROVIDER": "default",
     "MODEL": None,
     "TEMPERATURE": 0.5,
@@ -181,6 +208,7 @@ class Rule:
 
 
 RULES = {
+    "ENABLED": Rule(lambda value: isinstance(value, bool), "True or False", "llmapp.E031"),
     # NaN fails every comparison, so it is never in range.
     "TEMPERATURE": Rule(
         lambda value: is_number(value) and 0 <= value <= 1,
@@ -237,6 +265,11 @@ class UseCase:
     cache: dict | None = None
     budget: dict | None = None
     rate_limit: dict | None = None
+    enabled: bool = True
+    prompt_template: str | None = None
+    message_template: str | None = None
+    #: The id of the override revision whose fields it carries, or None.
+    revision: int | None = None
 
     def source(self, field):
         return self.sources.get(field.upper(), BUILTIN)
@@ -249,6 +282,8 @@ class UseCase:
             return f"from LLM_USECASES[{self.name!r}][{field!r}]"
         if source == ENVIRONMENT:
             return f"from {env_variable(self.name, field)}"
+        if source == OVERRIDE:
+            return "from its override" + (f" (revision {self.revision})" if self.revision else "")
         return f"from {source}"
 
     def named_in(self, field):
@@ -265,6 +300,7 @@ class UseCase:
             rule.message(field.lower(), value, self.named_in(field)),
             check_id=rule.check_id,
             hint=f"Fix it where it is set, or leave it unset for llmapp's default, {_DEFAULTS[field]!r}.",
+            field=field,
         )
 
     @functools.cached_property
@@ -285,6 +321,43 @@ class UseCase:
                 "or the dotted path to one.",
             ) from None
 
+    def template(self, field):
+        """The PromptTemplate of PROMPT_TEMPLATE or MESSAGE_TEMPLATE, or None when unset.
+
+        A name loads from the template engine; an override holds the template's source.
+        """
+        value = getattr(self, field.lower())
+        if not value:
+            return None
+        return self._templates.setdefault(field, self._template(field, value))
+
+    def _template(self, field, value):
+        from llmapp.conf.prompts import PromptTemplate
+
+        if self.source(field) == OVERRIDE:
+            return PromptTemplate(self.name, field, source=value)
+        return PromptTemplate(self.name, field, name=value)
+
+    @functools.cached_property
+    def _templates(self):
+        return {}
+
+    @functools.cached_property
+    def prompt_version(self):
+        """What its prompt is, for the usage events: the override's revision when the override
+        sets it, else its templates' names and hashes, else a hash of PROMPT."""
+        from llmapp.conf.prompts import text_version
+
+        texts = ("PROMPT", "PROMPT_TEMPLATE", "MESSAGE_TEMPLATE")
+        if self.revision and any(self.source(field) == OVERRIDE for field in texts):
+            return f"revision {self.revision}"
+        prompt = self.template("PROMPT_TEMPLATE")
+        parts = [prompt.version if prompt else (text_version(self.prompt) if self.prompt else "")]
+        message = self.template("MESSAGE_TEMPLATE")
+        if message is not None:
+            parts.append(message.version)
+        return "+".join(part for part in parts if part)
+
     def problems(self):
         """Everything wrong with this use case, each a ConfigurationError with its check id.
 
@@ -292,6 +365,14 @@ class UseCase:
         call raises the first it meets. A broken provider entry is that entry's problem.
         """
         problems = [error for field in RULES if (error := self.invalid(field)) is not None]
+        for field in ("PROMPT_TEMPLATE", "MESSAGE_TEMPLATE"):
+            try:
+                template = self.template(field)
+                if template is not None:
+                    template.template  # noqa: B018 (compiles it: a missing or malformed one is a problem)
+            except ConfigurationError as exc:
+                exc.field = field
+                problems.append(exc)
         cache = cache_problem(self.name, self.cache)
         if cache is not None:
             problems.append(cache)
@@ -307,6 +388,7 @@ class UseCase:
                     providers.unknown(self.provider, self.named_in("PROVIDER")),
                     check_id="llmapp.E004",
                     hint=redact(f"Name one of those, or add {self.provider!r} to LLM_PROVIDERS."),
+                    field="PROVIDER",
                 )
             )
         else:
@@ -321,6 +403,7 @@ class UseCase:
                         self.unknown_fallback(alias),
                         check_id="llmapp.E021",
                         hint='FALLBACKS lists "provider" or "provider:model" of configured providers.',
+                        field="FALLBACKS",
                     )
                 )
             else:
@@ -405,16 +488,55 @@ class UseCase:
             return []
         model = model or backend.model
         if not model:
-            return [self.missing_model(alias)]
+            error = self.missing_model(alias)
+            error.field = field
+            return [error]
         disallowed = backend.disallowed_model(model, what)
         if not disallowed:
             return []
         hint = redact(f"Name one of those in {field}, or add {model!r} to the MODELS of {alias!r}.")
-        return [ConfigurationError(disallowed, check_id="llmapp.E005", hint=hint)]
+        return [ConfigurationError(disallowed, check_id="llmapp.E005", hint=hint, field=field)]
 
 
 _code_usecases = {}
 _lock = threading.Lock()
+# The override layer, as llmapp.conf.overrides last read it: {name: (revision id, fields)}.
+_overrides = {}
+# {name: [ConfigurationError]}: override fields that no longer hold (an alias or model
+# removed since), left out so that calls use the value beneath.
+_set_aside = {}
+
+
+# Use cases tried before they are saved ("Test this draft"), for the calls of one context only.
+_drafts = contextvars.ContextVar("llmapp_usecase_drafts", default=None)
+
+
+@contextlib.contextmanager
+def drafted(usecase):
+    """Within the block, calls of ``usecase.name`` in this context (thread, task) use ``usecase``."""
+    token = _drafts.set({**(_drafts.get() or {}), usecase.name: usecase})
+    try:
+        yield usecase
+    finally:
+        _drafts.reset(token)
+
+
+def set_overrides(overrides):
+    """Replace the override layer (``{name: (revision id, fields)}``); the next lookup resolves anew."""
+    global _overrides
+    _overrides = dict(overrides)
+    _registry.cache_clear()
+
+
+def override_of(name):
+    """The fields of use case ``name``'s override as last read ({} for none), those set aside included."""
+    return dict(_overrides.get(name, (None, {}))[1])
+
+
+def set_aside_overrides():
+    """Return {use-case name: [ConfigurationError]} of override fields left out: they no longer hold."""
+    _registry()
+    return dict(_set_aside)
 
 
 def register_usecase(name: str, **fields: Any) -> None:
@@ -459,12 +581,62 @@ def _registry():
     names += [name for name in configured if name not in names]
     read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
     usecases, errors = {}, {}
+    _set_aside.clear()
     for name in names:
         try:
             usecases[name] = _resolve(name, configured.get(name) or {}, read_env)
         except ConfigurationError as exc:
             errors[name] = exc
+            continue
+        if name in _overrides:
+            revision, fields = _overrides[name]
+            usecases[name], set_aside = with_override(
+                usecases[name], configured.get(name) or {}, revision, fields
+            )
+            if set_aside:
+                _set_aside[name] = set_aside
     return usecases, errors
+
+
+def resolve_with(name, override, revision=None):
+    """Return use case ``name`` with ``override`` (fields) over its settings, and its problems that
+    come from the override: ``(UseCase, [ConfigurationError])``. For drafts, before they are saved."""
+    configured = conf.get_setting("LLM_USECASES")
+    from_settings = (configured.get(name) if isinstance(configured, dict) else None) or {}
+    base = _resolve(name, from_settings, conf.get_setting("LLM_USECASE_ENV_OVERRIDES"))
+    usecase = _resolve(name, from_settings, conf.get_setting("LLM_USECASE_ENV_OVERRIDES"), override, revision)
+    return usecase, _new_problems(base, usecase)
+
+
+def with_override(base, from_settings, revision, fields):
+    """``base`` with the override's ``fields``; fields that no longer hold are left out.
+
+    Returns the UseCase and the problems of the fields left out.
+    """
+    read_env = conf.get_setting("LLM_USECASE_ENV_OVERRIDES")
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:  # saved by a version of llmapp that had them
+        return base, [ConfigurationError(f"fields {', '.join(unknown)} are not use-case fields")]
+    usecase = _resolve(base.name, from_settings, read_env, fields, revision)
+    problems = _new_problems(base, usecase)
+    if not problems:
+        return usecase, []
+    bad = {problem.field for problem in problems}
+    kept = {} if None in bad else {field: value for field, value in fields.items() if field not in bad}
+    if "PROVIDER" in bad:  # a model is chosen within its provider
+        kept.pop("MODEL", None)
+    usecase = _resolve(base.name, from_settings, read_env, kept, revision)
+    return (usecase if not _new_problems(base, usecase) else base), problems
+
+
+def _new_problems(base, usecase):
+    """The errors of ``usecase`` that ``base`` (the same use case without an override) does not have."""
+    before = {str(problem) for problem in base.problems()}
+    return [
+        problem
+        for problem in usecase.problems()
+        if ".E" in (problem.check_id or ".E") and str(problem) not in before
+    ]
 
 
 def get_usecases():
@@ -480,6 +652,9 @@ def get_usecase_errors():
 def get_usecase(name):
     """Return the use case ``name``; raise its ConfigurationError when one of its values is
     wrong, or InvalidUsecaseError naming the known ones when there is no such use case."""
+    drafts = _drafts.get()
+    if drafts is not None and name in drafts:
+        return drafts[name]
     usecases, errors = _registry()
     if name in errors:
         error = errors[name]
@@ -499,7 +674,7 @@ def env_variable(name, field):
     return "LLM_{}_{}".format(re.sub(r"\W", "_", name).upper(), field)
 
 
-def _resolve(name, from_settings, read_env):
+def _resolve(name, from_settings, read_env, override=None, revision=None):
     _check_name(name, "LLM_USECASES")
     _check_fields(from_settings, f"LLM_USECASES[{name!r}]")
     values = dict(_DEFAULTS)
@@ -508,6 +683,7 @@ def _resolve(name, from_settings, read_env):
         (BUILTIN, BUILTIN_USECASES.get(name, {})),
         (CODE, _code_usecases.get(name, {})),
         (SETTINGS, from_settings),
+        (OVERRIDE, override or {}),
     ):
         for field, value in fields.items():
             values[field] = value
@@ -546,6 +722,10 @@ def _resolve(name, from_settings, read_env):
         cache=values["CACHE"] or None,
         budget=values["BUDGET"] or None,
         rate_limit=values["RATE_LIMIT"] or None,
+        enabled=values["ENABLED"],
+        prompt_template=values["PROMPT_TEMPLATE"] or None,
+        message_template=values["MESSAGE_TEMPLATE"] or None,
+        revision=revision if override else None,
     )
 
 

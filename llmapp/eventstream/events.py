@@ -47,6 +47,8 @@ class UsageEvent:
     cached: bool = False
     #: Whom the call was for (``app_label.model:pk`` or the string given), or "".
     subject: str = ""
+    #: What the prompt was (``UseCase.prompt_version``): a change in answers traced to one in prompts.
+    prompt_version: str = ""
 
     def as_dict(self):
         data = asdict(self)
@@ -71,6 +73,7 @@ def build_event(
         "messages": len(request.history) + 1,
         "rates": rates or None,
         "subject": request.subject or "",
+        "prompt_version": request.prompt_version,
         "conversation": (
             [{"role": role, "content": content} for role, content in request.history]
             if with_content and request.history

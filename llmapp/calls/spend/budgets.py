@@ -104,7 +104,7 @@ def _limit(where, value):
 
 
 def _wrong(message):
-    return ConfigurationError(message, check_id="llmapp.E028", hint=BUDGET_HINT)
+    return ConfigurationError(message, check_id="llmapp.E028", hint=BUDGET_HINT, field="BUDGET")
 
 
 def subject_key(subject):

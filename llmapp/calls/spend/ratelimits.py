@@ -91,7 +91,7 @@ def provider_limits(alias, config):
 
 
 def _wrong(message):
-    return ConfigurationError(message, check_id="llmapp.E029", hint=RATE_LIMIT_HINT)
+    return ConfigurationError(message, check_id="llmapp.E029", hint=RATE_LIMIT_HINT, field="RATE_LIMIT")
 
 
 class Slots:

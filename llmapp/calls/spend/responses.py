@@ -54,7 +54,7 @@ def cache_problem(usecase, value):
 
 
 def _wrong(message):
-    return ConfigurationError(message, check_id="llmapp.E027", hint=CACHE_HINT)
+    return ConfigurationError(message, check_id="llmapp.E027", hint=CACHE_HINT, field="CACHE")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from django.core.management.base import CommandError
 from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
 from llmapp.calls.spend.cost import dollars, most_cost
 from llmapp.calls.types import Completion
-from llmapp.conf.usecases import get_usecase_errors, get_usecases
+from llmapp.conf import overrides
+from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecase_errors, get_usecases
 from llmapp.exceptions import InvalidMessageError, InvalidOutputType, LLMError
 from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import BatchRun
@@ -38,6 +39,12 @@ class Command(LLMCommand):
             "\"content\": ...} turns ending with the user's, from FILE ('-' for standard input).",
         )
         parser.add_argument("--prompt", help="Use this system prompt instead of the use case's.")
+        parser.add_argument(
+            "--context",
+            metavar="JSON",
+            help="What the use case's PROMPT_TEMPLATE and MESSAGE_TEMPLATE render with: a JSON object, "
+            "inline or in a file.",
+        )
         parser.add_argument("--provider", help="Call this LLM_PROVIDERS alias instead of the use case's.")
         parser.add_argument("--model", help="Ask for this model instead of the use case's.")
         parser.add_argument("--temperature", help="Temperature from 0 to 1, mapped to the provider's range.")
@@ -80,7 +87,10 @@ class Command(LLMCommand):
             "usage, latency_ms.",
         )
         parser.add_argument(
-            "--list", action="store_true", help="List the use cases with provider, model and description."
+            "--list",
+            action="store_true",
+            help="List the use cases with provider, model and description; with a use case, each of its "
+            "fields with its value and where it is set.",
         )
         parser.add_argument(
             "--usage",
@@ -113,8 +123,12 @@ class Command(LLMCommand):
 
     def handle(self, *args, **options):
         try:
+            overrides.refresh()
             if options["list"]:
-                self.list_usecases()
+                if options["usecase"]:
+                    self.list_fields(options["usecase"])
+                else:
+                    self.list_usecases()
                 return
             if options["usage"]:
                 self.print_usage()
@@ -152,8 +166,12 @@ class Command(LLMCommand):
             if options["message"] is not None:
                 raise CommandError("--message and --messages cannot be combined; pick one.")
             message, conversation = None, {"messages": self.read_messages(options)}
+        elif options["message"] is None and get_usecase(options["usecase"]).message_template:
+            message, conversation = None, {}  # the use case's MESSAGE_TEMPLATE makes it
         else:
             message, conversation = self.read_message(options), {}
+        if options["context"] is not None:
+            conversation["context"] = self.read_context(options["context"])
         overrides = conversation | {
             "prompt": options["prompt"],
             "provider": options["provider"],
@@ -218,6 +236,21 @@ class Command(LLMCommand):
             path=name,
             stdin=options.get("stdin", sys.stdin),
         )
+
+    def read_context(self, spec):
+        """The template context of --context: inline JSON or a JSON file, an object."""
+        inline = spec.strip().startswith("{")
+        where = "--context" if inline else f"--context {spec}"
+        context = self.read_json(
+            where,
+            "a JSON object",
+            "a JSON object of template variables",
+            text=spec if inline else None,
+            path=spec,
+        )
+        if not isinstance(context, dict):
+            raise CommandError(f"{where} must be a JSON object, got a JSON {type(context).__name__}.")
+        return context
 
     def read_schema(self, spec):
         """The output type of --schema: inline JSON, a JSON file, or a dotted path (checked by the call)."""
@@ -294,12 +327,38 @@ class Command(LLMCommand):
 
     def list_usecases(self):
         rows = [
-            (usecase.name, usecase.provider, _model(usecase), usecase.description)
+            (
+                usecase.name,
+                usecase.provider,
+                _model(usecase),
+                f"revision {usecase.revision}" if usecase.revision else "-",
+                ("" if usecase.enabled else "DISABLED: ") + usecase.description,
+            )
             for usecase in get_usecases().values()
         ]
         # A use case with a wrong value is listed too, with what is wrong, rather than left out.
-        rows += [(name, "-", "-", f"MISCONFIGURED: {error}") for name, error in get_usecase_errors().items()]
-        self.table(("USE CASE", "PROVIDER", "MODEL", "DESCRIPTION"), rows)
+        rows += [
+            (name, "-", "-", "-", f"MISCONFIGURED: {error}") for name, error in get_usecase_errors().items()
+        ]
+        self.table(("USE CASE", "PROVIDER", "MODEL", "OVERRIDE", "DESCRIPTION"), rows)
+
+    def list_fields(self, name):
+        """Each field of use case ``name``: its value and the layer it comes from."""
+        usecase = get_usecase(name)
+        rows = []
+        for field in FIELDS:
+            value = getattr(usecase, field.lower())
+            if field == "MODEL" and not value:
+                value, origin = _model(usecase), f"from the {PROVIDER_DEFAULT} of {usecase.provider!r}"
+            else:
+                origin = usecase.origin(field)
+            shown = json.dumps(
+                list(value) if isinstance(value, tuple) else value, ensure_ascii=False, default=str
+            )
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            rows.append((field, redact(shown), origin))
+        self.table(("FIELD", "VALUE", "SET"), rows)
 
     def print_usage(self):
         store = get_tsdb()

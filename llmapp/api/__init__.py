@@ -1,0 +1,1 @@
+"""The JSON API over use cases: ``include("llmapp.urls")``; see ``llmapp.api.views``."""

@@ -1,0 +1,417 @@
+"""The override layer: use-case fields changed at run time, in the admin or over the JSON API.
+
+Operators change a prompt or a model without a deploy, as Sentry's options store lets
+them change its use cases. Each change is an append-only ``UseCaseRevision``; the
+newest revision of a use case is its override, which sits over the settings and under
+the environment (``llmapp.conf.usecases``). Only the fields of ``EDITABLE_FIELDS``
+(narrowed by ``LLM_EDITABLE_FIELDS``) can be changed: never a backend, an option, a key
+or a URL, which stay in settings.
+
+Every process sees a saved change on its next call, without a restart: saving bumps a
+version token in the shared cache (``LLM_LIMITS_CACHE``), and each call compares it with
+the one it loaded. A per-process cache (LocMem, Dummy) cannot tell other processes, so
+there the newest revision is read from the database instead, at most once a second.
+A cache or database that is down leaves the overrides as last read: counted, logged
+once per interval, never failing a call.
+"""
+
+import contextlib
+import threading
+import time
+import uuid
+from logging import getLogger
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from llmapp import conf, metrics
+from llmapp.conf import usecases as registry
+from llmapp.exceptions import ConfigurationError, LLMError
+from llmapp.metrics.throttle import Throttle, unsaid_note
+from llmapp.redaction import redact
+
+logger = getLogger("llmapp.overrides")
+
+#: What an override may set; the rest (OUTPUT, backends, options, keys) stays in code and settings.
+EDITABLE_FIELDS = (
+    "ENABLED",
+    "DESCRIPTION",
+    "PROMPT",
+    "PROMPT_TEMPLATE",
+    "MESSAGE_TEMPLATE",
+    "PROVIDER",
+    "MODEL",
+    "TEMPERATURE",
+    "MAX_OUTPUT_TOKENS",
+    "TIMEOUT",
+    "RETRIES",
+    "FALLBACKS",
+    "CACHE",
+    "BUDGET",
+    "RATE_LIMIT",
+)
+_TEXT = ("DESCRIPTION", "PROMPT", "PROMPT_TEMPLATE", "MESSAGE_TEMPLATE")
+# Of a prompt; far beyond any, far below what fills a database row by mistake.
+MAX_TEXT = 200_000
+
+VERSION_KEY = "llmapp:overrides:version"
+#: Seconds a read of the overrides may take (PostgreSQL's statement_timeout) before calls go on without it.
+LOAD_TIMEOUT = 2.0
+#: Seconds between two reads of the newest revision when the cache is per-process.
+LOCAL_RECHECK = 1.0
+#: Seconds this process waits after a failed read before it tries the database again.
+RETRY_AFTER = 5.0
+LOAD_ERRORS_METRIC = "overrides.load_errors"
+
+
+class OverrideInvalid(LLMError, ValueError):
+    """An override that does not hold; ``errors`` maps each bad field (or "__all__") to its messages."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
+
+
+def enabled():
+    return bool(conf.get_setting("LLM_USECASE_OVERRIDES"))
+
+
+def editable_fields():
+    """LLM_EDITABLE_FIELDS, or every editable field; what it lists beyond them is its check's problem."""
+    chosen = conf.get_setting("LLM_EDITABLE_FIELDS")
+    if chosen is None:
+        return EDITABLE_FIELDS
+    return tuple(field for field in EDITABLE_FIELDS if field in chosen)
+
+
+class _State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.token = None  # the version token the loaded overrides belong to
+        self.next_try = 0.0  # after a failed read, when to try again
+        self.checked_at = None  # a per-process cache: when the newest revision was last read
+        self.unbumped = False  # a save whose bump the cache did not take
+        self.clock = time.monotonic
+        self.throttle = Throttle(60.0)
+
+
+_state = _State()
+
+
+# -- reading ---------------------------------------------------------------------
+
+
+def refresh():
+    """Bring this process's overrides up to date; called at the start of every call."""
+    if not enabled():
+        if _state.loaded:
+            forget()
+        return
+    token = _token()
+    if _stale(token):
+        _load(token)
+
+
+async def arefresh():
+    """The async twin of :func:`refresh`: the cache is awaited, the database read on a thread."""
+    if not enabled():
+        if _state.loaded:
+            forget()
+        return
+    from asgiref.sync import sync_to_async
+
+    if _per_process_cache():
+        if not _checked_lately():
+            await sync_to_async(refresh)()
+        return
+    token = await _shared().arun(_read_token)
+    if _stale(token):
+        await sync_to_async(_load)(token)
+
+
+def _stale(token):
+    if not _state.loaded:
+        return _state.clock() >= _state.next_try
+    return token is not None and token != _state.token
+
+
+def _token():
+    """The version the overrides are at: the shared cache's token; None when it cannot be told."""
+    if _per_process_cache():
+        return _newest_revision()
+    if _state.unbumped:
+        bump()
+    return _shared().run(_read_token)
+
+
+def _checked_lately():
+    checked = _state.checked_at
+    return _state.loaded and checked is not None and _state.clock() - checked < LOCAL_RECHECK
+
+
+def _newest_revision():
+    now = _state.clock()
+    if _checked_lately():
+        return _state.token
+    if not _state.loaded and now < _state.next_try:
+        return None
+    try:
+        from llmapp.models import UseCaseRevision
+
+        with _bounded_read():
+            newest = UseCaseRevision.objects.order_by("-pk").values_list("pk", flat=True).first()
+    except Exception as exc:
+        _failed(exc)
+        return None
+    _state.checked_at = now
+    return newest or 0
+
+
+def _read_token(cache):
+    token = cache.get(VERSION_KEY)
+    if token is None:  # first use, evicted, or the cache restarted: nobody knows what changed
+        cache.add(VERSION_KEY, uuid.uuid4().hex, timeout=None)
+        token = cache.get(VERSION_KEY)
+    return token
+
+
+def _load(token):
+    """Read the newest revision of each use case into the registry."""
+    with _state.lock:
+        try:
+            overrides = read_overrides()
+        except Exception as exc:
+            _failed(exc)
+            return
+        registry.set_overrides(overrides)
+        _state.loaded, _state.token, _state.next_try = True, token, 0.0
+
+
+def read_overrides():
+    """Return {use-case name: (revision id, fields)} of the overrides saved in the database."""
+    from django.db.models import Max
+
+    from llmapp.models import UseCaseRevision
+
+    with _bounded_read():
+        newest = UseCaseRevision.objects.values("usecase").annotate(newest=Max("pk")).values("newest")
+        rows = list(UseCaseRevision.objects.filter(pk__in=newest).values_list("usecase", "pk", "override"))
+    return {name: (pk, fields) for name, pk, fields in rows if fields}
+
+
+def _bounded_read():
+    from llmapp.eventstream.database import bounded_transaction
+
+    connection = connections[DEFAULT_DB_ALIAS]
+    if connection.vendor == "postgresql":
+        return bounded_transaction(connection, LOAD_TIMEOUT)
+    # SQLite readers wait on no writer in WAL mode; a transaction would take the write lock
+    # (IMMEDIATE), and wait for the usage writer.
+    return contextlib.nullcontext()
+
+
+def _failed(exc):
+    _state.next_try = _state.clock() + RETRY_AFTER
+    metrics.incr(LOAD_ERRORS_METRIC)
+    unsaid = _state.throttle.due()
+    if unsaid is not None:
+        logger.warning(
+            "Use-case overrides could not be read (%s: %s); calls use what was read before, or the "
+            "settings%s.",
+            type(exc).__name__,
+            redact(str(exc))[:300],
+            unsaid_note(unsaid, "failures"),
+        )
+
+
+def forget():
+    """Drop what this process read: the next call reads the overrides again (tests, settings changes)."""
+    _state.loaded, _state.token, _state.checked_at, _state.next_try = False, None, None, 0.0
+    registry.set_overrides({})
+
+
+conf.on_change(forget)
+
+
+def _per_process_cache():
+    from llmapp.calls.sharedstate import PER_PROCESS, limits_alias
+
+    try:
+        alias = limits_alias()
+    except ConfigurationError:
+        return True
+    from django.conf import settings
+
+    return settings.CACHES[alias].get("BACKEND") in PER_PROCESS
+
+
+def _shared():
+    from llmapp.calls import sharedstate
+
+    return sharedstate.get(sharedstate.limits_alias(), "overrides")
+
+
+def forget_loaded():
+    _state.loaded = False
+    _state.next_try = 0.0
+
+
+def bump():
+    """Tell every process that the overrides changed; this one reads them again on its next call."""
+    forget_loaded()
+    if _per_process_cache():
+        return
+    token = uuid.uuid4().hex
+
+    def store(cache):
+        cache.set(VERSION_KEY, token, timeout=None)
+        return True
+
+    # Until the cache takes it, the others go on with what they read: try again on the next call.
+    _state.unbumped = not _shared().run(store, default=False)
+
+
+# -- writing ---------------------------------------------------------------------
+
+
+def validate(name, fields):
+    """Return {field: [messages]} of what is wrong with ``fields`` as use case ``name``'s override.
+
+    Each field is checked as settings are (llmapp.conf.usecases: the same rules, the same
+    providers and models), on the use case the override would make.
+    """
+    errors = {}
+    editable = editable_fields()
+    for field, value in fields.items():
+        if field not in registry.FIELDS or field not in EDITABLE_FIELDS:
+            errors[field] = [f"{field} is not an editable field; editable: {', '.join(editable)}."]
+        elif field not in editable:
+            errors[field] = [f"{field} is not editable here (LLM_EDITABLE_FIELDS); change it in settings."]
+        else:
+            problem = _type_problem(field, value)
+            if problem:
+                errors[field] = [problem]
+    if errors:
+        return errors
+    try:
+        _usecase, problems = registry.resolve_with(name, fields)
+    except ConfigurationError as exc:  # the use case's settings are broken; their check says how
+        return {"__all__": [str(exc)]}
+    for problem in problems:
+        errors.setdefault(problem.field or "__all__", []).append(str(problem))
+    return errors
+
+
+def _type_problem(field, value):
+    if field == "ENABLED":
+        return (
+            None
+            if isinstance(value, bool)
+            else f"ENABLED must be true or false, got {registry.shown(value)}."
+        )
+    if field in _TEXT or field == "PROVIDER" or field == "MODEL":
+        if not isinstance(value, str):
+            return f"{field} must be a string, got a {type(value).__name__}."
+        if len(value) > MAX_TEXT:
+            return f"{field} must be at most {MAX_TEXT} characters, got {len(value)}."
+        if field in ("PROVIDER", "MODEL") and not value.strip():
+            return (
+                f"{field} must not be empty; remove it from the override (null) to use the settings' value."
+            )
+        return None
+    if field == "FALLBACKS":
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            return 'FALLBACKS must be a list of "provider" or "provider:model" strings.'
+        return None
+    if field in ("CACHE", "BUDGET", "RATE_LIMIT") and not isinstance(value, dict):
+        return f"{field} must be a JSON object, got a {type(value).__name__}."
+    return None  # numbers: their Rule says what they must be
+
+
+def current_override(name):
+    """The fields of use case ``name``'s override as saved, read from the database ({} for none)."""
+    from llmapp.models import UseCaseRevision
+
+    latest = UseCaseRevision.objects.filter(usecase=name).order_by("-pk").first()
+    return dict(latest.override) if latest is not None else {}
+
+
+def save_override(name, fields, *, author=None, comment="", reverts=None):
+    """Make ``fields`` use case ``name``'s override, as a new revision; return it.
+
+    Fields set to None are left out (the settings' value applies). Raises
+    OverrideInvalid, saving nothing, when a field does not hold.
+    """
+    from llmapp.models import UseCaseRevision
+
+    fields = {field: value for field, value in fields.items() if value is not None}
+    registry.get_usecase(name)  # an unknown use case raises InvalidUsecaseError
+    errors = validate(name, fields)
+    if errors:
+        raise OverrideInvalid(errors)
+    usecase, _ = registry.resolve_with(name, fields)
+    user = author if getattr(author, "is_authenticated", False) else None
+    with transaction.atomic():
+        revision = UseCaseRevision.objects.create(
+            usecase=name,
+            author=user,
+            author_name=user.get_username() if user is not None else "",
+            comment=comment or "",
+            override=fields,
+            config=effective_config(usecase),
+            reverts=reverts,
+        )
+        forget_loaded()  # this process reads it on its next call, committed or not
+        transaction.on_commit(bump)
+    return revision
+
+
+def revert(name, revision_id, *, author=None, comment=""):
+    """Restore use case ``name``'s override as of revision ``revision_id`` (0: none, its settings),
+    as a new revision."""
+    from llmapp.models import UseCaseRevision
+
+    if revision_id == 0:
+        return save_override(name, {}, author=author, comment=comment or "Revert to the settings")
+    old = UseCaseRevision.objects.get(usecase=name, pk=revision_id)
+    return save_override(
+        name,
+        dict(old.override),
+        author=author,
+        comment=comment or f"Revert to revision {old.pk}",
+        reverts=old,
+    )
+
+
+def effective_config(usecase):
+    """{field: value} of the editable fields as ``usecase`` has them, in JSON's types."""
+    config = {}
+    for field in EDITABLE_FIELDS:
+        value = getattr(usecase, field.lower())
+        if isinstance(value, tuple):
+            value = list(value)
+        config[field] = value
+    return config
+
+
+def described(usecase):
+    """The use case as the API shows it: name, each editable field's value and where it comes from."""
+    config = effective_config(usecase)
+    return {
+        "name": usecase.name,
+        "revision": usecase.revision,
+        "override": _redacted(registry.override_of(usecase.name)),
+        "config": {field: _redacted(value) for field, value in config.items()},
+        "sources": {field: usecase.source(field) for field in config},
+        "editable": list(editable_fields()),
+    }
+
+
+def _redacted(value):
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,126 @@
+"""Prompts as Django templates: PROMPT_TEMPLATE (the system prompt) and MESSAGE_TEMPLATE.
+
+A template is named (loaded by the project's Django template engine, so an app ships
+``templates/llm/summarize.txt`` and a project overrides it like any template) or, in an
+admin or API override, given as its source. It renders with the call's ``context``:
+
+    complete_prompt("triage", context={"ticket": ticket})
+
+Text is not HTML-escaped (a prompt is not a web page), and a variable the context does
+not give is an error naming it, never a silent blank: a prompt missing its facts still
+gets an answer, a wrong one.
+"""
+
+import functools
+import hashlib
+import re
+
+from django.core.signals import setting_changed
+from django.template import Context, Engine, TemplateDoesNotExist, TemplateSyntaxError
+from django.template.backends.django import DjangoTemplates
+
+from llmapp.exceptions import ConfigurationError, InvalidRequestError
+
+# What the engine renders in place of a missing variable: found after rendering, raised as an error.
+_MISSING = "\x00llmapp-missing:%s\x00"
+_MISSING_FOUND = re.compile("\x00llmapp-missing:(.*?)\x00")
+
+
+class MissingContextError(InvalidRequestError):
+    """A prompt template uses a variable the call's context does not give."""
+
+
+@functools.cache
+def engine():
+    """The project's Django template engine, strict: missing variables marked, nothing escaped."""
+    from django.template import engines
+
+    for backend in engines.all():
+        if isinstance(backend, DjangoTemplates):
+            default = backend.engine
+            return Engine(
+                dirs=default.dirs,
+                # Its loaders already hold what APP_DIRS adds; Engine takes one or the other.
+                debug=default.debug,
+                loaders=default.loaders,
+                string_if_invalid=_MISSING,
+                file_charset=default.file_charset,
+                libraries=default.libraries,
+                builtins=default.builtins,
+                autoescape=False,
+            )
+    raise ConfigurationError(
+        "a use case has a PROMPT_TEMPLATE or MESSAGE_TEMPLATE, but TEMPLATES configures no Django "
+        "template engine to render it.",
+        check_id="llmapp.E030",
+        hint='Add {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True} '
+        "to TEMPLATES.",
+    )
+
+
+def _forget_engine(*, setting, **kwargs):
+    if setting in ("TEMPLATES", "INSTALLED_APPS"):
+        engine.cache_clear()
+
+
+setting_changed.connect(_forget_engine, dispatch_uid="llmapp.conf.prompts")
+
+
+class PromptTemplate:
+    """One template of a use case: ``field`` (PROMPT_TEMPLATE...), and its ``name`` or ``source``."""
+
+    def __init__(self, usecase, field, *, name=None, source=None):
+        self.usecase = usecase
+        self.field = field
+        self.name = name
+        self.source = source
+
+    @property
+    def where(self):
+        named = f"{self.name!r}" if self.name is not None else "(source from the override)"
+        return f"{self.field} {named} of use case {self.usecase!r}"
+
+    @functools.cached_property
+    def template(self):
+        """The compiled template; raises the ConfigurationError of one that is missing or malformed."""
+        try:
+            if self.name is not None:
+                return engine().get_template(self.name)
+            return engine().from_string(self.source)
+        except TemplateDoesNotExist:
+            raise ConfigurationError(
+                f"{self.where} does not exist in any template directory.",
+                check_id="llmapp.E030",
+                hint="Name a template the project's template engine can load (an app's templates/ "
+                "folder, or TEMPLATES' DIRS).",
+            ) from None
+        except TemplateSyntaxError as exc:
+            raise ConfigurationError(
+                f"{self.where} is not a valid Django template: {exc}.",
+                check_id="llmapp.E030",
+                hint="Fix the template's syntax.",
+            ) from None
+
+    @functools.cached_property
+    def version(self):
+        """The template's name and a short hash of its source: a change in answers can be traced
+        to a change in the prompt."""
+        source = self.template.source
+        digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return f"{self.name}@{digest}" if self.name is not None else digest
+
+    def render(self, context):
+        text = self.template.render(Context(dict(context or {}), autoescape=False))
+        missing = _MISSING_FOUND.findall(text)
+        if missing:
+            names = ", ".join(dict.fromkeys(missing))
+            raise MissingContextError(
+                f"{self.where} uses {names}, which the call's context does not give; pass "
+                f"context={{{', '.join(repr(name.split('.')[0]) for name in dict.fromkeys(missing))}: ...}}."
+            )
+        return text
+
+
+def text_version(text):
+    """The version of a prompt given as plain text: a short hash of it."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]

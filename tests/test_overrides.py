@@ -1,0 +1,235 @@
+"""Use cases changed at run time: the override layer, its validation, its history, and every
+process seeing a change on its next call."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from django.core.management import call_command
+
+from llmapp import complete_prompt
+from llmapp.calls.service import plan_call
+from llmapp.conf import overrides
+from llmapp.conf.usecases import OVERRIDE, get_usecase
+from llmapp.exceptions import UsecaseDisabled
+from llmapp.models import UseCaseRevision
+from tests.conftest import ROOT
+from tests.services import redis_namespace
+
+pytestmark = pytest.mark.django_db
+
+MODELS = {
+    "default": {"BACKEND": "llmapp.providers.preview.PreviewProvider"},
+    "test": {
+        "BACKEND": "llmapp.providers.locmem.LocmemProvider",
+        "OPTIONS": {"model": "small"},
+        "MODELS": ["small", "large"],
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def fresh_overrides():
+    overrides.forget()
+    yield
+    overrides.forget()
+
+
+@pytest.fixture
+def triage(settings):
+    settings.LLM_PROVIDERS = MODELS
+    settings.LLM_USECASES = {"triage": {"PROVIDER": "test", "PROMPT": "Triage it.", "TEMPERATURE": 0.1}}
+    return "triage"
+
+
+def sent(usecase="triage", **options):
+    request, _ = plan_call(usecase, "The checkout page times out.", **options)
+    return request
+
+
+def test_an_override_sits_over_settings_and_under_the_environment_and_the_call(triage, settings, monkeypatch):
+    revision = overrides.save_override(triage, {"MODEL": "large", "TEMPERATURE": 0.7}, comment="bigger model")
+    overrides.refresh()
+    usecase = get_usecase(triage)
+    assert (usecase.model, usecase.temperature, usecase.prompt) == ("large", 0.7, "Triage it.")
+    assert usecase.source("MODEL") == OVERRIDE and usecase.source("PROMPT") == "settings"
+    assert usecase.origin("MODEL") == f"from its override (revision {revision.pk})"
+
+    settings.LLM_USECASE_ENV_OVERRIDES = True
+    monkeypatch.setenv("LLM_TRIAGE_TEMPERATURE", "0.3")
+    overrides.refresh()
+    assert sent().temperature == 0.3  # the operators' emergency switch wins
+    assert sent(temperature=0.9).temperature == 0.9  # and the call's own argument over all
+    assert sent().model == "large"
+
+
+def test_each_save_is_a_revision_with_author_comment_and_the_whole_configuration(triage, django_user_model):
+    author = django_user_model.objects.create_user("ops")
+    first = overrides.save_override(triage, {"MODEL": "large"}, author=author, comment="bigger")
+    second = overrides.save_override(triage, {"MODEL": "large", "PROMPT": "Triage tersely."}, comment="terse")
+    assert [r.pk for r in UseCaseRevision.objects.filter(usecase=triage)] == [second.pk, first.pk]
+    assert (first.author, first.author_name, first.comment) == (author, "ops", "bigger")
+    assert second.override == {"MODEL": "large", "PROMPT": "Triage tersely."}
+    assert second.config["MODEL"] == "large" and second.config["TEMPERATURE"] == 0.1
+    assert set(second.config) == set(overrides.EDITABLE_FIELDS)
+
+    reverted = overrides.revert(triage, first.pk)
+    overrides.refresh()
+    assert reverted.override == {"MODEL": "large"} and reverted.reverts == first
+    assert sent().prompt == "Triage it."
+    overrides.revert(triage, 0)
+    overrides.refresh()
+    assert sent().model == "small" and get_usecase(triage).revision is None
+    assert UseCaseRevision.objects.filter(usecase=triage).count() == 4  # append-only
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"TEMPERATURE": 5}, "TEMPERATURE", "temperature must be a number from 0 to 1, got 5"),
+        ({"PROVIDER": "nope"}, "PROVIDER", "unknown provider 'nope'"),
+        ({"MODEL": "huge"}, "MODEL", "huge"),
+        ({"FALLBACKS": ["gone"]}, "FALLBACKS", "gone"),
+        ({"RETRIES": -1}, "RETRIES", "a whole number from 0 up"),
+        ({"BUDGET": {"USD": "x"}}, "BUDGET", "BUDGET"),
+        ({"ENABLED": "no"}, "ENABLED", "true or false"),
+        ({"PROMPT_TEMPLATE": "{% if %}"}, "PROMPT_TEMPLATE", "not a valid Django template"),
+        ({"BACKEND": "x.Y"}, "BACKEND", "not an editable field"),
+        ({"OUTPUT": "tests.fakes.output_types.Ticket"}, "OUTPUT", "not an editable field"),
+    ],
+)
+def test_an_override_is_validated_as_settings_are_and_a_bad_one_saves_nothing(triage, fields, field, says):
+    with pytest.raises(overrides.OverrideInvalid) as raised:
+        overrides.save_override(triage, fields)
+    assert list(raised.value.errors) == [field]
+    assert says in " ".join(raised.value.errors[field])
+    assert not UseCaseRevision.objects.exists()
+
+
+def test_a_project_narrows_what_may_be_edited(triage, settings):
+    settings.LLM_EDITABLE_FIELDS = ["PROMPT"]
+    with pytest.raises(overrides.OverrideInvalid, match="not editable here"):
+        overrides.save_override(triage, {"MODEL": "large"})
+    overrides.save_override(triage, {"PROMPT": "New."})
+    overrides.refresh()
+    assert sent().prompt == "New."
+
+
+def test_with_the_layer_off_saved_overrides_are_not_read(triage, settings):
+    overrides.save_override(triage, {"MODEL": "large"})
+    settings.LLM_USECASE_OVERRIDES = False
+    overrides.refresh()
+    assert sent().model == "small"
+
+
+def test_a_disabled_use_case_sends_nothing(triage):
+    from llmapp.providers import locmem
+
+    locmem.reset()
+    overrides.save_override(triage, {"ENABLED": False}, comment="incident 42")
+    with pytest.raises(UsecaseDisabled, match=r"use case 'triage' is disabled \(from its override"):
+        complete_prompt(triage, "hello")
+    assert locmem.outbox == []
+
+
+def test_an_override_naming_a_provider_since_removed_is_set_aside_with_a_warning(triage, settings):
+    overrides.save_override(triage, {"MODEL": "large", "PROMPT": "Kept."})
+    settings.LLM_PROVIDERS = {**MODELS, "test": {**MODELS["test"], "MODELS": ["small"]}}
+    overrides.refresh()
+    request = sent()
+    assert (request.model, request.prompt) == ("small", "Kept.")  # the settings' model; the rest holds
+
+    from llmapp.conf.checks import check_overrides
+
+    [warning] = check_overrides(databases=["default"])
+    assert warning.id == "llmapp.W009" and "'large'" in warning.msg and "triage" in warning.msg
+    assert check_overrides(databases=None) == []  # not a database check run: no query
+
+
+def test_a_database_that_fails_leaves_the_settings_and_is_counted(triage, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from llmapp import metrics
+
+    overrides.save_override(triage, {"MODEL": "large"})
+    overrides.forget()
+
+    def down():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(overrides, "read_overrides", down)
+    counted = []
+    monkeypatch.setattr(metrics, "incr", lambda key, **kwargs: counted.append(key))
+    for _ in range(3):
+        assert complete_prompt(triage, "hello").model == "small"
+    assert counted.count(overrides.LOAD_ERRORS_METRIC) == 1  # then left alone for RETRY_AFTER
+    assert [r.getMessage() for r in caplog.records if r.name == "llmapp.overrides"] == [
+        "Use-case overrides could not be read (OperationalError: connection refused); calls use what "
+        "was read before, or the settings."
+    ]
+
+
+def test_llm_list_shows_where_each_field_comes_from(triage, capsys):
+    revision = overrides.save_override(triage, {"MODEL": "large"})
+    call_command("llm", "--list")
+    assert f"revision {revision.pk}" in capsys.readouterr().out
+    call_command("llm", "triage", "--list")
+    lines = capsys.readouterr().out.splitlines()
+    [model] = [line for line in lines if line.startswith("MODEL ")]
+    [prompt] = [line for line in lines if line.startswith("PROMPT ")]
+    assert '"large"' in model and f"from its override (revision {revision.pk})" in model
+    assert "from LLM_USECASES['triage']['PROMPT']" in prompt
+
+
+def watcher(env):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fakes" / "usecase_watcher.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def ask(process, usecase="summarize"):
+    process.stdin.write(usecase + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    assert line, process.stderr.read()
+    return json.loads(line)
+
+
+@pytest.mark.parametrize("cache", ["redis", "locmem"])
+def test_another_process_sees_a_saved_change_on_its_next_call(manage, tmp_path, cache):
+    """One process keeps running; another saves a change (llm_config import); the first's next
+    call sends it. On Redis through the version token; on a per-process cache by re-reading."""
+    changed = tmp_path / "changed.json"
+    changed.write_text(
+        json.dumps({"usecases": {"summarize": {"PROMPT": "Summarize in one line.", "TEMPERATURE": 0.9}}})
+    )
+
+    def run(namespace_url):
+        env = {"CACHE_URL": namespace_url} if namespace_url else {"LLM_TEST_RECHECK": "0"}
+        process = watcher(manage.env(env))
+        try:
+            before = ask(process)
+            assert before["temperature"] == 0.2 and before["prompt"].startswith("You summarize text.")
+            saved = manage("llm_config", "import", str(changed), env=env)
+            assert saved.returncode == 0, saved.stderr
+            after = ask(process)
+            assert after == {"model": "preview", "prompt": "Summarize in one line.", "temperature": 0.9}
+            reverted = manage("llm_config", "revert", "summarize", "0", env=env)
+            assert reverted.returncode == 0, reverted.stderr
+            assert ask(process) == before
+        finally:
+            process.stdin.close()
+            process.wait(timeout=30)
+
+    if cache == "redis":
+        with redis_namespace() as namespace:
+            run(namespace.url)
+    else:
+        run(None)

@@ -137,3 +137,108 @@ def test_operator_tests_a_typed_use_case_and_reads_its_fields(
     browser.find_element(By.CSS_SELECTOR, "#test-prompt input[type=submit]").click()
     fields = browser.find_elements(By.CSS_SELECTOR, "#test-parsed tr")
     assert [row.text for row in fields] == ["label spam", "score 0.0"]
+
+
+@pytest.fixture
+def runserver(manage):
+    """``manage.py runserver`` on the ``manage`` fixture's database file, as an operator runs it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.services import reachable
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=manage.env(),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not reachable("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def dry_run(manage):
+    import json
+
+    result = manage("llm", "summarize", "-m", MESSAGE, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_operator_edits_a_use_case_and_another_process_sends_it_then_reverts(browser, manage, runserver):
+    from selenium.webdriver.common.by import By
+
+    created = manage(
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "operator",
+        "--email",
+        "operator@example.com",
+        env={"DJANGO_SUPERUSER_PASSWORD": PASSWORD},
+    )
+    assert created.returncode == 0, created.stderr
+    before = dry_run(manage)
+    assert before["model"] == "preview" and before["system"].startswith("You summarize text.")
+
+    browser.get(f"{runserver}/admin/login/?next=/admin/llmapp/usecase/summarize/")
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+    # Change the model and the prompt, and save.
+    browser.find_element(By.ID, "edit-usecase").click()
+    model = browser.find_element(By.ID, "id_MODEL")
+    model.clear()
+    model.send_keys("preview-large")
+    prompt = browser.find_element(By.ID, "id_PROMPT")
+    prompt.clear()
+    prompt.send_keys("Summarize in one line.")
+    browser.find_element(By.ID, "id_comment").send_keys("shorter summaries")
+    browser.find_element(By.NAME, "_save").click()
+    assert (
+        "Saved use case 'summarize' as revision" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    )
+    assert "from its override (revision" in browser.find_element(By.CSS_SELECTOR, "table.llm-config").text
+
+    # Another process's next call sends them, and records the prompt's version.
+    after = dry_run(manage)
+    assert (after["model"], after["system"]) == ("preview-large", "Summarize in one line.")
+    assert {key: value for key, value in after.items() if key not in ("model", "system")} == {
+        key: value for key, value in before.items() if key not in ("model", "system")
+    }
+    called = manage("llm", "summarize", "-m", MESSAGE, "-v2")
+    assert called.returncode == 0 and "model=preview-large" in called.stderr
+
+    # The history shows what changed, by whom and why.
+    browser.find_element(By.CSS_SELECTOR, "a.historylink").click()
+    [latest, *_] = browser.find_elements(By.CSS_SELECTOR, "#revisions > tbody > tr")
+    text = latest.text
+    assert "operator" in text and "shorter summaries" in text and "(current)" in text
+    assert "MODEL" in text and "preview-large" in text and "Summarize in one line." in text
+    assert "TEMPERATURE" not in text  # unchanged fields are not listed
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT.with_name("usecase-history.png")))
+
+    # Revert to the settings: the next call's request is the one from before, exactly.
+    browser.find_element(By.CSS_SELECTOR, "#revision-0 input[type=submit]").click()
+    assert "Restored revision 0" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    assert dry_run(manage) == before
+
+    # The log splits the calls by prompt version.
+    browser.get(f"{runserver}/admin/llmapp/usecase/summarize/")
+    versions = browser.find_element(By.ID, "prompt-versions").text
+    assert "revision" in versions

@@ -27,7 +27,7 @@ from llmapp import conf, metrics
 from llmapp.conf import usecases as registry
 from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.metrics.throttle import Throttle, unsaid_note
-from llmapp.redaction import redact
+from llmapp.redaction import MASK, MIN_SUBSTRING_SECRET, known_secrets, redact
 
 logger = getLogger("llmapp.overrides")
 
@@ -408,8 +408,17 @@ def described(usecase):
 
 
 def _redacted(value):
+    """``value`` with the secrets this process knows (provider keys, secret settings) masked.
+
+    Only those: key shapes and URL parameters are left as written, so that a prompt that
+    quotes ``?key=demo`` exports and imports back unchanged. No editable field holds a
+    credential (keys, options and URLs stay in settings); this catches one pasted by mistake.
+    """
     if isinstance(value, str):
-        return redact(value)
+        for secret in known_secrets():
+            if len(secret) >= MIN_SUBSTRING_SECRET and secret in value:
+                value = value.replace(secret, MASK)
+        return value
     if isinstance(value, list):
         return [_redacted(item) for item in value]
     if isinstance(value, dict):

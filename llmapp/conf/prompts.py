@@ -18,6 +18,8 @@ import re
 from django.core.signals import setting_changed
 from django.template import Context, Engine, TemplateDoesNotExist, TemplateSyntaxError
 from django.template.backends.django import DjangoTemplates
+from django.template.base import FilterExpression, VariableNode
+from django.utils.autoreload import file_changed
 
 from llmapp.exceptions import ConfigurationError, InvalidRequestError
 
@@ -58,12 +60,52 @@ def engine():
     )
 
 
+def forget_templates():
+    """Compile every template again on its next use: the engine's, and the use cases' own."""
+    from llmapp.conf import usecases
+
+    engine.cache_clear()
+    usecases.forget_resolved()
+
+
 def _forget_engine(*, setting, **kwargs):
     if setting in ("TEMPLATES", "INSTALLED_APPS"):
-        engine.cache_clear()
+        forget_templates()
+
+
+def _file_changed(*, file_path, **kwargs):
+    # runserver's autoreloader: Django resets its own engines' loaders on a template's change.
+    if getattr(file_path, "suffix", ".py") != ".py":
+        forget_templates()
 
 
 setting_changed.connect(_forget_engine, dispatch_uid="llmapp.conf.prompts")
+file_changed.connect(_file_changed, dispatch_uid="llmapp.conf.prompts")
+
+
+class _Lenient(FilterExpression):
+    """A missing variable resolves to None, for its ``default`` filter to replace."""
+
+    __slots__ = ()
+
+    def resolve(self, context, ignore_failures=False):
+        return super().resolve(context, ignore_failures=True)
+
+
+def _defaults_apply(template):
+    """Let ``{{ tone|default:"friendly" }}`` stand for a missing ``tone``: the author gave a fallback.
+
+    The engine's marker of missing variables skips filters, so these expressions resolve a
+    missing variable to None instead, which ``default`` and ``default_if_none`` replace.
+    """
+    for node in template.nodelist.get_nodes_by_type(VariableNode):
+        expression = node.filter_expression
+        if any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in expression.filters):
+            expression.__class__ = _Lenient
+    return template
+
+
+_DEFAULTS = ("default", "default_if_none")
 
 
 class PromptTemplate:
@@ -85,8 +127,8 @@ class PromptTemplate:
         """The compiled template; raises the ConfigurationError of one that is missing or malformed."""
         try:
             if self.name is not None:
-                return engine().get_template(self.name)
-            return engine().from_string(self.source)
+                return _defaults_apply(engine().get_template(self.name))
+            return _defaults_apply(engine().from_string(self.source))
         except TemplateDoesNotExist:
             raise ConfigurationError(
                 f"{self.where} does not exist in any template directory.",

@@ -521,6 +521,11 @@ def drafted(usecase):
         _drafts.reset(token)
 
 
+def forget_resolved():
+    """Resolve every use case again on its next lookup (its templates compiled anew)."""
+    _registry.cache_clear()
+
+
 def set_overrides(overrides):
     """Replace the override layer (``{name: (revision id, fields)}``); the next lookup resolves anew."""
     global _overrides

@@ -239,7 +239,7 @@ class Command(LLMCommand):
 
     def read_context(self, spec):
         """The template context of --context: inline JSON or a JSON file, an object."""
-        inline = spec.strip().startswith("{")
+        inline = spec.strip().startswith(("{", "["))
         where = "--context" if inline else f"--context {spec}"
         context = self.read_json(
             where,

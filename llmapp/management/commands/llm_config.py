@@ -136,7 +136,8 @@ class Local:
 
     def overrides(self):
         overrides.refresh()
-        return {name: override_of(name) for name in get_usecases() if override_of(name)}
+        # Every use case, {} for one on its settings: an import then puts the target's back too.
+        return {name: override_of(name) for name in get_usecases()}
 
     def put(self, name, fields, comment):
         try:
@@ -176,7 +177,7 @@ class Remote:
 
     def overrides(self):
         listed = self.call("GET", "usecases/")["usecases"]
-        return {usecase["name"]: usecase["override"] for usecase in listed if usecase.get("override")}
+        return {usecase["name"]: usecase.get("override") or {} for usecase in listed}
 
     def put(self, name, fields, comment):
         self.call("PUT", f"usecases/{urllib.parse.quote(name)}/", fields, comment)

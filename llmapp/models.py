@@ -88,62 +88,6 @@ class UseCase(models.Model):  # noqa: DJ008 (never instantiated, so never printe
         verbose_name = "use case"
 
 
-class UseCaseRevision(models.Model):
-    """One change of a use case's override, the layer the admin and the API edit; append-only.
-
-    The newest revision of a use case is its override. ``override`` holds the fields it
-    sets (setting names, upper case); ``config`` the use case's whole effective
-    configuration of editable fields once it was saved, so that history reads without
-    replaying it. A revert is a new revision with an older one's override.
-    """
-
-    usecase = models.CharField(max_length=100, db_index=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    # Kept when the user is deleted; "" for a change made without one (llm_config import).
-    author_name = models.CharField(max_length=150, blank=True)
-    comment = models.TextField(blank=True)
-    override = models.JSONField(default=dict, blank=True)
-    config = models.JSONField(default=dict, blank=True)
-    # The revision this one restores, for a revert.
-    reverts = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-
-    class Meta:
-        ordering = ["-pk"]
-        get_latest_by = "pk"
-        verbose_name = "use-case revision"
-
-    def __str__(self):
-        return f"revision {self.pk} of {self.usecase}"
-
-
-class ApiToken(models.Model):
-    """A bearer token of the JSON API (``manage.py llm_token``), acting as its user.
-
-    Only a SHA-256 of the token is kept: the token has 256 random bits, so no slow hash
-    is needed, and a leaked table gives nothing to send.
-    """
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_tokens"
-    )
-    name = models.CharField(max_length=100, blank=True)
-    # The token's first characters, to tell tokens apart in lists; not enough to use it.
-    prefix = models.CharField(max_length=16)
-    digest = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        verbose_name = "API token"
-
-    def __str__(self):
-        return f"{self.prefix}… of {self.user}"
-
-
 class Batch(models.Model):
     """A use case run over many inputs by Django's Tasks framework, one task per item.
 
@@ -215,3 +159,59 @@ class BatchItem(models.Model):
 
     def __str__(self):
         return f"item {self.item_id} of batch {self.batch_id} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A bearer token of the JSON API (``manage.py llm_token``), acting as its user.
+
+    Only a SHA-256 of the token is kept: the token has 256 random bits, so no slow hash
+    is needed, and a leaked table gives nothing to send.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    # The token's first characters, to tell tokens apart in lists; not enough to use it.
+    prefix = models.CharField(max_length=16)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.prefix}… of {self.user}"
+
+
+class UseCaseRevision(models.Model):
+    """One change of a use case's override, the layer the admin and the API edit; append-only.
+
+    The newest revision of a use case is its override. ``override`` holds the fields it
+    sets (setting names, upper case); ``config`` the use case's whole effective
+    configuration of editable fields once it was saved, so that history reads without
+    replaying it. A revert is a new revision with an older one's override.
+    """
+
+    usecase = models.CharField(max_length=100, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept when the user is deleted; "" for a change made without one (llm_config import).
+    author_name = models.CharField(max_length=150, blank=True)
+    comment = models.TextField(blank=True)
+    override = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    # The revision this one restores, for a revert.
+    reverts = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-pk"]
+        get_latest_by = "pk"
+        verbose_name = "use-case revision"
+
+    def __str__(self):
+        return f"revision {self.pk} of {self.usecase}"

@@ -139,6 +139,34 @@ def test_the_readme_embedding_snippets_run_as_written(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[-3:-1] == ["default", "One. Two."]
 
+    # The JSON API the urls snippet mounts: a token's PUT changes the use case's next call.
+    result = project.manage(
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "ops",
+        "--email",
+        "ops@example.com",
+        env={"DJANGO_SUPERUSER_PASSWORD": "a-long-password-1"},
+    )
+    assert result.returncode == 0, result.stderr
+    result = project.manage("llm_token", "create", "ops")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    code = (
+        "import json; from django.test import Client; client = Client(HTTP_HOST='localhost');"
+        f"answer = client.put('/api/llm/usecases/triage/', json.dumps({{'MAX_OUTPUT_TOKENS': 7}}),"
+        f" content_type='application/json', HTTP_AUTHORIZATION='Bearer {token}');"
+        "print(answer.status_code, answer.json()['sources']['MAX_OUTPUT_TOKENS'])"
+    )
+    result = project.manage("shell", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "200 override"
+    result = project.manage("llm", "triage", "--list")
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("MAX_OUTPUT_TOKENS")]
+    assert line.split()[1] == "7" and "from its override" in line
+
     project.add_settings(snippets["test settings"])
     result = project.manage("test", "tickets", "-v", "2")
     assert result.returncode == 0, result.stderr

@@ -233,3 +233,107 @@ def test_another_process_sees_a_saved_change_on_its_next_call(manage, tmp_path, 
             run(namespace.url)
     else:
         run(None)
+
+
+def test_a_failing_database_is_left_alone_between_tries_once_overrides_were_read(triage, monkeypatch):
+    from django.db import OperationalError
+
+    now = [1000.0]
+    monkeypatch.setattr(overrides._state, "clock", lambda: now[0])
+    overrides.save_override(triage, {"MODEL": "large"})
+    overrides.refresh()
+    tries = []
+
+    def down():
+        tries.append(now[0])
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(overrides, "_read_newest", down)
+    for _ in range(20):  # 10 seconds of calls, one every half second
+        now[0] += 0.5
+        overrides.refresh()  # as each call does first
+        assert sent().model == "large"  # what was read before
+    assert len(tries) == 2  # once the recheck is due, then after RETRY_AFTER
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_that_hangs_is_given_up_after_load_timeout(triage, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(overrides, "LOAD_TIMEOUT", 0.05)
+    monkeypatch.setattr(overrides, "_read_newest", lambda: release.wait(10))
+    try:
+        assert sent().model == "small"  # the settings, without waiting for the database
+        assert sent().model == "small"  # and the stuck read is not queued behind again
+    finally:
+        release.set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_async_path_reads_overrides_without_blocking_the_loop(triage):
+    import asyncio
+
+    from llmapp import acomplete_prompt, astream_prompt
+
+    overrides.save_override(triage, {"MODEL": "large"})
+    overrides.forget()
+
+    async def calls():
+        completion = await acomplete_prompt(triage, "hello")
+        pieces = [piece async for piece in astream_prompt(triage, "hello")]
+        return completion.model, pieces[-1].model
+
+    assert asyncio.run(calls()) == ("large", "large")
+
+
+def form_data(form):
+    """What a browser posts for ``form`` left as shown: an unchecked box is left out."""
+    data = {}
+    for name, value in form.initial.items():
+        if name in form.fields and value is not None and value is not False:
+            data[name] = "on" if value is True else value
+    return data
+
+
+def test_the_admin_form_saves_only_what_changed_and_refuses_to_undo_a_newer_change(triage, admin_client):
+    from llmapp.admin.overrides import OverrideForm
+
+    url = "/admin/llmapp/usecase/triage/edit/"
+    data = form_data(admin_client.get(url).context["form"])
+    assert data["base_revision"] == 0
+
+    # Unchanged: nothing is saved.
+    response = admin_client.post(url, {**data, "_save": "1"})
+    assert response.status_code == 302 and not UseCaseRevision.objects.exists()
+
+    # Another operator saves first; this form, made on revision 0, would undo that.
+    overrides.save_override(triage, {"MODEL": "large"}, comment="the other operator")
+    response = admin_client.post(url, {**data, "TEMPERATURE": "0.6", "_save": "1"})
+    assert response.status_code == 200
+    assert "was changed (revision" in response.content.decode()
+    assert UseCaseRevision.objects.count() == 1
+    assert isinstance(response.context["form"], OverrideForm)
+
+    # On a fresh form it saves, with the other operator's model kept.
+    page = admin_client.get(url)
+    fresh = {**data, "MODEL": "large", "base_revision": page.context["form"].initial["base_revision"]}
+    response = admin_client.post(url, {**fresh, "TEMPERATURE": "0.6", "_save": "1"})
+    assert response.status_code == 302
+    assert UseCaseRevision.objects.order_by("-pk").first().override == {"MODEL": "large", "TEMPERATURE": 0.6}
+
+
+def test_test_this_draft_sends_the_unsaved_configuration_and_saves_nothing(triage, admin_client):
+    from llmapp.providers import locmem
+
+    locmem.reset()
+    url = "/admin/llmapp/usecase/triage/edit/"
+    data = form_data(admin_client.get(url).context["form"])
+    response = admin_client.post(
+        url,
+        {**data, "PROMPT": "Draft prompt.", "MODEL": "large", "test_message": "Is it down?", "_test": "1"},
+    )
+    assert response.status_code == 200 and "draft-result" in response.content.decode()
+    assert (locmem.outbox[-1].prompt, locmem.outbox[-1].model) == ("Draft prompt.", "large")
+    assert not UseCaseRevision.objects.exists()
+    assert sent().prompt == "Triage it."  # other calls never saw the draft

@@ -255,23 +255,33 @@ def test_a_plain_prompt_is_versioned_by_its_hash(settings):
 
 
 @pytest.mark.django_db
-def test_an_overridden_prompt_is_versioned_by_its_revision(settings, django_capture_on_commit_callbacks):
+def test_an_overridden_prompt_is_versioned_by_its_text_not_its_revision(
+    settings, django_capture_on_commit_callbacks
+):
     settings.LLM_USECASES = {"plain": {"PROVIDER": "test", "PROMPT": "Be brief."}}
     complete_prompt("plain", "Hi.")
     with django_capture_on_commit_callbacks(execute=True):
-        revision = save_override("plain", {"PROMPT": "Be very brief."})
+        save_override("plain", {"PROMPT": "Be very brief."})
     complete_prompt("plain", "Hi.")
     assert locmem.outbox[-1].prompt == "Be very brief."
-    assert CompletionEvent.objects.order_by("-pk").first().prompt_version == f"revision {revision.pk}"
+    versions = lambda: list(CompletionEvent.objects.order_by("pk").values_list("prompt_version", flat=True))  # noqa: E731
+    overridden = f"override@{digest('Be very brief.')}"
+    assert versions() == [digest("Be brief."), overridden]
+
+    # A revision that changes the temperature alone keeps the prompt's version.
+    with django_capture_on_commit_callbacks(execute=True):
+        save_override("plain", {"PROMPT": "Be very brief.", "TEMPERATURE": 0.9})
+    complete_prompt("plain", "Hi.")
+    assert versions()[-1] == overridden
 
 
 @pytest.mark.django_db
 def test_a_template_source_set_by_an_override_renders(usecases, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        revision = save_override("product", {"PROMPT_TEMPLATE": "Sell {{ product }} <now> & today."})
+        save_override("product", {"PROMPT_TEMPLATE": "Sell {{ product }} <now> & today."})
     complete_prompt("product", "Go.", context={"product": "the Kettle"})
     assert locmem.outbox[0].prompt == "Sell the Kettle <now> & today."
-    assert CompletionEvent.objects.get().prompt_version == f"revision {revision.pk}"
+    assert CompletionEvent.objects.get().prompt_version.startswith("override@")
 
     with pytest.raises(MissingContextError, match="product"):
         complete_prompt("product", "Go.")

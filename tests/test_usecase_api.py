@@ -738,3 +738,154 @@ def test_the_token_is_never_in_answers_errors_or_logs(api, editor, user_with, ca
             assert secret not in answer.text
             assert secret not in json.dumps(answer.headers)
         assert secret not in logged
+
+
+# -- what a review found ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{% include "admin/base.html" %}',
+        '{% extends "admin/base.html" %}',
+        "{% load static %}{% get_static_prefix %}",
+        "{% debug %}",
+        '{% url "admin:index" %}',
+    ],
+)
+def test_a_template_saved_in_an_override_reaches_nothing_but_its_context(api, editor, source):
+    answer = api("PUT", "usecases/summarize/", {"PROMPT_TEMPLATE": f"Be brief. {source}"}, token=editor)
+    assert answer.status == 400
+    assert list(answer.json["errors"]) == ["PROMPT_TEMPLATE"]
+    assert not UseCaseRevision.objects.exists()
+
+
+def test_the_history_masks_a_secret_and_an_override_cannot_hold_one(api, editor, settings):
+    key = "sk-live-0123456789abcdef"
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "test": {**settings.LLM_PROVIDERS["test"], "OPTIONS": {"api_key": key}},
+    }
+    answer = api("PUT", "usecases/summarize/", {"PROMPT": f"Use {key} to log in."}, token=editor)
+    assert answer.status == 400 and "holds a secret" in answer.json["errors"]["PROMPT"][0]
+    assert key not in answer.text
+
+    # One saved before the key was configured is masked wherever it is shown.
+    UseCaseRevision.objects.create(
+        usecase="summarize", override={"PROMPT": f"Use {key}."}, config={"PROMPT": f"Use {key}."}
+    )
+    overrides.forget()  # written behind llmapp's back: no save told the process
+    for path in ("usecases/summarize/revisions/", "usecases/summarize/", "usecases/"):
+        answer = api("GET", path, token=editor)
+        shown = json.dumps(answer.json, ensure_ascii=False)
+        assert answer.status == 200 and key not in shown and "Use ••••" in shown, path
+
+
+def test_if_match_refuses_a_put_made_on_an_older_revision(api, editor):
+    first = api("GET", "usecases/summarize/", token=editor)
+    assert first.headers["ETag"] == '"0"'
+    saved = api("PUT", "usecases/summarize/", {"MODEL": "alice"}, token=editor, headers={"If-Match": '"0"'})
+    assert saved.status == 200
+    stale = api("PUT", "usecases/summarize/", {"TEMPERATURE": 0.9}, token=editor, headers={"If-Match": '"0"'})
+    assert stale.status == 412 and "was changed" in stale.json["error"]
+    assert planned().model == "alice"  # Alice's change stands
+    fresh = api(
+        "PUT",
+        "usecases/summarize/",
+        {"MODEL": "alice", "TEMPERATURE": 0.9},
+        token=editor,
+        headers={"If-Match": saved.headers["ETag"]},
+    )
+    assert fresh.status == 200
+
+
+def test_with_the_layer_off_a_put_is_refused_not_lost(api, editor, settings):
+    settings.LLM_USECASE_OVERRIDES = False
+    answer = api("PUT", "usecases/summarize/", {"TEMPERATURE": 0.9}, token=editor)
+    assert answer.status == 409 and "LLM_USECASE_OVERRIDES" in answer.json["error"]
+    assert not UseCaseRevision.objects.exists()
+
+
+def test_fields_a_project_made_uneditable_keep_their_saved_value(api, editor, settings):
+    assert (
+        api("PUT", "usecases/summarize/", {"PROVIDER": "test", "TEMPERATURE": 0.3}, token=editor).status
+        == 200
+    )
+    settings.LLM_EDITABLE_FIELDS = ["TEMPERATURE", "PROMPT"]
+    assert api("PUT", "usecases/summarize/", {"TEMPERATURE": 0.4}, token=editor).status == 200
+    assert UseCaseRevision.objects.order_by("-pk").first().override == {
+        "PROVIDER": "test",
+        "TEMPERATURE": 0.4,
+    }
+    # Repeating the saved value is allowed; changing it is not.
+    assert (
+        api("PUT", "usecases/summarize/", {"PROVIDER": "test", "TEMPERATURE": 0.5}, token=editor).status
+        == 200
+    )
+    refused = api("PUT", "usecases/summarize/", {"PROVIDER": "default"}, token=editor)
+    assert refused.status == 400 and "not editable here" in refused.json["errors"]["PROVIDER"][0]
+
+
+def test_llm_config_does_not_send_the_token_where_a_redirect_points(editor, tmp_path):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"usecases": []}')
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://localhost:{elsewhere.server_port}/api/llm/usecases/"
+
+    class Redirect(Elsewhere):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (elsewhere, redirect):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        command(
+            "llm_config",
+            "--url",
+            f"http://127.0.0.1:{redirect.server_port}/api/llm/",
+            "--token",
+            editor,
+            "export",
+        )
+    finally:
+        for server in (elsewhere, redirect):
+            server.shutdown()
+            server.server_close()
+    assert seen == [None]
+
+
+def test_llm_config_import_is_all_or_nothing_and_nulls_change_nothing(editor, tmp_path):
+    wanted = tmp_path / "wanted.json"
+    wanted.write_text(json.dumps({"usecases": {"summarize": {"TEMPERATURE": 0.3}, "nosuch": {"MODEL": "x"}}}))
+    with pytest.raises(CommandError, match=r"nosuch.*nothing was imported"):
+        command("llm_config", "import", str(wanted))
+    wanted.write_text(
+        json.dumps({"usecases": {"summarize": {"TEMPERATURE": 0.3}, "example": {"TEMPERATURE": 5}}})
+    )
+    with pytest.raises(CommandError, match=r"example.*TEMPERATURE.*nothing was imported"):
+        command("llm_config", "import", str(wanted))
+    assert not UseCaseRevision.objects.exists()
+
+    wanted.write_text(json.dumps({"usecases": {"summarize": {"TEMPERATURE": 0.3, "MODEL": None}}}))
+    out, _ = command("llm_config", "import", str(wanted))
+    assert "1 use case(s) changed" in out
+    out, _ = command("llm_config", "import", str(wanted))
+    assert "0 use case(s) changed" in out
+    assert UseCaseRevision.objects.count() == 1

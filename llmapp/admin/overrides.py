@@ -57,8 +57,21 @@ def _form_field(field):
     if field in ("MAX_OUTPUT_TOKENS", "RETRIES"):
         return forms.IntegerField(**common)
     if field in _JSON:
-        return forms.JSONField(widget=forms.Textarea(attrs={"rows": 2, "cols": 100}), **common)
+        return JSONField(widget=forms.Textarea(attrs={"rows": 2, "cols": 100}), **common)
     return forms.CharField(max_length=500, **common)
+
+
+class JSONField(forms.JSONField):
+    """Django's, with JSON nested too deeply for Python refused as invalid rather than a 500."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise forms.ValidationError("This JSON is nested too deeply.", code="invalid") from None
+
+    def prepare_value(self, value):
+        return "" if value is None else super().prepare_value(value)
 
 
 def form_values(usecase):
@@ -76,15 +89,24 @@ def form_values(usecase):
     return values
 
 
+def shown_values(usecase):
+    """form_values with the secrets this process knows masked: what the form shows."""
+    return {field: overrides.masked(value) for field, value in form_values(usecase).items()}
+
+
 class OverrideForm(forms.Form):
     """The editable fields of one use case, and the comment of the revision a save makes."""
 
     def __init__(self, usecase, *args, **kwargs):
         self.usecase = usecase
-        self.base = form_values(resolve_with(usecase.name, {})[0])
-        super().__init__(*args, initial=form_values(usecase), **kwargs)
+        self.base = shown_values(resolve_with(usecase.name, {})[0])
+        latest = overrides.latest_revision(usecase.name)
+        initial = {**shown_values(usecase), "base_revision": latest.pk if latest is not None else 0}
+        super().__init__(*args, initial=initial, **kwargs)
         for field in overrides.editable_fields():
             self.fields[field] = _form_field(field)
+        # The revision the form was filled from: saving over a newer one would undo it.
+        self.fields["base_revision"] = forms.IntegerField(widget=forms.HiddenInput, min_value=0)
         self.fields["comment"] = forms.CharField(
             max_length=1000, required=False, help_text="Why: kept with the revision."
         )
@@ -94,6 +116,12 @@ class OverrideForm(forms.Form):
             required=False,
             label="Test message",
             help_text="For “Test this draft”: sent with the unsaved configuration, and recorded in the log.",
+        )
+        self.fields["test_context"] = JSONField(
+            widget=forms.Textarea(attrs={"rows": 2, "cols": 100}),
+            required=False,
+            label="Test context",
+            help_text='What the templates render with, as JSON: {"product": "the Kettle"}.',
         )
 
     def override(self):
@@ -133,18 +161,32 @@ def edit_view(model_admin, request, name):
         raise PermissionDenied
     overrides.refresh()
     usecase = _usecase(name)
+    if not overrides.enabled():
+        messages.error(request, "Use-case overrides are off (LLM_USECASE_OVERRIDES = False).")
+        return HttpResponseRedirect(_url(model_admin, "detail", name))
     result = error = None
     if request.method == "POST":
         form = OverrideForm(usecase, request.POST)
         if form.is_valid():
             if "_test" in request.POST:
                 result, error = _test_draft(model_admin, request, form)
-            else:
-                revision = overrides.save_override(
-                    name, form.override_fields, author=request.user, comment=form.cleaned_data["comment"]
-                )
-                messages.success(request, f"Saved use case {name!r} as revision {revision.pk}.")
+            elif form.override_fields == overrides.current_override(name):
+                messages.info(request, "Nothing changed: no revision was saved.")
                 return HttpResponseRedirect(_url(model_admin, "detail", name))
+            else:
+                try:
+                    revision = overrides.save_override(
+                        name,
+                        form.override_fields,
+                        author=request.user,
+                        comment=form.cleaned_data["comment"],
+                        base_revision=form.cleaned_data["base_revision"],
+                    )
+                except overrides.OverrideConflict as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    messages.success(request, f"Saved use case {name!r} as revision {revision.pk}.")
+                    return HttpResponseRedirect(_url(model_admin, "detail", name))
     else:
         form = OverrideForm(usecase)
     context = model_admin.context(request, title=f"Change use case: {name}")
@@ -165,14 +207,22 @@ def _test_draft(model_admin, request, form):
 
     if not model_admin.has_test_permission(request):
         raise PermissionDenied
-    message = form.cleaned_data["test_message"]
-    if not message.strip():
+    message = form.cleaned_data["test_message"] or None
+    if (
+        message is None
+        and not form.usecase.message_template
+        and "MESSAGE_TEMPLATE" not in form.override_fields
+    ):
         form.add_error("test_message", "Write a message to test the draft with.")
         return None, None
     draft, _ = resolve_with(form.usecase.name, form.override_fields)
+    context = form.cleaned_data.get("test_context")
+    if context is not None and not isinstance(context, dict):
+        form.add_error("test_context", "Give a JSON object of template variables.")
+        return None, None
     try:
         with drafted(draft):
-            return completion_display(complete_prompt(draft.name, message)), None
+            return completion_display(complete_prompt(draft.name, message, context=context)), None
     except LLMError as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -214,6 +264,8 @@ def revert_view(model_admin, request, name, revision):
         raise Http404(f"Use case {name!r} has no revision {revision}.") from None
     except overrides.OverrideInvalid as exc:
         messages.error(request, safe(f"Revision {revision} no longer holds, nothing was saved: {exc}"))
+    except overrides.OverridesOff as exc:
+        messages.error(request, str(exc))
     else:
         messages.success(request, f"Restored revision {revision} as revision {saved.pk}.")
     return HttpResponseRedirect(_url(model_admin, "history", name))

@@ -150,7 +150,7 @@ class UseCaseAdmin(admin.ModelAdmin):
             "output": output_display(usecase),
             "usage_note": usage_note,
             "can_test": can_test,
-            "can_edit": self.has_edit_permission(request),
+            "can_edit": self.has_edit_permission(request) and overrides.enabled(),
             "by_prompt_version": self.by_prompt_version(request, usecase.name),
             "form": form,
             "result": result and completion_display(result),

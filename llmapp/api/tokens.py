@@ -6,6 +6,7 @@ import secrets
 from datetime import timedelta
 
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 PREFIX = "llm_"
 # Long enough to tell tokens apart in a list, far too short to guess the rest.
@@ -27,6 +28,7 @@ def create_token(user, name=""):
     return record, token
 
 
+@sensitive_variables("token")
 def user_of(token):
     """The active user ``token`` acts as; None for a token unknown, revoked, or of an inactive user."""
     from llmapp.models import ApiToken

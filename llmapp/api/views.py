@@ -13,6 +13,7 @@ to change. Every error is a JSON object: ``{"error": "..."}``, and for a body th
 not hold, ``{"error": ..., "errors": {FIELD: [messages]}}``.
 """
 
+import contextlib
 import functools
 import json
 
@@ -20,6 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_variables
 
 from llmapp.api.tokens import user_of
 from llmapp.conf import overrides
@@ -75,6 +77,7 @@ def endpoint(methods):
     return decorate
 
 
+@sensitive_variables("header", "token")
 def _authenticate(request):
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -132,15 +135,46 @@ def usecase_detail(request, name):
     usecase = _usecase(name)
     if request.method == "PUT":
         fields = _body(request)
-        try:
+        with _saving():
             overrides.save_override(
-                name, fields, author=request.user, comment=request.headers.get(COMMENT_HEADER, "")[:1000]
+                name, fields, author=request.user, comment=_comment(request), base_revision=_if_match(request)
             )
-        except overrides.OverrideInvalid as exc:
-            raise ApiError(400, "the override does not hold; nothing was saved.", exc.errors) from None
         overrides.refresh()
         usecase = _usecase(name)
-    return JsonResponse(overrides.described(usecase))
+    return _with_etag(JsonResponse(overrides.described(usecase)), name)
+
+
+def _comment(request):
+    return request.headers.get(COMMENT_HEADER, "")[:1000]
+
+
+def _if_match(request):
+    """The revision id of If-Match (the ETag a GET gave): a PUT made on it fails if another came since."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    tag = header.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise ApiError(400, 'If-Match must be the ETag a GET gave, a revision id such as "12".')
+    return int(tag)
+
+
+def _with_etag(response, name):
+    latest = overrides.latest_revision(name)
+    response["ETag"] = f'"{latest.pk if latest is not None else 0}"'
+    return response
+
+
+@contextlib.contextmanager
+def _saving():
+    try:
+        yield
+    except overrides.OverrideInvalid as exc:
+        raise ApiError(400, "the override does not hold; nothing was saved.", exc.errors) from None
+    except overrides.OverrideConflict as exc:
+        raise ApiError(412, str(exc)) from None
+    except overrides.OverridesOff as exc:
+        raise ApiError(409, str(exc)) from None
 
 
 @endpoint({"GET": VIEW})
@@ -161,13 +195,12 @@ def revert(request, name):
     if not isinstance(wanted, int) or isinstance(wanted, bool):
         raise ApiError(400, "name the revision to restore.", {"revision": ['give {"revision": <id>}.']})
     try:
-        overrides.revert(name, wanted, author=request.user, comment=request.headers.get(COMMENT_HEADER, ""))
+        with _saving():
+            overrides.revert(name, wanted, author=request.user, comment=_comment(request))
     except UseCaseRevision.DoesNotExist:
         raise ApiError(404, f"use case {name!r} has no revision {wanted}.") from None
-    except overrides.OverrideInvalid as exc:
-        raise ApiError(400, f"revision {wanted} no longer holds; nothing was saved.", exc.errors) from None
     overrides.refresh()
-    return JsonResponse(overrides.described(_usecase(name)))
+    return _with_etag(JsonResponse(overrides.described(_usecase(name))), name)
 
 
 def revision_record(revision):
@@ -176,7 +209,7 @@ def revision_record(revision):
         "author": revision.author_name or None,
         "created_at": revision.created_at.isoformat(),
         "comment": revision.comment,
-        "override": revision.override,
-        "config": revision.config,
+        "override": overrides.masked(revision.override),
+        "config": overrides.masked(revision.config),
         "reverts": revision.reverts_id,
     }

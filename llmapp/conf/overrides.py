@@ -16,11 +16,14 @@ once per interval, never failing a call.
 """
 
 import contextlib
+import os
+import queue
 import threading
 import time
 import uuid
 from logging import getLogger
 
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from llmapp import conf, metrics
@@ -54,13 +57,21 @@ _TEXT = ("DESCRIPTION", "PROMPT", "PROMPT_TEMPLATE", "MESSAGE_TEMPLATE")
 MAX_TEXT = 200_000
 
 VERSION_KEY = "llmapp:overrides:version"
-#: Seconds a read of the overrides may take (PostgreSQL's statement_timeout) before calls go on without it.
-LOAD_TIMEOUT = 2.0
+#: Seconds a read of the overrides is waited for before calls go on without it.
+LOAD_TIMEOUT = 1.0
 #: Seconds between two reads of the newest revision when the cache is per-process.
 LOCAL_RECHECK = 1.0
 #: Seconds this process waits after a failed read before it tries the database again.
 RETRY_AFTER = 5.0
 LOAD_ERRORS_METRIC = "overrides.load_errors"
+
+
+class OverridesOff(LLMError):
+    """LLM_USECASE_OVERRIDES is off: a saved override would be read by no call."""
+
+
+class OverrideConflict(LLMError):
+    """The use case changed since the revision the change was made on: saving would undo that."""
 
 
 class OverrideInvalid(LLMError, ValueError):
@@ -91,6 +102,7 @@ class _State:
         self.next_try = 0.0  # after a failed read, when to try again
         self.checked_at = None  # a per-process cache: when the newest revision was last read
         self.unbumped = False  # a save whose bump the cache did not take
+        self.per_process = None  # whether the version cache is per-process; None: not yet looked
         self.clock = time.monotonic
         self.throttle = Throttle(60.0)
 
@@ -121,17 +133,26 @@ async def arefresh():
     from asgiref.sync import sync_to_async
 
     if _per_process_cache():
-        if not _checked_lately():
+        if not _checked_lately() and not _resting():
             await sync_to_async(refresh)()
         return
+    if _state.unbumped:
+        await sync_to_async(bump)()
     token = await _shared().arun(_read_token)
     if _stale(token):
         await sync_to_async(_load)(token)
 
 
+def _resting():
+    """Whether a read failed a moment ago: the database is left alone until ``next_try``."""
+    return _state.clock() < _state.next_try
+
+
 def _stale(token):
+    if _resting():
+        return False
     if not _state.loaded:
-        return _state.clock() >= _state.next_try
+        return True
     return token is not None and token != _state.token
 
 
@@ -150,21 +171,25 @@ def _checked_lately():
 
 
 def _newest_revision():
-    now = _state.clock()
     if _checked_lately():
         return _state.token
-    if not _state.loaded and now < _state.next_try:
+    if _resting():
         return None
+    now = _state.clock()
     try:
-        from llmapp.models import UseCaseRevision
-
-        with _bounded_read():
-            newest = UseCaseRevision.objects.order_by("-pk").values_list("pk", flat=True).first()
+        newest = _reader.run(_read_newest)
     except Exception as exc:
         _failed(exc)
         return None
     _state.checked_at = now
-    return newest or 0
+    return newest
+
+
+def _read_newest():
+    from llmapp.models import UseCaseRevision
+
+    with _bounded_read():
+        return UseCaseRevision.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
 
 
 def _read_token(cache):
@@ -178,8 +203,10 @@ def _read_token(cache):
 def _load(token):
     """Read the newest revision of each use case into the registry."""
     with _state.lock:
+        if not _stale(token):  # another thread read them while this one waited
+            return
         try:
-            overrides = read_overrides()
+            overrides = _reader.run(read_overrides)
         except Exception as exc:
             _failed(exc)
             return
@@ -210,6 +237,71 @@ def _bounded_read():
     return contextlib.nullcontext()
 
 
+class _Reader:
+    """Reads the database on a thread of its own, waited for at most LOAD_TIMEOUT.
+
+    A database that accepts connections and never answers would otherwise hold a call
+    forever: connecting is bounded only by the database's own options. A caller inside
+    a transaction reads on its own connection instead, which is connected already and
+    sees what the transaction wrote.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.jobs = None
+        self.busy = False
+
+    def run(self, read):
+        if connections[DEFAULT_DB_ALIAS].in_atomic_block:
+            return read()
+        with self.lock:
+            if self.busy:
+                raise TimeoutError("an earlier read of the overrides has not come back")
+            self.busy = True
+            if self.jobs is None:
+                self.jobs = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._serve, args=(self.jobs,), name="llmapp-overrides", daemon=True
+                ).start()
+        outcome = {}
+        done = threading.Event()
+        self.jobs.put((read, outcome, done))
+        if not done.wait(LOAD_TIMEOUT):
+            raise TimeoutError(f"the database did not answer within {LOAD_TIMEOUT:g}s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def _serve(self, jobs):
+        from django.db import close_old_connections
+
+        while True:
+            read, outcome, done = jobs.get()
+            try:
+                close_old_connections()
+                outcome["result"] = read()
+            except Exception as exc:
+                outcome["error"] = exc
+            finally:
+                with self.lock:
+                    self.busy = False
+                done.set()
+
+
+_reader = _Reader()
+
+
+def _after_fork_in_child():
+    # The parent's reader thread does not exist here.
+    global _reader
+    _reader = _Reader()
+    _state.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _failed(exc):
     _state.next_try = _state.clock() + RETRY_AFTER
     metrics.incr(LOAD_ERRORS_METRIC)
@@ -227,22 +319,33 @@ def _failed(exc):
 def forget():
     """Drop what this process read: the next call reads the overrides again (tests, settings changes)."""
     _state.loaded, _state.token, _state.checked_at, _state.next_try = False, None, None, 0.0
+    _state.per_process = None
     registry.set_overrides({})
 
 
 conf.on_change(forget)
 
 
+def _caches_changed(*, setting, **kwargs):
+    if setting == "CACHES":
+        forget()
+
+
+setting_changed.connect(_caches_changed, dispatch_uid="llmapp.conf.overrides")
+
+
 def _per_process_cache():
-    from llmapp.calls.sharedstate import PER_PROCESS, limits_alias
+    """Whether LLM_LIMITS_CACHE is one each process keeps for itself (LocMem, Dummy); asked each call."""
+    if _state.per_process is None:
+        from django.conf import settings
 
-    try:
-        alias = limits_alias()
-    except ConfigurationError:
-        return True
-    from django.conf import settings
+        from llmapp.calls.sharedstate import PER_PROCESS, limits_alias
 
-    return settings.CACHES[alias].get("BACKEND") in PER_PROCESS
+        try:
+            _state.per_process = settings.CACHES[limits_alias()].get("BACKEND") in PER_PROCESS
+        except ConfigurationError:
+            _state.per_process = True
+    return _state.per_process
 
 
 def _shared():
@@ -274,21 +377,22 @@ def bump():
 # -- writing ---------------------------------------------------------------------
 
 
-def validate(name, fields):
+def validate(name, fields, current=None):
     """Return {field: [messages]} of what is wrong with ``fields`` as use case ``name``'s override.
 
     Each field is checked as settings are (llmapp.conf.usecases: the same rules, the same
-    providers and models), on the use case the override would make.
+    providers and models), on the use case the override would make. A field that is not
+    editable here may only repeat its value in ``current``, the override as saved.
     """
     errors = {}
     editable = editable_fields()
     for field, value in fields.items():
         if field not in registry.FIELDS or field not in EDITABLE_FIELDS:
             errors[field] = [f"{field} is not an editable field; editable: {', '.join(editable)}."]
-        elif field not in editable:
+        elif field not in editable and (current or {}).get(field) != value:
             errors[field] = [f"{field} is not editable here (LLM_EDITABLE_FIELDS); change it in settings."]
         else:
-            problem = _type_problem(field, value)
+            problem = _type_problem(field, value) or _secret_problem(field, value)
             if problem:
                 errors[field] = [problem]
     if errors:
@@ -328,30 +432,68 @@ def _type_problem(field, value):
     return None  # numbers: their Rule says what they must be
 
 
-def current_override(name):
-    """The fields of use case ``name``'s override as saved, read from the database ({} for none)."""
+def _secret_problem(field, value):
+    """A known secret (a provider's key, a secret setting) pasted into a field: refused, as it
+    would then be sent to the provider and shown wherever the prompt is."""
+    texts = (
+        [value]
+        if isinstance(value, str)
+        else [item for item in value if isinstance(item, str)]
+        if isinstance(value, list)
+        else []
+    )
+    for text in texts:
+        if any(len(secret) >= MIN_SUBSTRING_SECRET and secret in text for secret in known_secrets()):
+            return f"{field} holds a secret of this project's settings (a key or password); take it out."
+    return None
+
+
+def latest_revision(name):
+    """Use case ``name``'s newest UseCaseRevision, read from the database; None when it has none."""
     from llmapp.models import UseCaseRevision
 
-    latest = UseCaseRevision.objects.filter(usecase=name).order_by("-pk").first()
+    return UseCaseRevision.objects.filter(usecase=name).order_by("-pk").first()
+
+
+def current_override(name):
+    """The fields of use case ``name``'s override as saved, read from the database ({} for none)."""
+    latest = latest_revision(name)
     return dict(latest.override) if latest is not None else {}
 
 
-def save_override(name, fields, *, author=None, comment="", reverts=None):
+def save_override(name, fields, *, author=None, comment="", reverts=None, base_revision=None):
     """Make ``fields`` use case ``name``'s override, as a new revision; return it.
 
-    Fields set to None are left out (the settings' value applies). Raises
-    OverrideInvalid, saving nothing, when a field does not hold.
+    Fields set to None are left out (the settings' value applies); fields not editable
+    here (LLM_EDITABLE_FIELDS) keep their saved value. ``base_revision`` is the revision id
+    the change was made on (0: none): when another has been saved since, OverrideConflict
+    is raised. Raises OverrideInvalid, saving nothing, when a field does not hold, and
+    OverridesOff when LLM_USECASE_OVERRIDES is off.
     """
     from llmapp.models import UseCaseRevision
 
+    if not enabled():
+        raise OverridesOff(
+            "use-case overrides are off (LLM_USECASE_OVERRIDES = False): a change would be read by no call."
+        )
     fields = {field: value for field, value in fields.items() if value is not None}
     registry.get_usecase(name)  # an unknown use case raises InvalidUsecaseError
-    errors = validate(name, fields)
+    current = current_override(name)
+    errors = validate(name, fields, current)
     if errors:
         raise OverrideInvalid(errors)
+    editable = editable_fields()
+    fields = {field: value for field, value in current.items() if field not in editable} | fields
     usecase, _ = registry.resolve_with(name, fields)
     user = author if getattr(author, "is_authenticated", False) else None
     with transaction.atomic():
+        latest = UseCaseRevision.objects.select_for_update().filter(usecase=name).order_by("-pk").first()
+        newest = latest.pk if latest is not None else 0
+        if base_revision is not None and base_revision != newest:
+            raise OverrideConflict(
+                f"use case {name!r} was changed (revision {newest}) since revision {base_revision}, which "
+                "this change was made on; reload it and make the change again."
+            )
         revision = UseCaseRevision.objects.create(
             usecase=name,
             author=user,
@@ -400,14 +542,15 @@ def described(usecase):
     return {
         "name": usecase.name,
         "revision": usecase.revision,
-        "override": _redacted(registry.override_of(usecase.name)),
-        "config": {field: _redacted(value) for field, value in config.items()},
+        "enabled": usecase.enabled,
+        "override": masked(registry.override_of(usecase.name)),
+        "config": {field: masked(value) for field, value in config.items()},
         "sources": {field: usecase.source(field) for field in config},
         "editable": list(editable_fields()),
     }
 
 
-def _redacted(value):
+def masked(value):
     """``value`` with the secrets this process knows (provider keys, secret settings) masked.
 
     Only those: key shapes and URL parameters are left as written, so that a prompt that
@@ -420,7 +563,7 @@ def _redacted(value):
                 value = value.replace(secret, MASK)
         return value
     if isinstance(value, list):
-        return [_redacted(item) for item in value]
+        return [masked(item) for item in value]
     if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
+        return {key: masked(item) for key, item in value.items()}
     return value

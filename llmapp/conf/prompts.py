@@ -28,8 +28,42 @@ _MISSING = "\x00llmapp-missing:%s\x00"
 _MISSING_FOUND = re.compile("\x00llmapp-missing:(.*?)\x00")
 
 
+# The most text a template may render: far beyond a prompt, far below what fills memory.
+MAX_RENDERED = 1_000_000
+
+
 class MissingContextError(InvalidRequestError):
     """A prompt template uses a variable the call's context does not give."""
+
+
+@functools.cache
+def sandbox():
+    """The engine of template sources saved in an override: the built-in tags and filters only.
+
+    Whoever may edit a use case must not reach more than its prompt: no other template
+    (include, extends), no tag library (load), no dump of the context (debug).
+    """
+    return Engine(dirs=[], loaders=[], libraries={}, string_if_invalid=_MISSING, autoescape=False)
+
+
+def _refuse_reaching_out(template, where):
+    from django.template.defaulttags import DebugNode, URLNode
+    from django.template.loader_tags import ExtendsNode, IncludeNode
+
+    for node_type, tag in (
+        (IncludeNode, "include"),
+        (ExtendsNode, "extends"),
+        (DebugNode, "debug"),
+        (URLNode, "url"),
+    ):
+        if template.nodelist.get_nodes_by_type(node_type):
+            raise ConfigurationError(
+                f"{where} uses {{% {tag} %}}, which a template saved in an override may not: it renders "
+                "the prompt alone.",
+                check_id="llmapp.E030",
+                hint="Write the text in the template, or move the template to a file named in settings.",
+            )
+    return template
 
 
 @functools.cache
@@ -65,6 +99,7 @@ def forget_templates():
     from llmapp.conf import usecases
 
     engine.cache_clear()
+    sandbox.cache_clear()
     usecases.forget_resolved()
 
 
@@ -128,7 +163,7 @@ class PromptTemplate:
         try:
             if self.name is not None:
                 return _defaults_apply(engine().get_template(self.name))
-            return _defaults_apply(engine().from_string(self.source))
+            return _defaults_apply(_refuse_reaching_out(sandbox().from_string(self.source), self.where))
         except TemplateDoesNotExist:
             raise ConfigurationError(
                 f"{self.where} does not exist in any template directory.",
@@ -152,14 +187,21 @@ class PromptTemplate:
         return f"{self.name}@{digest}" if self.name is not None else digest
 
     def render(self, context):
-        text = self.template.render(Context(dict(context or {}), autoescape=False))
-        missing = _MISSING_FOUND.findall(text)
+        template = self.template
+        try:
+            text = template.render(Context(dict(context or {}), autoescape=False))
+        except Exception as exc:  # a tag failing on the context's values (widthratio by 0...)
+            raise InvalidRequestError(
+                f"{self.where} could not be rendered: {type(exc).__name__}: {exc}"
+            ) from None
+        missing = list(dict.fromkeys(_MISSING_FOUND.findall(text)))
         if missing:
-            names = ", ".join(dict.fromkeys(missing))
+            how = "the call's message" if missing == ["message"] else "them in the call's context"
             raise MissingContextError(
-                f"{self.where} uses {names}, which the call's context does not give; pass "
-                f"context={{{', '.join(repr(name.split('.')[0]) for name in dict.fromkeys(missing))}: ...}}."
+                f"{self.where} uses {', '.join(missing)}, which the call does not give; pass {how}."
             )
+        if len(text) > MAX_RENDERED:
+            raise InvalidRequestError(f"{self.where} rendered {len(text)} characters, over {MAX_RENDERED}.")
         return text
 
 

@@ -349,8 +349,12 @@ class UseCase:
         from llmapp.conf.prompts import text_version
 
         texts = ("PROMPT", "PROMPT_TEMPLATE", "MESSAGE_TEMPLATE")
-        if self.revision and any(self.source(field) == OVERRIDE for field in texts):
-            return f"revision {self.revision}"
+        if any(self.source(field) == OVERRIDE for field in texts):
+            # Of the texts, not the revision: a revision that changes only the temperature
+            # keeps the prompt's version.
+            written = [self.prompt or ""]
+            written += [template.template.source for field in texts[1:] if (template := self.template(field))]
+            return "override@" + text_version("\x00".join(written))
         prompt = self.template("PROMPT_TEMPLATE")
         parts = [prompt.version if prompt else (text_version(self.prompt) if self.prompt else "")]
         message = self.template("MESSAGE_TEMPLATE")

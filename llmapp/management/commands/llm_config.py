@@ -20,7 +20,7 @@ import urllib.request
 from django.core.management.base import CommandError
 
 from llmapp.conf import overrides
-from llmapp.conf.usecases import get_usecase, get_usecases, override_of
+from llmapp.conf.usecases import get_usecases, override_of
 from llmapp.exceptions import InvalidUsecaseError, LLMError
 from llmapp.management.base import LLMCommand
 from llmapp.redaction import redact
@@ -76,21 +76,31 @@ class Command(LLMCommand):
     def do_import(self, store, options):
         wanted = self.read(options["file"])
         current = store.overrides()
-        changed = 0
-        for name, fields in wanted.items():
-            if current.get(name, {}) == fields:
-                continue
-            store.put(name, fields, options["comment"] or f"import of {os.path.basename(options['file'])}")
-            changed += 1
+        unknown = sorted(set(wanted) - set(current))
+        if unknown:
+            raise CommandError(
+                f"{options['file']} names use case(s) {', '.join(unknown)}, which this deployment does not "
+                f"have; nothing was imported. Known: {', '.join(sorted(current))}."
+            )
+        changes = {name: fields for name, fields in wanted.items() if current[name] != fields}
+        comment = options["comment"] or f"import of {os.path.basename(options['file'])}"
+        store.put_all(changes, comment)
+        for name, fields in changes.items():
             self.stdout.write(f"{name}: saved ({len(fields)} field(s) overridden)")
-        self.stdout.write(f"{changed} use case(s) changed, {len(wanted) - changed} already as in the file.")
+        self.stdout.write(
+            f"{len(changes)} use case(s) changed, {len(wanted) - len(changes)} already as in the file."
+        )
 
     def do_diff(self, store, options):
         wanted = self.read(options["file"])
         current = store.overrides()
         differ = False
         for name, fields in wanted.items():
-            have = current.get(name, {})
+            if name not in current:
+                differ = True
+                self.stdout.write(f"{name}: no such use case here; import would refuse the file")
+                continue
+            have = current[name]
             for field in sorted(set(fields) | set(have)):
                 if fields.get(field) != have.get(field):
                     differ = True
@@ -123,7 +133,11 @@ class Command(LLMCommand):
             raise CommandError(
                 f'{path} must be {{"usecases": {{name: {{FIELD: value}}}}}}, as export writes it.'
             )
-        return usecases
+        # null removes a field, as in a PUT: the same as leaving it out.
+        return {
+            name: {field: value for field, value in fields.items() if value is not None}
+            for name, fields in usecases.items()
+        }
 
 
 def _shown(value):
@@ -139,14 +153,20 @@ class Local:
         # Every use case, {} for one on its settings: an import then puts the target's back too.
         return {name: override_of(name) for name in get_usecases()}
 
-    def put(self, name, fields, comment):
+    def put_all(self, changes, comment):
+        """Save every change, or none: each is checked first, and all are saved in one transaction."""
+        from django.db import transaction
+
+        for name, fields in changes.items():
+            errors = overrides.validate(name, fields, overrides.current_override(name))
+            if errors:
+                raise CommandError(f"{name}: {overrides.OverrideInvalid(errors)}; nothing was imported.")
         try:
-            get_usecase(name)
-            overrides.save_override(name, fields, comment=comment)
-        except overrides.OverrideInvalid as exc:
-            raise CommandError(f"{name}: {exc}") from None
-        except InvalidUsecaseError as exc:
-            raise CommandError(str(exc)) from None
+            with transaction.atomic():
+                for name, fields in changes.items():
+                    overrides.save_override(name, fields, comment=comment)
+        except (overrides.OverrideInvalid, overrides.OverridesOff, InvalidUsecaseError) as exc:
+            raise CommandError(f"{exc}; nothing was imported.") from None
 
     def revert(self, name, revision):
         from llmapp.models import UseCaseRevision
@@ -179,14 +199,23 @@ class Remote:
         listed = self.call("GET", "usecases/")["usecases"]
         return {usecase["name"]: usecase.get("override") or {} for usecase in listed}
 
-    def put(self, name, fields, comment):
-        self.call("PUT", f"usecases/{urllib.parse.quote(name)}/", fields, comment)
+    def put_all(self, changes, comment):
+        """PUT each change. The deployment checks each as it comes: one it refuses stops the import
+        there, and those before it stay saved (the message says which)."""
+        saved = []
+        for name, fields in changes.items():
+            try:
+                self.call("PUT", f"usecases/{urllib.parse.quote(name)}/", fields, comment)
+            except CommandError as exc:
+                done = f" ({', '.join(saved)} saved before it)" if saved else "; nothing was imported"
+                raise CommandError(f"{name}: {exc}{done}.") from None
+            saved.append(name)
 
     def revert(self, name, revision):
         self.call("POST", f"usecases/{urllib.parse.quote(name)}/revert/", {"revision": revision})
 
     def call(self, method, path, body=None, comment=""):
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -194,6 +223,8 @@ class Remote:
         if comment:
             headers["X-Revision-Comment"] = comment.encode("ascii", "replace").decode()
         request = urllib.request.Request(self.root + path, data=data, headers=headers, method=method)  # noqa: S310
+        # Not sent again on a redirect, which may lead to another host.
+        request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         where = f"{method} {redact(self.root + path)}"
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (checked above)

@@ -1,6 +1,8 @@
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from django.core.cache import caches
 from tests.environment import developer_variables, isolated_environ
 from tests.fakes.openai_server import fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
-from tests.services import CACHE_KINDS, cache_of_kind
+from tests.services import CACHE_KINDS, cache_of_kind, reachable
 
 ROOT = Path(__file__).resolve().parent.parent
 # Shaped like a real key so that key-shaped redaction is exercised too.
@@ -108,3 +110,27 @@ def manage(tmp_path, migrated_database):
     run.env_file = env_file
     run.env = lambda env=None: manage_env(database, env_file, env)
     return run
+
+
+@pytest.fixture
+def runserver(manage):
+    """``manage.py runserver`` on the ``manage`` fixture's database file, as an operator runs it."""
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=manage.env(),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while not reachable("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)

@@ -139,37 +139,6 @@ def test_operator_tests_a_typed_use_case_and_reads_its_fields(
     assert [row.text for row in fields] == ["label spam", "score 0.0"]
 
 
-@pytest.fixture
-def runserver(manage):
-    """``manage.py runserver`` on the ``manage`` fixture's database file, as an operator runs it."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT
-    from tests.services import reachable
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=manage.env(),
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 30
-    while not reachable("127.0.0.1", port):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-
-
 def dry_run(manage):
     import json
 
@@ -241,4 +210,4 @@ def test_operator_edits_a_use_case_and_another_process_sends_it_then_reverts(bro
     # The log splits the calls by prompt version.
     browser.get(f"{runserver}/admin/llmapp/usecase/summarize/")
     versions = browser.find_element(By.ID, "prompt-versions").text
-    assert "revision" in versions
+    assert "override@" in versions

@@ -337,3 +337,10 @@ def test_test_this_draft_sends_the_unsaved_configuration_and_saves_nothing(triag
     assert (locmem.outbox[-1].prompt, locmem.outbox[-1].model) == ("Draft prompt.", "large")
     assert not UseCaseRevision.objects.exists()
     assert sent().prompt == "Triage it."  # other calls never saw the draft
+
+
+def test_the_admin_page_says_which_override_fields_are_set_aside(triage, settings, admin_client):
+    overrides.save_override(triage, {"MODEL": "large"})
+    settings.LLM_PROVIDERS = {**MODELS, "test": {**MODELS["test"], "MODELS": ["small"]}}
+    page = admin_client.get("/admin/llmapp/usecase/triage/").content.decode()
+    assert "Its override no longer holds" in page and "large" in page

@@ -17,7 +17,7 @@ from llmapp.admin.overrides import CHANGE_PERMISSION, edit_view, history_view, r
 from llmapp.calls.service import complete_prompt
 from llmapp.calls.types import jsonable
 from llmapp.conf import overrides
-from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases
+from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases, set_aside_overrides
 from llmapp.conf.usecases import UseCase as UseCaseConfig
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError, LLMError
 from llmapp.models import CompletionEvent, UseCase
@@ -146,6 +146,8 @@ class UseCaseAdmin(admin.ModelAdmin):
             "prompt": safe(usecase.prompt),
             "templates": templates_display(usecase),
             "disabled_origin": usecase.origin("ENABLED"),
+            # Override fields that no longer hold (llmapp.W009): calls use the settings' value.
+            "set_aside": [safe(str(problem)) for problem in set_aside_overrides().get(usecase.name, [])],
             "description": safe(usecase.description),
             "output": output_display(usecase),
             "usage_note": usage_note,

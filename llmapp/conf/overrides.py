@@ -115,6 +115,8 @@ _state = _State()
 
 def refresh():
     """Bring this process's overrides up to date; called at the start of every call."""
+    if _state.per_process and _checked_lately():
+        return  # read from the database a moment ago: the common case, said first
     if not enabled():
         if _state.loaded:
             forget()

@@ -215,3 +215,32 @@ class UseCaseRevision(models.Model):
 
     def __str__(self):
         return f"revision {self.pk} of {self.usecase}"
+
+
+class EvaluationRun(models.Model):
+    """One ``manage.py llm_eval``: a use case's cases run on several routes, and how each route did.
+
+    ``summary`` holds each route's figures (accuracy, passed, failed, errored, latency
+    p50 and p95, tokens, cost, failing cases); ``disagreements`` the cases on which the
+    routes' outcomes differ, with each route's answer. Those are answers, which may be
+    personal data, as a batch's results are: delete a run once it is read.
+    """
+
+    usecase = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    input_name = models.CharField(max_length=500, blank=True)
+    routes = models.JSONField(default=list)
+    # What the prompt was (UseCase.prompt_version), and the override revision run, if one was named.
+    prompt_version = models.CharField(max_length=200, blank=True)
+    revision = models.PositiveIntegerField(null=True, blank=True)
+    judge = models.CharField(max_length=100, blank=True)
+    cases = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=list)
+    disagreements = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "evaluation run"
+
+    def __str__(self):
+        return f"evaluation {self.pk} of {self.usecase} ({self.cases} cases on {len(self.routes)} routes)"

@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import caches
 
 from tests.environment import developer_variables, isolated_environ
-from tests.fakes.openai_server import fake_openai  # noqa: F401
+from tests.fakes.openai_server import FakeOpenAIServer, fake_openai  # noqa: F401
 from tests.fakes.sentry_ingest import sentry_ingests  # noqa: F401
 from tests.services import CACHE_KINDS, cache_of_kind, reachable
 
@@ -134,3 +134,20 @@ def runserver(manage):
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def two_servers(settings):
+    """Aliases "fast" and "slow", each an OpenAI-compatible server of its own."""
+    with FakeOpenAIServer() as fast, FakeOpenAIServer() as slow:
+        settings.LLM_PROVIDERS = {
+            **settings.LLM_PROVIDERS,
+            **{
+                alias: {
+                    "BACKEND": "llmapp.providers.openai.OpenAIProvider",
+                    "OPTIONS": {"api_key": API_KEY, "base_url": server.base_url, "model": f"{alias}-model"},
+                }
+                for alias, server in (("fast", fast), ("slow", slow))
+            },
+        }
+        yield fast, slow

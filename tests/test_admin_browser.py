@@ -211,3 +211,68 @@ def test_operator_edits_a_use_case_and_another_process_sends_it_then_reverts(bro
     browser.get(f"{runserver}/admin/llmapp/usecase/summarize/")
     versions = browser.find_element(By.ID, "prompt-versions").text
     assert "override@" in versions
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operator_reads_an_evaluation_with_its_chart_and_compares_routes(
+    browser, live_server, django_user_model, two_servers, tmp_path
+):
+    import io
+    import json
+
+    from django.core.management import call_command
+    from selenium.webdriver.common.by import By
+
+    fast, slow = two_servers
+    fast.answer_with = lambda text: "Paris" if "France" in text else "Berlin"
+    slow.answer_with = lambda text: "Paris"
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        json.dumps({"id": "fr", "message": "Capital of France?", "expected": "Paris"})
+        + "\n"
+        + json.dumps({"id": "de", "message": "Capital of Germany?", "expected": "Berlin"})
+        + "\n"
+    )
+    call_command(
+        "llm_eval",
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast,slow",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        stdout=io.StringIO(),
+    )
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/llmapp/evaluationrun/")
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+    # The list, then the run's page: its chart has a bar per route, as long as its accuracy.
+    row = browser.find_element(By.CSS_SELECTOR, "#result_list tbody tr").text
+    assert "summarize" in row and "fast 100%" in row and "slow 50%" in row
+    browser.find_element(By.CSS_SELECTOR, "#result_list tbody tr th a").click()
+    bars = browser.find_elements(By.CSS_SELECTOR, "#accuracy svg rect.llm-bar")
+    widths = [float(bar.get_attribute("width")) for bar in bars]
+    assert len(widths) == 2 and widths[0] == 2 * widths[1]
+    assert "100%" in browser.find_element(By.ID, "accuracy").text
+    disagreements = browser.find_element(By.ID, "disagreements").text
+    assert "de" in disagreements and "Berlin" in disagreements and "failed" in disagreements
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT.with_name("evaluation.png")))
+
+    # From the use case's page, Compare shows the routes' answers side by side.
+    browser.get(f"{live_server.url}/admin/llmapp/usecase/summarize/")
+    browser.find_element(By.ID, "compare-usecase").click()
+    routes = browser.find_element(By.ID, "id_routes")
+    routes.clear()
+    routes.send_keys("fast,slow")
+    browser.find_element(By.ID, "id_message").send_keys("Capital of Germany?")
+    browser.find_element(By.NAME, "_compare").click()
+    comparison = browser.find_element(By.ID, "comparison")
+    headers = [cell.text for cell in comparison.find_elements(By.CSS_SELECTOR, "thead th")]
+    answers = [cell.text for cell in comparison.find_elements(By.CSS_SELECTOR, "tbody td")]
+    assert [header.lower() for header in headers] == ["fast", "slow"]  # the admin upper-cases headings
+    assert answers[0].startswith("Berlin") and answers[1].startswith("Paris")

@@ -14,6 +14,7 @@ from django.urls import path, reverse
 from llmapp.admin.display import NO_VALUE, budget_display, count, milliseconds, safe, usage_cells
 from llmapp.admin.health import ProviderHealth, provider_health
 from llmapp.admin.overrides import CHANGE_PERMISSION, edit_view, history_view, revert_view
+from llmapp.calls.compare import compare_routes, parse_routes
 from llmapp.calls.service import complete_prompt
 from llmapp.calls.types import jsonable
 from llmapp.conf import overrides
@@ -34,6 +35,14 @@ class TestPromptForm(forms.Form):
         max_length=20_000,
         help_text="Sent to the use case like any other call, and recorded in the completion log.",
     )
+
+
+class CompareForm(forms.Form):
+    routes = forms.CharField(
+        max_length=1000,
+        help_text='"alias" or "alias:model", comma-separated; each runs at once, fallbacks and cache off.',
+    )
+    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), max_length=20_000)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,11 @@ class UseCaseAdmin(admin.ModelAdmin):
                 name="{}_{}_edit".format(*info),
             ),
             path(
+                "<str:name>/compare/",
+                self.admin_site.admin_view(self.compare_view),
+                name="{}_{}_compare".format(*info),
+            ),
+            path(
                 "<str:name>/history/",
                 self.admin_site.admin_view(lambda request, name: history_view(self, request, name)),
                 name="{}_{}_history".format(*info),
@@ -160,6 +174,30 @@ class UseCaseAdmin(admin.ModelAdmin):
             **self.recent(request, usecase.name),
         }
         return TemplateResponse(request, self.detail_template, context)
+
+    def compare_view(self, request, name):
+        """Run the test message on several routes at once and show the answers side by side."""
+        if not self.has_test_permission(request):
+            raise PermissionDenied
+        overrides.refresh()
+        try:
+            usecase = get_usecase(name)
+        except InvalidUsecaseError:
+            raise Http404(f"No use case named {name!r}.") from None
+        form = CompareForm(request.POST or None, initial={"routes": usecase.provider})
+        results, error = None, None
+        if request.method == "POST" and form.is_valid():
+            try:
+                compared = compare_routes(
+                    name, form.cleaned_data["message"], parse_routes(form.cleaned_data["routes"])
+                )
+            except LLMError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                results = [comparison_display(result) for result in compared]
+        context = self.context(request, title=f"Compare routes: {name}")
+        context |= {"usecase": usecase, "form": form, "results": results, "error": safe(error)}
+        return TemplateResponse(request, "admin/llmapp/usecase/compare.html", context)
 
     def test_prompt(self, request, usecase):
         """Run the use case on a POSTed message; return the form, the Completion and the error."""
@@ -332,6 +370,13 @@ def output_display(usecase):
         "origin": usecase.origin("OUTPUT"),
         "schema": json.dumps(output.schema, indent=2, ensure_ascii=False),
     }
+
+
+def comparison_display(result):
+    """One route's column of a comparison: its answer and figures, or its error."""
+    if result.completion is None:
+        return {"route": str(result.route), "error": safe(f"{type(result.error).__name__}: {result.error}")}
+    return {"route": str(result.route), **completion_display(result.completion)}
 
 
 def completion_display(completion):

@@ -141,7 +141,7 @@ def run_item(usecase, item, stop_on=()):
     if item.problem:
         return error_record(item.id, "InvalidInput", item.problem)
     try:
-        completion = _paced(usecase, item)
+        completion = paced(usecase, item)
     except LLMError as exc:
         if isinstance(exc, stop_on):
             raise
@@ -153,7 +153,7 @@ def run_item(usecase, item, stop_on=()):
     return completion_record(item.id, completion)
 
 
-def _paced(usecase, item):
+def paced(usecase, item):
     """Run ``item``'s call, waiting as long as a rate limit says rather than failing the item."""
     while True:
         try:
@@ -162,7 +162,7 @@ def _paced(usecase, item):
             sleep(exc.retry_after)
 
 
-def _run_in_worker(usecase, item, stopped):
+def _run_in_worker(usecase, item, stopped, run):
     if stopped.is_set():
         # An item before this one met a setting to fix: the batch ends there, and this
         # item's result, after it, is never written.
@@ -171,7 +171,7 @@ def _run_in_worker(usecase, item, stopped):
         # A setting to fix (no key, no SDK) would fail every item alike: it stops the batch.
         # Its usage event may wait for room in the writer's queue rather than be dropped.
         with eventstream.may_wait(FLUSH_TIMEOUT):
-            return run_item(usecase, item, stop_on=ConfigurationError)
+            return run(usecase, item, stop_on=ConfigurationError)
     except ConfigurationError:
         stopped.set()
         raise
@@ -200,7 +200,8 @@ def dumps(record):
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def _record(line):
+def parse_record(line):
+    """The record of an output line (a dict with an ``id``), or None for a line that is not one."""
     try:
         record = json.loads(line)
     except ValueError:
@@ -212,7 +213,7 @@ def finished_ids(lines):
     """Return the ids of the successful records among a previous run's output ``lines``."""
     done = set()
     for line in lines:
-        record = _record(line)
+        record = parse_record(line)
         if record is not None and "error" not in record:
             done.add(str(record["id"]))
     return done
@@ -232,7 +233,7 @@ def in_input_order(previous, positions):
     others = {}
     offset = 0
     for line in previous:
-        record = _record(line)
+        record = parse_record(line)
         if record is not None:
             item_id = str(record["id"])
             entry = offset * 2 + ("error" not in record)
@@ -263,7 +264,16 @@ class BatchStats:
 
 
 def run_batch(
-    usecase, items, write, *, concurrency=1, skip=frozenset(), progress=None, waiting=None, read_ahead=True
+    usecase,
+    items,
+    write,
+    *,
+    concurrency=1,
+    skip=frozenset(),
+    progress=None,
+    waiting=None,
+    read_ahead=True,
+    run=run_item,
 ):
     """Run ``items`` with ``concurrency`` calls at once; ``write(record)`` each result in input order.
 
@@ -279,6 +289,8 @@ def run_batch(
     calls left behind. An InputError from ``items`` stops the batch after the items before
     it, and is raised; so does an item's ConfigurationError, at once, the results of the
     items before it written. ``progress(record)`` is called once per written record.
+    ``run(usecase, item, stop_on=...)`` makes an item's record (``run_item``, or an
+    evaluation's, which checks the answer too).
     """
     stats = BatchStats()
     window = max(4, concurrency * 4)  # results that may wait for an earlier, slower item
@@ -314,7 +326,7 @@ def run_batch(
                 continue
             slots.acquire()
             eventstream.wait_for_room(FLUSH_TIMEOUT, headroom=window)
-            future = executor.submit(_run_in_worker, usecase, item, stopped)
+            future = executor.submit(_run_in_worker, usecase, item, stopped, run)
             future.add_done_callback(free_slot)
             pending.append(future)
             # Waiting on the oldest item once the window is full bounds memory.

@@ -210,15 +210,7 @@ class BatchRun:
         os._exit(code)
 
     def progress_bar(self, total):
-        stream = self.command.stderr._out
-        if self.options["quiet"] or not stream.isatty():
-            return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
-        bar = tqdm(total=total, file=stream, unit="item", **_terminal_size(stream))
-        return ProgressBar(bar)
+        return progress_bar(self.command.stderr._out, total, quiet=self.options["quiet"])
 
     def enqueue(self, items):
         from llmapp.batch.tasks import enqueue_batch
@@ -260,6 +252,17 @@ def _terminal_size(stream):
     except (OSError, ValueError):
         columns, lines = 0, 0
     return {"ncols": columns or 80, "nrows": lines or 24}
+
+
+def progress_bar(stream, total, *, quiet=False, unit="item"):
+    """A ProgressBar on ``stream`` when it is a terminal and tqdm is installed (the batch extra)."""
+    if quiet or not stream.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return ProgressBar(tqdm(total=total, file=stream, unit=unit, **_terminal_size(stream)))
 
 
 class ProgressBar:

@@ -15,8 +15,9 @@ import select
 import socket
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Self
@@ -46,6 +47,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    #: When it arrived (time.monotonic): which requests were under way together.
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 # Replies are keyword-only so that providers can add their own fields in subclasses.
@@ -296,6 +299,10 @@ class FakeHTTPServer:
         self._hangup = threading.Event()
         self._httpd: HTTPListener | None = None
         self._thread: threading.Thread | None = None
+        #: What an unscripted request is answered: a function of its last user message.
+        self.answer_with: Callable[[str], str] | None = None
+        #: Seconds an unscripted request waits for its answer.
+        self.answer_delay = 0.0
 
     # Lifecycle
 
@@ -483,7 +490,7 @@ class FakeHTTPServer:
             return
 
         with self._lock:
-            reply = self._replies.popleft() if self._replies else self._default_reply()
+            reply = self._replies.popleft() if self._replies else self._default_reply(self.answer_delay)
         if not self._pause_between(handler, reply.delay):
             handler.cut()  # stop() was called, or the client hung up, while a reply was held back
             return
@@ -540,6 +547,8 @@ class FakeHTTPServer:
         """Return the reply text, or the default answer echoing the last user message."""
         if reply.text is not None:
             return reply.text
+        if self.answer_with is not None:
+            return self.answer_with(self._last_user_text(body))
         return f"Fake answer to: {self._last_user_text(body)}"
 
     def _send_trickled(

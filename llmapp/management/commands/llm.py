@@ -5,6 +5,7 @@ import sys
 
 from django.core.management.base import CommandError
 
+from llmapp.calls.compare import compare_routes, parse_routes
 from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
 from llmapp.calls.spend.cost import dollars, most_cost
 from llmapp.calls.types import Completion
@@ -80,6 +81,15 @@ class Command(LLMCommand):
             help="Ask the provider even if the use case's CACHE has the answer, and keep the new one.",
         )
         parser.add_argument("--stream", action="store_true", help="Print the answer as it arrives.")
+        parser.add_argument(
+            "--compare",
+            metavar="ROUTES",
+            help="Run the message on each of these routes at once and print them side by side: "
+            '"alias" or "alias:model", comma-separated (fallbacks and the response cache off).',
+        )
+        parser.add_argument(
+            "--full", action="store_true", help="With --compare, print whole answers rather than their start."
+        )
         parser.add_argument(
             "--json",
             action="store_true",
@@ -162,6 +172,14 @@ class Command(LLMCommand):
             raise CommandError("--output and --enqueue go with --input FILE.")
         if options["stream"] and options["json"]:
             raise CommandError("--stream and --json cannot be combined; pick one.")
+        if options["compare"] is not None:
+            clashing = [flag for flag, key in _NOT_WITH_COMPARE if options[key]]
+            if clashing:
+                raise CommandError(
+                    f"--compare names the routes; it cannot be combined with {', '.join(clashing)}."
+                )
+        elif options["full"]:
+            raise CommandError("--full goes with --compare.")
         if options["messages"] is not None:
             if options["message"] is not None:
                 raise CommandError("--message and --messages cannot be combined; pick one.")
@@ -204,6 +222,9 @@ class Command(LLMCommand):
             described["max_cost_usd"] = None if most is None else str(most)
             self.stdout.write(json.dumps(described, indent=2, ensure_ascii=False))
             return
+        if options["compare"] is not None:
+            self.compare(usecase, message, overrides, options)
+            return
         if options["stream"]:
             completion = self.stream(usecase, message, overrides)
         else:
@@ -214,6 +235,58 @@ class Command(LLMCommand):
                 self.stdout.write(completion.text)
         if options["verbosity"] >= 2:
             self.stderr.write(self.describe(completion))
+
+    def compare(self, usecase, message, overrides, options):
+        """--compare: the message on each route at once; a table (or --json), failures as rows."""
+        given = {
+            key: value
+            for key, value in overrides.items()
+            if value is not None and key not in ("provider", "model", "fallbacks", "cache")
+        }
+        results = compare_routes(usecase, message, parse_routes(options["compare"]), **given)
+        if options["json"]:
+            self.stdout.write(json.dumps([result.as_dict() for result in results], ensure_ascii=False))
+        else:
+            self.write_comparison(results, options["full"])
+        if not any(result.ok for result in results):
+            raise CommandError("every route failed; each row says why.")
+
+    def write_comparison(self, results, full):
+        header = ("ROUTE", "MODEL", "LATENCY", "IN", "OUT", "COST", "FINISH", "ANSWER")
+        rows = []
+        for result in results:
+            completion = result.completion
+            if completion is None:
+                error = f"{type(result.error).__name__}: {result.error}"
+                rows.append(((str(result.route), "-", "-", "-", "-", "-", "failed"), redact(error)))
+                continue
+            usage = completion.usage
+            cells = (
+                str(result.route),
+                completion.model,
+                f"{completion.latency_ms:,.0f} ms",
+                str(usage["input_tokens"] if usage["input_tokens"] is not None else "-"),
+                str(usage["output_tokens"] if usage["output_tokens"] is not None else "-"),
+                dollars(completion.cost),
+                completion.finish_reason or "-",
+            )
+            answer = (
+                completion.text if completion.parsed is None else json.dumps(completion.as_dict()["parsed"])
+            )
+            rows.append((cells, answer))
+        widths = [max(len(cells[i]) for cells in [header, *(row[0] for row in rows)]) for i in range(7)]
+        indent = sum(widths) + 2 * 7
+        self.stdout.write(
+            self.style.MIGRATE_HEADING(
+                "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + "  ANSWER"
+            )
+        )
+        for cells, answer in rows:
+            lines = _wrapped(answer, full)
+            first = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+            self.stdout.write(f"{first}  {lines[0]}")
+            for line in lines[1:]:
+                self.stdout.write(" " * indent + line)
 
     def stream(self, usecase, message, overrides):
         completion = None
@@ -394,6 +467,29 @@ class Command(LLMCommand):
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
             line = "  ".join([*cells, row[-1]])
             self.stdout.write(self.style.MIGRATE_HEADING(line) if i == 0 else line)
+
+
+_NOT_WITH_COMPARE = (
+    ("--provider", "provider"),
+    ("--model", "model"),
+    ("--stream", "stream"),
+    ("--dry-run", "dry_run"),
+    ("--no-fallback", "no_fallback"),
+)
+#: Columns of an answer in a --compare row, and how many lines of it without --full.
+ANSWER_WIDTH, ANSWER_LINES = 60, 3
+
+
+def _wrapped(text, full):
+    """An answer as lines of ANSWER_WIDTH, its own line breaks kept; cut at ANSWER_LINES unless ``full``."""
+    import textwrap
+
+    lines = []
+    for paragraph in (text or "").splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, ANSWER_WIDTH) or [""]
+    if not full and len(lines) > ANSWER_LINES:
+        lines = [*lines[: ANSWER_LINES - 1], lines[ANSWER_LINES - 1][: ANSWER_WIDTH - 1] + "…"]
+    return lines
 
 
 def _model(usecase):

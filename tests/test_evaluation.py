@@ -1,0 +1,274 @@
+"""`manage.py llm_eval`: a use case over a dataset on several routes, and how each route did."""
+
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from llmapp.conf import overrides
+from llmapp.models import EvaluationRun
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.django_db
+
+CASES = 20
+
+
+def number(text):
+    return int(re.search(r"\d+", text).group())
+
+
+def capital(text):
+    return f"City {number(text)}"
+
+
+def write_cases(path, count=CASES, **extra):
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"c{n}", "message": f"Capital of country {n}?", "expected": f"City {n}", **extra}
+            )
+            + "\n"
+            for n in range(count)
+        )
+    )
+    return path
+
+
+def evaluate(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("llm_eval", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_one_route_right_on_every_case_the_other_on_half(two_servers, tmp_path):
+    fast, slow = two_servers
+    fast.answer_with = capital
+    slow.answer_with = lambda text: capital(text) if number(text) % 2 == 0 else "Somewhere else"
+    cases = write_cases(tmp_path / "cases.jsonl")
+    report = tmp_path / "report.json"
+
+    out, _ = evaluate(
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast,slow",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--report",
+        str(report),
+        "--concurrency",
+        "6",
+    )
+
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["fast"][1:5] == ["100%", "20", "0", "0"]
+    assert rows["slow"][1:5] == ["50%", "10", "10", "0"]
+    odd = [f"c{n}" for n in range(1, CASES, 2)]
+    assert f"slow failed on: {', '.join(odd)}" in out
+    assert "10 case(s) where the routes disagree." in out
+
+    written = json.loads(report.read_text())
+    [fast_figures, slow_figures] = written["routes"]
+    assert (fast_figures["accuracy"], slow_figures["accuracy"]) == (1.0, 0.5)
+    assert slow_figures["failing"] == odd and fast_figures["failing"] == []
+    assert fast_figures["latency_p50_ms"] is not None and fast_figures["input_tokens"] > 0
+    assert [case["case"] for case in written["disagreements"]] == odd
+    assert written["disagreements"][0]["routes"]["slow"] == {
+        "outcome": "failed",
+        "answer": "Somewhere else",
+        "why": "the answer is not the expected one",
+    }
+
+    run = EvaluationRun.objects.get()
+    assert (run.usecase, run.cases, run.routes) == ("summarize", CASES, ["fast", "slow"])
+    assert run.summary == written["routes"] and len(run.disagreements) == 10
+    assert len(fast.requests) == len(slow.requests) == CASES
+    # Each case on each route once, fallbacks off: a route's row is its own.
+    assert all(request.body["model"] == "slow-model" for request in slow.requests)
+
+
+def test_a_rerun_sends_nothing_already_answered(two_servers, tmp_path):
+    fast, _ = two_servers
+    fast.answer_with = capital
+    cases = write_cases(tmp_path / "cases.jsonl", count=6)
+    output = tmp_path / "out.jsonl"
+    args = ("summarize", "--input", str(cases), "--routes", "fast", "--output", str(output))
+    evaluate(*args)
+    out, _ = evaluate(*args)
+    assert len(fast.requests) == 6  # all six were in the output already
+    assert out.splitlines()[1].split()[1] == "100%"
+    assert EvaluationRun.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("check", "expected", "answers", "passes"),
+    [
+        ("exact", "City 1", "City 1", True),
+        ("exact", "City 1", "City 1, of course", False),
+        ("contains", "city 1", "It is City 1.", True),
+        ("regex", r"^City \d+$", "City 1", True),
+        ("regex", r"^City \d+$", "The City 1", False),
+        ("fields", {"label": "bug"}, '{"label": "bug", "score": 3}', True),
+        ("fields", {"label": "bug"}, '{"label": "billing"}', False),
+        ("fields", {"label": "bug"}, "not json", False),
+    ],
+)
+def test_each_check(two_servers, tmp_path, check, expected, answers, passes):
+    fast, _ = two_servers
+    fast.reply(answers)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        json.dumps({"id": "one", "message": "Capital of country 1?", "expected": expected, "check": check})
+    )
+    evaluate(
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--json",
+    )
+    [record] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert record["passed"] is passes
+
+
+def test_a_judge_use_case_rules_with_a_typed_verdict(two_servers, tmp_path, settings):
+    fast, slow = two_servers
+    fast.answer_with = capital
+    settings.LLM_USECASES = {"grader": {"PROVIDER": "slow", "PROMPT": "You grade answers."}}
+
+    def verdict(text):
+        answer = text.split("Answer:\n", 1)[1].split("\n\n")[0]
+        return json.dumps({"passed": answer.endswith("2") is False, "reason": "checked"})
+
+    slow.answer_with = verdict
+    cases = write_cases(tmp_path / "cases.jsonl", count=4)
+    out, _ = evaluate(
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--judge",
+        "grader",
+        "--json",
+    )
+    [figures] = json.loads(out)["routes"]
+    assert (figures["passed"], figures["failing"]) == (3, ["c2"])
+    # The judge was asked for the verdict's schema, with the expectation and the answer.
+    judged = slow.requests[0].body
+    assert judged["response_format"]["json_schema"]["schema"]["required"] == ["passed", "reason"]
+    assert judged["messages"][0]["content"].startswith("You grade answers.")
+
+
+def test_a_prompt_version_runs_the_use_case_as_that_revision_had_it(two_servers, tmp_path, settings):
+    fast, _ = two_servers
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "fast"}}
+    first = overrides.save_override("summarize", {"PROMPT": "The first prompt."})
+    overrides.save_override("summarize", {"PROMPT": "The second prompt."})
+    cases = write_cases(tmp_path / "cases.jsonl", count=2)
+    evaluate(
+        "summarize",
+        "--input",
+        str(cases),
+        "--output",
+        str(tmp_path / "a.jsonl"),
+        "--prompt-version",
+        str(first.pk),
+    )
+    evaluate("summarize", "--input", str(cases), "--output", str(tmp_path / "b.jsonl"))
+    systems = [request.body["messages"][0]["content"] for request in fast.requests]
+    assert systems == ["The first prompt."] * 2 + ["The second prompt."] * 2
+    assert EvaluationRun.objects.order_by("pk").first().revision == first.pk
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        ([{"id": "a", "message": "x"}], 'line 1 must be a JSON object with "expected"'),
+        ([{"id": "a", "message": "x", "expected": "y", "check": "close"}], "check 'close'"),
+        (
+            [{"id": "a", "message": "x", "expected": "("}, {"id": "a", "message": "x", "expected": "y"}],
+            "same id 'a'",
+        ),
+        ([{"id": "a", "message": "x", "expected": "(", "check": "regex"}], "not a regular expression"),
+        ([{"id": "a", "message": "x", "expected": "y", "colour": "red"}], "unknown key(s) colour"),
+    ],
+)
+def test_bad_cases_stop_before_any_call_in_one_line(two_servers, tmp_path, lines, says):
+    fast, _ = two_servers
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(CommandError, match=re.escape(says)):
+        evaluate(
+            "summarize", "--input", str(cases), "--routes", "fast", "--output", str(tmp_path / "o.jsonl")
+        )
+    assert fast.requests == []
+
+
+def test_an_unknown_route_or_judge_is_one_line(two_servers, tmp_path):
+    cases = write_cases(tmp_path / "cases.jsonl", count=1)
+    with pytest.raises(CommandError, match="unknown provider 'nope'"):
+        evaluate(
+            "summarize", "--input", str(cases), "--routes", "fast,nope", "--output", str(tmp_path / "o.jsonl")
+        )
+    with pytest.raises(CommandError, match="unknown use case 'nojudge'"):
+        evaluate(
+            "summarize", "--input", str(cases), "--output", str(tmp_path / "o.jsonl"), "--judge", "nojudge"
+        )
+    assert two_servers[0].requests == []
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases(
+    manage, tmp_path, fake_openai
+):
+    fake_openai.answer_with = capital
+    fake_openai.answer_delay = 0.2
+    cases = write_cases(tmp_path / "cases.jsonl")
+    output = tmp_path / "out.jsonl"
+    env = manage.env({"OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": "sk-test-key-000000"})
+    args = [
+        sys.executable,
+        str(ROOT / "manage.py"),
+        "llm_eval",
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "openai",
+        "--output",
+        str(output),
+        "--concurrency",
+        "2",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    while not output.exists() or len(output.read_text().splitlines()) < 4:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Interrupted: what finished is in" in err and "Traceback" not in err
+    finished = len(output.read_text().splitlines())
+    assert 4 <= finished < CASES
+    sent_before = len(fake_openai.requests)
+
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "100%" in result.stdout
+    # Only what had no record was sent again: the finished cases were not.
+    assert len(fake_openai.requests) - sent_before == CASES - finished

@@ -272,3 +272,41 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases
     assert "100%" in result.stdout
     # Only what had no record was sent again: the finished cases were not.
     assert len(fake_openai.requests) - sent_before == CASES - finished
+
+
+def test_the_admin_pages_need_their_permissions(
+    two_servers, tmp_path, client, django_user_model, admin_client
+):
+    from django.contrib.auth.models import Permission
+
+    fast, _ = two_servers
+    fast.answer_with = capital
+    evaluate(
+        "summarize",
+        "--input",
+        str(write_cases(tmp_path / "cases.jsonl", count=2)),
+        "--routes",
+        "fast",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+    )
+    run = EvaluationRun.objects.get()
+    page = admin_client.get(f"/admin/llmapp/evaluationrun/{run.pk}/change/")
+    assert page.status_code == 200 and b"<svg" in page.content and b"fast" in page.content
+    assert admin_client.get("/admin/llmapp/evaluationrun/999/change/").status_code in (302, 404)
+
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(f"/admin/llmapp/evaluationrun/{run.pk}/change/").status_code == 403
+    assert client.get("/admin/llmapp/usecase/summarize/compare/").status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_evaluationrun"))
+    assert client.get(f"/admin/llmapp/evaluationrun/{run.pk}/change/").status_code == 200
+    staff.user_permissions.add(
+        Permission.objects.get(codename="test_usecase"), Permission.objects.get(codename="view_usecase")
+    )
+    fast.answer_with = None
+    fast.reply("Compared.")
+    page = client.post("/admin/llmapp/usecase/summarize/compare/", {"routes": "fast", "message": "Hi"})
+    assert page.status_code == 200 and b"Compared." in page.content
+    page = client.post("/admin/llmapp/usecase/summarize/compare/", {"routes": "fast,nope", "message": "Hi"})
+    assert b"unknown provider" in page.content

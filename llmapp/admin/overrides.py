@@ -159,8 +159,7 @@ class OverrideForm(forms.Form):
 def edit_view(model_admin, request, name):
     if not model_admin.has_edit_permission(request):
         raise PermissionDenied
-    overrides.refresh()
-    usecase = _usecase(name)
+    usecase = usecase_or_404(name)
     if not overrides.enabled():
         messages.error(request, "Use-case overrides are off (LLM_USECASE_OVERRIDES = False).")
         return HttpResponseRedirect(_url(model_admin, "detail", name))
@@ -232,8 +231,7 @@ def history_view(model_admin, request, name):
 
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
-    overrides.refresh()
-    usecase = _usecase(name)
+    usecase = usecase_or_404(name)
     revisions = list(UseCaseRevision.objects.filter(usecase=name).order_by("pk"))
     rows = []
     previous = overrides.effective_config(resolve_with(name, {})[0])
@@ -257,7 +255,7 @@ def revert_view(model_admin, request, name, revision):
 
     if request.method != "POST" or not model_admin.has_edit_permission(request):
         raise PermissionDenied
-    _usecase(name)
+    usecase_or_404(name)
     try:
         saved = overrides.revert(name, revision, author=request.user)
     except UseCaseRevision.DoesNotExist:
@@ -287,7 +285,9 @@ def _shown(value):
     return safe(text)
 
 
-def _usecase(name):
+def usecase_or_404(name):
+    """Use case ``name`` as every process sees it now (its override read afresh); Http404 if unknown."""
+    overrides.refresh()
     try:
         return get_usecase(name)
     except InvalidUsecaseError:

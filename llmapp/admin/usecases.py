@@ -7,20 +7,19 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.exceptions import NotRegistered
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from llmapp.admin.display import NO_VALUE, budget_display, count, milliseconds, safe, usage_cells
 from llmapp.admin.health import ProviderHealth, provider_health
-from llmapp.admin.overrides import CHANGE_PERMISSION, edit_view, history_view, revert_view
+from llmapp.admin.overrides import CHANGE_PERMISSION, edit_view, history_view, revert_view, usecase_or_404
 from llmapp.calls.compare import compare_routes, parse_routes
 from llmapp.calls.service import complete_prompt
 from llmapp.calls.types import jsonable
 from llmapp.conf import overrides
-from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecases, set_aside_overrides
+from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecases, set_aside_overrides
 from llmapp.conf.usecases import UseCase as UseCaseConfig
-from llmapp.exceptions import ConfigurationError, InvalidUsecaseError, LLMError
+from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.models import CompletionEvent, UseCase
 from llmapp.tsdb import get_tsdb
 
@@ -142,11 +141,7 @@ class UseCaseAdmin(admin.ModelAdmin):
     def detail_view(self, request, name):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        overrides.refresh()
-        try:
-            usecase = get_usecase(name)
-        except InvalidUsecaseError:
-            raise Http404(f"No use case named {name!r}.") from None
+        usecase = usecase_or_404(name)
         can_test = self.has_test_permission(request)
         if request.method == "POST" and not can_test:
             raise PermissionDenied
@@ -179,11 +174,7 @@ class UseCaseAdmin(admin.ModelAdmin):
         """Run the test message on several routes at once and show the answers side by side."""
         if not self.has_test_permission(request):
             raise PermissionDenied
-        overrides.refresh()
-        try:
-            usecase = get_usecase(name)
-        except InvalidUsecaseError:
-            raise Http404(f"No use case named {name!r}.") from None
+        usecase = usecase_or_404(name)
         form = CompareForm(request.POST or None, initial={"routes": usecase.provider})
         results, error = None, None
         if request.method == "POST" and form.is_valid():

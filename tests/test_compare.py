@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 from llmapp.calls.compare import compare_routes, parse_routes
 from llmapp.exceptions import InvalidProviderError, InvalidRequestError
 
-pytestmark = pytest.mark.django_db
+# Calls run on threads of their own, whose connections write outside the test's transaction.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGE = "The checkout page fails for Canadian customers since Tuesday's deploy."
 
@@ -153,3 +154,21 @@ def test_the_service_refuses_bad_routes_before_sending(two_servers):
     with pytest.raises(InvalidRequestError, match="at most"):
         parse_routes(",".join(f"fast:m{n}" for n in range(17)))
     assert [str(route) for route in parse_routes("fast, slow:slow-2")] == ["fast", "slow:slow-2"]
+
+
+def test_two_routes_to_one_model_are_refused(two_servers):
+    with pytest.raises(InvalidRequestError, match="are the same model"):
+        compare_routes("summarize", MESSAGE, ["fast", "fast:fast-model"])
+    assert two_servers[0].requests == []
+
+
+def test_a_first_comparison_in_a_process_sends_the_saved_override(two_servers):
+    from llmapp.conf import overrides
+
+    fast, slow = two_servers
+    overrides.save_override("summarize", {"PROMPT": "Overridden prompt."})
+    overrides.forget()  # as a fresh process: nothing read yet
+    compare_routes("summarize", MESSAGE, ["fast", "slow"])
+    assert [server.requests[0].body["messages"][0]["content"] for server in (fast, slow)] == [
+        "Overridden prompt."
+    ] * 2

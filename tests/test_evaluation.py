@@ -15,7 +15,8 @@ from llmapp.conf import overrides
 from llmapp.models import EvaluationRun
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.django_db
+# Calls run on threads of their own, whose connections write outside the test's transaction.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CASES = 20
 
@@ -310,3 +311,119 @@ def test_the_admin_pages_need_their_permissions(
     assert page.status_code == 200 and b"Compared." in page.content
     page = client.post("/admin/llmapp/usecase/summarize/compare/", {"routes": "fast,nope", "message": "Hi"})
     assert b"unknown provider" in page.content
+
+
+def test_a_resume_runs_again_what_an_edit_of_its_case_or_prompt_made_stale(two_servers, tmp_path, settings):
+    fast, _ = two_servers
+    fast.answer_with = capital
+    cases = write_cases(tmp_path / "cases.jsonl", count=2)
+    output = tmp_path / "out.jsonl"
+    args = ("summarize", "--input", str(cases), "--routes", "fast", "--output", str(output), "--json")
+    first, _ = evaluate(*args)
+    assert json.loads(first)["routes"][0]["accuracy"] == 1.0
+
+    # c1 now expects another answer: it is run and judged again; c0 is not.
+    cases.write_text(
+        json.dumps({"id": "c0", "message": "Capital of country 0?", "expected": "City 0"})
+        + "\n"
+        + json.dumps({"id": "c1", "message": "Capital of country 1?", "expected": "City 9"})
+        + "\n"
+    )
+    again, _ = evaluate(*args)
+    assert json.loads(again)["routes"][0]["failing"] == ["c1"]
+    assert len(fast.requests) == 3
+
+    # Another prompt: every case again.
+    settings.LLM_USECASES = {"summarize": {"PROMPT": "Answer with the city only."}}
+    evaluate(*args)
+    assert len(fast.requests) == 5
+
+
+def test_a_model_with_an_at_sign_and_a_number_expected_exactly(two_servers, tmp_path):
+    fast, _ = two_servers
+    fast.answer_with = lambda text: "42"
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"id": "n", "message": "Six times seven?", "expected": 42}) + "\n")
+    out, _ = evaluate(
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast:@cf/meta/llama-3",
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--json",
+    )
+    [figures] = json.loads(out)["routes"]
+    assert (figures["route"], figures["passed"]) == ("fast:@cf/meta/llama-3", 1)
+    assert fast.requests[0].body["model"] == "@cf/meta/llama-3"
+
+
+def test_a_judge_that_cannot_run_stops_before_any_call(two_servers, tmp_path, settings):
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "keyless": {"BACKEND": "llmapp.providers.openai.OpenAIProvider", "OPTIONS": {"api_key": ""}},
+    }
+    settings.LLM_USECASES = {"grader": {"PROVIDER": "keyless"}}
+    cases = write_cases(tmp_path / "cases.jsonl", count=3)
+    with pytest.raises(CommandError, match="no API key"):
+        evaluate(
+            "summarize",
+            "--input",
+            str(cases),
+            "--routes",
+            "fast",
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--judge",
+            "grader",
+        )
+    assert two_servers[0].requests == []
+
+
+def test_the_report_file_is_checked_before_any_call(two_servers, tmp_path):
+    cases = write_cases(tmp_path / "cases.jsonl", count=1)
+    output = tmp_path / "out.jsonl"
+    for report, says in (
+        (output, "is the input or the output"),
+        (cases, "is the input or the output"),
+        (tmp_path / "missing" / "r.json", "its folder does not exist"),
+    ):
+        with pytest.raises(CommandError, match=says):
+            evaluate(
+                "summarize",
+                "--input",
+                str(cases),
+                "--routes",
+                "fast",
+                "--output",
+                str(output),
+                "--report",
+                str(report),
+            )
+    assert two_servers[0].requests == []
+
+
+def test_every_disagreement_is_counted_and_the_run_keeps_the_first_ones():
+    from llmapp.batch import Item
+    from llmapp.calls.compare import Route
+    from llmapp.evaluation.cases import Case
+    from llmapp.evaluation.report import MAX_DISAGREEMENTS, summarize
+
+    cases = [Case(Item(f"c{n}", "q"), "a", "exact") for n in range(MAX_DISAGREEMENTS + 5)]
+    records = [
+        {
+            "id": f"{case.id}@{route}",
+            "passed": route == "a",
+            "latency_ms": 1.0,
+            "text": "x",
+            "usage": {},
+            "cost": None,
+        }
+        for case in cases
+        for route in ("a", "b")
+    ]
+    summary, disagreeing = summarize(cases, [Route("a"), Route("b")], records)
+    assert len(disagreeing) == MAX_DISAGREEMENTS + 5
+    assert [route["accuracy"] for route in summary] == [1.0, 0.0]
+    assert summary[1]["cost"] is None  # no answer had a price

@@ -154,3 +154,37 @@ def test_usage_events_stay_in_each_test_and_out_of_the_real_database(project, re
         "print(E.objects.count())",
     )
     assert count.stdout.strip() == "0", count.stderr
+
+
+OVERRIDE_TESTS = """
+from django.test import TestCase
+
+from llmapp.calls.service import plan_call
+from llmapp.conf import overrides
+
+
+class OverrideTests(TestCase):
+    def test_1_saves_an_override(self):
+        overrides.save_override("summarize", {"PROMPT": "Test one's prompt."})
+        overrides.refresh()
+        self.assertEqual(plan_call("summarize", "x")[0].prompt, "Test one's prompt.")
+
+    def test_2_reads_its_own_database(self):
+        overrides.refresh()  # within the second that a per-process cache would trust
+        self.assertNotEqual(plan_call("summarize", "x")[0].prompt, "Test one's prompt.")
+"""
+
+
+@pytest.mark.parametrize("runner", ["pytest", "django"])
+def test_an_override_saved_in_one_test_is_not_seen_in_the_next(project, tmp_path, runner):
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "real.sqlite3")}
+    (project / "proj_settings.py").write_text(f"DATABASE = {database!r}\n" + RECORDING_SETTINGS)
+    (project / "checks" / "tests.py").write_text(textwrap.dedent(OVERRIDE_TESTS))
+    if runner == "pytest":
+        result = run(project, "-m", "pytest", "-p", "no:cacheprovider", "-q", "checks/tests.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 passed" in result.stdout
+    else:
+        result = run(project, "-m", "django", "test", "checks", "-v", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Ran 2 tests" in result.stderr

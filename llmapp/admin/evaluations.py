@@ -78,7 +78,8 @@ def chart(summary, figure, shown, ceiling=None):
     top = ceiling or max([value for value in values if value is not None], default=0) or 1
     bars = []
     for index, (route, value) in enumerate(zip(summary, values, strict=True)):
-        width = 0 if value is None else max(1, round(BAR_WIDTH * value / top))
+        # A value above nothing is at least a sliver; nothing is no bar.
+        width = 0 if not value else max(1, round(BAR_WIDTH * value / top))
         bars.append(
             {
                 "label": route["route"],

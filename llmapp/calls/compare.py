@@ -7,13 +7,15 @@ its fallbacks off (a row is its route, never another) and its response cache off
 row is a fresh answer). A route that fails is a row with its error.
 """
 
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from django.db import close_old_connections
+from django.db import connections
 
 from llmapp.calls.service import complete_prompt, prepare_request
 from llmapp.calls.types import Completion
+from llmapp.conf import overrides
 from llmapp.exceptions import InvalidRequestError, LLMError
 from llmapp.redaction import redact
 
@@ -83,14 +85,29 @@ def compare_routes(usecase, message=None, routes=(), **options):
     argument that is wrong raises before anything is sent, as a single call would.
     """
     routes = parse_routes([str(route) for route in routes])
+    overrides.refresh()
+    served = {}
     for route in routes:
-        prepare_request(
+        request, _ = prepare_request(
             usecase, message, provider=route.alias, model=route.model, **_request_options(options)
         )
+        same = served.setdefault((request.provider, request.model), route)
+        if same is not route:
+            raise InvalidRequestError(
+                f"routes {str(same)!r} and {str(route)!r} are the same model; keep one."
+            )
     options = {**options, "fallbacks": [], "cache": "off"}
-    with ThreadPoolExecutor(max_workers=len(routes), thread_name_prefix="llm-compare") as pool:
-        futures = [pool.submit(_run, usecase, message, route, options) for route in routes]
+    pool = ThreadPoolExecutor(max_workers=len(routes), thread_name_prefix="llm-compare")
+    try:
+        # Each in a copy of this context: a draft being tried ("Test this draft") holds there too.
+        futures = [
+            pool.submit(contextvars.copy_context().run, _run, usecase, message, route, options)
+            for route in routes
+        ]
         return [future.result() for future in futures]
+    finally:
+        # Not waited for on an interrupt: the caller decides whether to wait for the calls.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _request_options(options):
@@ -104,6 +121,6 @@ def _run(usecase, message, route, options):
     except Exception as exc:  # every failure is the route's row, a bug's too
         return RouteResult(route, error=exc)
     finally:
-        # Like a request: this thread's connection (the usage events') follows CONN_MAX_AGE.
-        close_old_connections()
+        # The thread ends with the comparison: its connection (the usage events') goes too.
+        connections.close_all()
     return RouteResult(route, completion=completion)

@@ -16,6 +16,7 @@ once per interval, never failing a call.
 """
 
 import contextlib
+import math
 import os
 import queue
 import threading
@@ -177,14 +178,19 @@ def _newest_revision():
         return _state.token
     if _resting():
         return None
-    now = _state.clock()
-    try:
-        newest = _reader.run(_read_newest)
-    except Exception as exc:
-        _failed(exc)
-        return None
-    _state.checked_at = now
-    return newest
+    with _state.lock:  # one read for the threads that come at once; the others wait for it
+        if _checked_lately():
+            return _state.token
+        if _resting():
+            return None
+        now = _state.clock()
+        try:
+            newest = _reader.run(_read_newest)
+        except Exception as exc:
+            _failed(exc)
+            return None
+        _state.checked_at = now
+        return newest
 
 
 def _read_newest():
@@ -275,16 +281,16 @@ class _Reader:
         return outcome["result"]
 
     def _serve(self, jobs):
-        from django.db import close_old_connections
-
         while True:
             read, outcome, done = jobs.get()
             try:
-                close_old_connections()
                 outcome["result"] = read()
             except Exception as exc:
                 outcome["error"] = exc
             finally:
+                # Not kept between reads, which are seldom: an idle connection of this thread
+                # would hold the database (a test database could not be dropped).
+                connections[DEFAULT_DB_ALIAS].close()
                 with self.lock:
                     self.busy = False
                 done.set()
@@ -326,6 +332,12 @@ def forget():
 
 
 conf.on_change(forget)
+
+
+def assume_none():
+    """Take it that no override exists, and read none: for a process, or a test, with no database."""
+    _state.loaded, _state.token, _state.next_try = True, None, math.inf
+    registry.set_overrides({})
 
 
 def _caches_changed(*, setting, **kwargs):

@@ -21,9 +21,16 @@ def checked(check, expected, completion):
     """Return (passed, why) of ``completion`` against ``expected`` by ``check``."""
     text = (completion.text or "").strip()
     if check == "exact":
-        answer = jsonable(completion.parsed) if completion.parsed is not None else text
-        expected_text = expected.strip() if isinstance(expected, str) else expected
-        passed = answer == expected_text
+        if completion.parsed is not None:
+            answer = jsonable(completion.parsed)
+        elif isinstance(expected, str):
+            answer = text
+        else:  # a number or true: the answer's JSON value, "42" for 42
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                answer = text
+        passed = answer == (expected.strip() if isinstance(expected, str) else expected)
         return passed, "" if passed else "the answer is not the expected one"
     if check == "contains":
         passed = str(expected).casefold() in text.casefold()

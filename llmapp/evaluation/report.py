@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-#: The most disagreeing cases a report keeps, with their answers.
+#: The most disagreeing cases an evaluation run keeps in the database, with their answers.
 MAX_DISAGREEMENTS = 200
 
 
@@ -59,7 +59,7 @@ def summarize(cases, routes, records):
                 "input_tokens": tokens_in,
                 "output_tokens": tokens_out,
                 # None when no answer had a price; "unpriced" counts those without one.
-                "cost": None if latencies and unpriced == len(latencies) else str(cost),
+                "cost": None if unpriced == len(latencies) else str(cost),
                 "unpriced": unpriced,
                 "failing": failing,
             }
@@ -90,6 +90,4 @@ def disagreements(cases, outcomes):
                 },
             }
         )
-        if len(found) >= MAX_DISAGREEMENTS:
-            break
     return found

@@ -1,14 +1,19 @@
 """Run every case on every route through the batch machinery: one batch item per (case, route).
 
-An item's id is ``<case id>@<route>``, so that a resumed run skips what it finished. Its
-record says what the route answered and whether that passed: a wrong answer is a
-finished item; a call that failed is an error, run again on a resume.
+An item's id is ``<case id>@<route>``; its record carries a fingerprint of what decided
+its verdict (the case's message, overrides, expectation and check, the route, the judge
+and the prompt's version). A resumed run skips the items whose record has the same id
+and fingerprint: an edited case, another prompt version or another judge is run again,
+never credited with an old verdict. A wrong answer is a finished item; a call that
+failed is an error, run again on a resume.
 """
 
 import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
 
 from llmapp import batch
-from llmapp.calls.compare import Route
 from llmapp.calls.types import jsonable
 from llmapp.conf.usecases import drafted
 from llmapp.evaluation.checks import checked, judged
@@ -16,8 +21,19 @@ from llmapp.exceptions import LLMError
 from llmapp.redaction import redact
 
 
-def items(cases, routes):
-    """The batch items of ``cases`` on ``routes``: each case on each route, fallbacks and cache off."""
+@dataclass(frozen=True)
+class Planned:
+    """One case on one route: its batch item and the fingerprint its record must carry."""
+
+    item: batch.Item
+    case: object
+    route: object
+    fingerprint: str
+
+
+def plan(cases, routes, *, judge=None, version=""):
+    """Each case on each route, fallbacks and the response cache off, with its fingerprint."""
+    planned = []
     for case in cases:
         for route in routes:
             overrides = {
@@ -27,21 +43,41 @@ def items(cases, routes):
                 "fallbacks": [],
                 "cache": "off",
             }
-            yield batch.Item(f"{case.id}@{route}", case.item.message, overrides)
+            item = batch.Item(f"{case.id}@{route}", case.item.message, overrides)
+            decided_by = [case.item.message, overrides, case.expected, case.check, judge, version]
+            text = json.dumps(decided_by, sort_keys=True, default=str, ensure_ascii=False)
+            planned.append(Planned(item, case, route, hashlib.sha256(text.encode()).hexdigest()[:16]))
+    return planned
+
+
+def still_valid(planned, previous):
+    """Return {item id: record} of ``previous`` records (an earlier run's output, in order) that
+    still hold for ``planned``: the last of each id, when its fingerprint matches."""
+    wanted = {entry.item.id: entry.fingerprint for entry in planned}
+    kept = {}
+    for line in previous:
+        record = batch.parse_record(line)
+        if record is None or wanted.get(record["id"]) is None:
+            continue
+        if record.get("fingerprint") == wanted[record["id"]]:
+            kept[record["id"]] = record
+        else:
+            kept.pop(record["id"], None)
+    return kept
 
 
 class CaseRunner:
     """What a batch worker runs for one item: the call, then its check (or its judge)."""
 
-    def __init__(self, cases, judge=None, draft=None):
-        self.cases = {case.id: case for case in cases}
+    def __init__(self, planned, judge=None, draft=None):
+        self.planned = {entry.item.id: entry for entry in planned}
         self.judge = judge
         self.draft = draft
 
     def __call__(self, usecase, item, stop_on=()):
-        case_id, _, route = item.id.rpartition("@")
-        case = self.cases[case_id]
-        record = {"id": item.id, "case": case_id, "route": route}
+        entry = self.planned[item.id]
+        case = entry.case
+        record = {"id": item.id, "case": case.id, "route": str(entry.route), "fingerprint": entry.fingerprint}
         # A worker thread does not inherit its caller's context: the draft is set here.
         with drafted(self.draft) if self.draft is not None else contextlib.nullcontext():
             try:
@@ -52,13 +88,16 @@ class CaseRunner:
                 return record | {"error": {"type": type(exc).__name__, "message": str(exc)}}
             except Exception as exc:
                 return record | {"error": {"type": type(exc).__name__, "message": redact(str(exc))}}
-            try:
-                if self.judge is not None:
-                    passed, why = judged(self.judge, case.expected, completion)
-                else:
-                    passed, why = checked(case.check, case.expected, completion)
-            except LLMError as exc:  # the judge failed: the case is not judged, run it again
-                return record | {"error": {"type": f"judge {type(exc).__name__}", "message": str(exc)}}
+        try:
+            if self.judge is not None:
+                passed, why = judged(self.judge, case.expected, completion)
+            else:
+                passed, why = checked(case.check, case.expected, completion)
+        except LLMError as exc:
+            if isinstance(exc, stop_on):  # a judge that cannot run fails every item alike
+                raise
+            # Not judged: the item runs again on a resume.
+            return record | {"error": {"type": f"judge {type(exc).__name__}", "message": str(exc)}}
         record |= {"passed": passed, "why": why, "text": completion.text}
         if completion.parsed is not None:
             record["parsed"] = jsonable(completion.parsed)
@@ -69,8 +108,3 @@ class CaseRunner:
             "usage": completion.usage,
             "cost": None if completion.cost is None else str(completion.cost),
         }
-
-
-def route_of(text):
-    alias, _, model = text.partition(":")
-    return Route(alias, model or None)

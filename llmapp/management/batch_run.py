@@ -197,17 +197,7 @@ class BatchRun:
             self.command.stderr.write(summary)
 
     def exit_now(self, line, code):
-        """Exit with ``code`` without waiting for the calls under way; say ``line`` first.
-
-        Threads still in a call would hold up the interpreter's exit until their timeout,
-        and exit handlers wait for them: the usage recorded so far is written here instead.
-        """
-        if line:
-            self.command.stderr.write(line)
-        self.command.stdout.flush()
-        self.command.stderr.flush()
-        eventstream.flush(timeout=EXIT_FLUSH_TIMEOUT)
-        os._exit(code)
+        exit_now(self.command, line, code)
 
     def progress_bar(self, total):
         return progress_bar(self.command.stderr._out, total, quiet=self.options["quiet"])
@@ -225,6 +215,20 @@ class BatchRun:
 
 #: Seconds an exit that cannot wait for the calls under way gives the usage writer.
 EXIT_FLUSH_TIMEOUT = 1.0
+
+
+def exit_now(command, line, code):
+    """Exit with ``code`` without waiting for the calls under way; ``command`` says ``line`` first.
+
+    Threads still in a call would hold up the interpreter's exit until their timeout,
+    and exit handlers wait for them: the usage recorded so far is written here instead.
+    """
+    if line:
+        command.stderr.write(line)
+    command.stdout.flush()
+    command.stderr.flush()
+    eventstream.flush(timeout=EXIT_FLUSH_TIMEOUT)
+    os._exit(code)
 
 
 class OutputFailed(CommandError):

@@ -1,9 +1,10 @@
 """Test support for projects that use llmapp: a fresh ``locmem`` provider in every test.
 
 Like Django's ``mail.outbox``, the locmem provider's outbox and queued replies are
-emptied around every test: by the pytest plugin (registered through an entry point,
-so pytest-django projects need nothing), or by :class:`llmapp.testing.runner.DiscoverRunner`
-for Django's own test runner. Both also record usage events synchronously for the
+emptied around every test, and the use-case overrides are read again from each test's
+database: by the pytest plugin (registered through an entry point, so pytest-django
+projects need nothing), or by :class:`llmapp.testing.runner.DiscoverRunner` for Django's
+own test runner. Both also record usage events synchronously for the
 whole run (:func:`synchronous_events`).
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import sys
 
 LOCMEM_MODULE = "llmapp.providers.locmem"
+OVERRIDES_MODULE = "llmapp.conf.overrides"
 
 
 def reset_locmem():
@@ -22,6 +24,21 @@ def reset_locmem():
     locmem = sys.modules.get(LOCMEM_MODULE)
     if locmem is not None:
         locmem.reset()
+
+
+def reset_overrides(database=True):
+    """Forget the use-case overrides this process read: each test reads its own database's.
+
+    A test saves an override in its transaction, which is rolled back; without this the
+    next test would go on with what the last one read. Without a ``database`` (a test
+    that may not query), there are none to read, and no read is tried.
+    """
+    overrides = sys.modules.get(OVERRIDES_MODULE)
+    if overrides is None:
+        return
+    overrides.forget()
+    if not database:
+        overrides.assume_none()
 
 
 @contextlib.contextmanager

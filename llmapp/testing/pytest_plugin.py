@@ -1,4 +1,5 @@
-"""pytest plugin: each test starts with an empty locmem outbox and reply queue.
+"""pytest plugin: each test starts with an empty locmem outbox and reply queue, and reads
+the use-case overrides of its own database.
 
 Registered through the ``pytest11`` entry point, so installing llmapp is enough. Under
 pytest-django, usage events are also recorded synchronously for the whole session.
@@ -6,7 +7,7 @@ pytest-django, usage events are also recorded synchronously for the whole sessio
 
 import pytest
 
-from llmapp.testing import reset_locmem, synchronous_events
+from llmapp.testing import reset_locmem, reset_overrides, synchronous_events
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,7 +26,18 @@ def _llmapp_synchronous_events(request):
 
 
 @pytest.fixture(autouse=True)
-def _llmapp_reset_locmem():
+def _llmapp_reset_locmem(request):
     reset_locmem()
+    reset_overrides(database=_uses_database(request))
     yield
     reset_locmem()
+    reset_overrides()
+
+
+def _uses_database(request):
+    """Whether pytest-django lets the test query: a django_db mark, or a fixture that needs the database."""
+    if request.node.get_closest_marker("django_db") is not None:
+        return True
+    return bool(
+        {"db", "transactional_db", "django_db_reset_sequences", "live_server"} & set(request.fixturenames)
+    )

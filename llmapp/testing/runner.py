@@ -7,7 +7,7 @@ import unittest
 
 from django.test import runner
 
-from llmapp.testing import reset_locmem, synchronous_events
+from llmapp.testing import reset_locmem, reset_overrides, synchronous_events
 
 
 class ResetLocmemResult:
@@ -15,11 +15,14 @@ class ResetLocmemResult:
 
     def startTest(self, test):
         reset_locmem()
+        # A SimpleTestCase may not query: it has no overrides to read.
+        reset_overrides(database=bool(getattr(test, "databases", None)))
         super().startTest(test)
 
     def stopTest(self, test):
         super().stopTest(test)
         reset_locmem()
+        reset_overrides()
 
 
 class RemoteTestResult(ResetLocmemResult, runner.RemoteTestResult):

@@ -13,7 +13,7 @@ from llmapp.conf import overrides
 from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecase_errors, get_usecases
 from llmapp.exceptions import InvalidMessageError, InvalidOutputType, LLMError
 from llmapp.management.base import LLMCommand
-from llmapp.management.batch_run import BatchRun
+from llmapp.management.batch_run import BatchRun, exit_now
 from llmapp.providers import providers
 from llmapp.redaction import redact
 from llmapp.sentry.tracing import command_transaction
@@ -243,7 +243,10 @@ class Command(LLMCommand):
             for key, value in overrides.items()
             if value is not None and key not in ("provider", "model", "fallbacks", "cache")
         }
-        results = compare_routes(usecase, message, parse_routes(options["compare"]), **given)
+        try:
+            results = compare_routes(usecase, message, parse_routes(options["compare"]), **given)
+        except KeyboardInterrupt:  # the calls under way would hold up the exit until they end
+            exit_now(self, "\nInterrupted.", 130)
         if options["json"]:
             self.stdout.write(json.dumps([result.as_dict() for result in results], ensure_ascii=False))
         else:
@@ -475,6 +478,8 @@ _NOT_WITH_COMPARE = (
     ("--stream", "stream"),
     ("--dry-run", "dry_run"),
     ("--no-fallback", "no_fallback"),
+    ("--no-cache", "no_cache"),  # a comparison never uses the response cache
+    ("--refresh-cache", "refresh_cache"),
 )
 #: Columns of an answer in a --compare row, and how many lines of it without --full.
 ANSWER_WIDTH, ANSWER_LINES = 60, 3

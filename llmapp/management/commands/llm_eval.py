@@ -1,8 +1,10 @@
 """Evaluate a use case on a dataset, on several routes, and report how each did."""
 
+import contextlib
 import json
 import os
 import sys
+from decimal import Decimal
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError
@@ -12,14 +14,14 @@ from llmapp.calls.compare import parse_routes
 from llmapp.calls.service import prepare_request
 from llmapp.calls.spend.cost import dollars
 from llmapp.conf import overrides
-from llmapp.conf.usecases import get_usecase, resolve_with
+from llmapp.conf.usecases import drafted, get_usecase, resolve_with
 from llmapp.evaluation import runner
 from llmapp.evaluation.cases import CaseError, read_cases
-from llmapp.evaluation.report import summarize
+from llmapp.evaluation.report import MAX_DISAGREEMENTS, summarize
 from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.management import outputfile
 from llmapp.management.base import LLMCommand
-from llmapp.management.batch_run import progress_bar
+from llmapp.management.batch_run import exit_now, progress_bar
 from llmapp.redaction import redact
 
 
@@ -78,6 +80,7 @@ class Command(LLMCommand):
         judge = options["judge"]
         if judge is not None:
             get_usecase(judge)
+            batch.check_callable(judge)  # a judge that cannot run would waste every route's call
         try:
             with open(options["input"], "rb") as lines:
                 cases = read_cases(lines, judged=judge is not None)
@@ -86,26 +89,39 @@ class Command(LLMCommand):
             raise CommandError(f"cannot read --input {options['input']}: {exc.strerror}.") from None
         except CaseError as exc:
             raise CommandError(f"--input {options['input']}: {exc}.") from None
-        for route in routes:  # a route or a case that is wrong stops here, before any call
-            for case in cases[:1]:
-                prepare_request(
-                    usecase, case.item.message, provider=route.alias, model=route.model, **_request(case)
-                )
-        records = self.run(usecase, cases, routes, judge, draft, options, input_file)
+        self.check_report(options, input_file)
+        with drafted(draft) if draft is not None else contextlib.nullcontext():
+            check_routes(usecase, routes, cases[0])  # before any call
+            version = (draft or config).prompt_version
+        planned = runner.plan(cases, routes, judge=judge, version=version)
+        records = self.run(usecase, planned, judge, draft, options, input_file)
         summary, disagreeing = summarize(cases, routes, records)
-        self.show(summary, disagreeing, options)
         try:
-            run = self.save(
-                usecase, options, routes, revision, draft or config, judge, cases, summary, disagreeing
-            )
+            run = self.save(usecase, options, routes, revision, version, judge, cases, summary, disagreeing)
         except DatabaseError as exc:
             # The report is printed and in --output: a database that is down loses only the admin's copy.
+            run = None
             self.stderr.write(
                 f"The run could not be kept in the database ({type(exc).__name__}: {redact(str(exc))})."
             )
-        else:
-            if options["verbosity"] >= 1 and not options["json"]:
-                self.stdout.write(f"Kept as evaluation run {run.pk} (the admin's Evaluation runs).")
+        self.show(summary, disagreeing, options)
+        if run is not None and options["verbosity"] >= 1 and not options["json"]:
+            self.stdout.write(f"Kept as evaluation run {run.pk} (the admin's Evaluation runs).")
+
+    def check_report(self, options, input_file):
+        """--report must be a new or replaceable file, not the input or the output."""
+        report = options["report"]
+        if report is None:
+            return
+        if report == options["output"] or outputfile.same_file(_stat(report), input_file):
+            raise CommandError(f"--report {report} is the input or the output; name a file of its own.")
+        if _stat(report) is not None and _stat(report) == _stat(options["output"]):
+            raise CommandError(f"--report {report} is the output; name a file of its own.")
+        folder = os.path.dirname(os.path.abspath(report))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise CommandError(
+                f"cannot write --report {report}: its folder does not exist or is not writable."
+            )
 
     def draft(self, usecase, revision):
         """The use case as of override ``revision`` (0: its settings), or None for as it is now."""
@@ -127,49 +143,51 @@ class Command(LLMCommand):
             raise CommandError(f"--prompt-version {revision} no longer holds: {problems[0]}")
         return draft, revision
 
-    def run(self, usecase, cases, routes, judge, draft, options, input_file):
-        """Run every (case, route) not finished in --output; return every record it holds then."""
+    def run(self, usecase, planned, judge, draft, options, input_file):
+        """Run every (case, route) whose record in --output does not hold; return the records that do."""
         with outputfile.open_output(options["output"], input_file=input_file) as out:
             skip = set()
             if out.size:
                 with out.reader() as previous:
-                    skip = batch.finished_ids(previous)
-            total = len(cases) * len(routes) - len(skip)
-            bar = progress_bar(self.stderr._out, total, quiet=options["quiet"], unit="call")
+                    skip = set(runner.still_valid(planned, previous))
+            bar = progress_bar(
+                self.stderr._out, len(planned) - len(skip), quiet=options["quiet"], unit="call"
+            )
             try:
                 stats = batch.run_batch(
                     usecase,
-                    runner.items(cases, routes),
+                    [entry.item for entry in planned],
                     lambda record: out.write(batch.dumps(record).encode()),
                     concurrency=options["concurrency"],
                     skip=skip,
                     progress=bar.update if bar else None,
                     waiting=self.waiting,
-                    run=runner.CaseRunner(cases, judge, draft),
+                    run=runner.CaseRunner(planned, judge, draft),
                 )
             except ConfigurationError as exc:
                 raise CommandError(
                     f"{exc} The evaluation stopped; what finished is in {options['output']}: fix the "
                     "setting, then run the same command to resume."
                 ) from None
+            except KeyboardInterrupt:  # a second Ctrl-C outside the wait for the calls under way
+                exit_now(self, f"\nInterrupted: what finished is in {options['output']}.", 130)
             finally:
                 if bar:
                     bar.close()
             if stats.interrupted:
-                self.stderr.write(
+                line = (
                     f"\nInterrupted: what finished is in {options['output']}; run the same command to resume."
                 )
+                if stats.running:  # the calls left behind would hold up the exit
+                    exit_now(self, line, 130)
+                self.stderr.write(line)
                 sys.exit(130)
             with out.reader() as written:
-                return [record for line in written if (record := batch.parse_record(line)) is not None]
+                return list(runner.still_valid(planned, written).values())
 
-    def save(self, usecase, options, routes, revision, config, judge, cases, summary, disagreeing):
+    def save(self, usecase, options, routes, revision, version, judge, cases, summary, disagreeing):
         from llmapp.models import EvaluationRun
 
-        try:
-            version = config.prompt_version
-        except ConfigurationError:
-            version = ""
         return EvaluationRun.objects.create(
             usecase=usecase,
             input_name=os.path.basename(options["input"]),
@@ -179,14 +197,17 @@ class Command(LLMCommand):
             judge=judge or "",
             cases=len(cases),
             summary=summary,
-            disagreements=disagreeing,
+            disagreements=disagreeing[:MAX_DISAGREEMENTS],
         )
 
     def show(self, summary, disagreeing, options):
         report = {"routes": summary, "disagreements": disagreeing}
         if options["report"]:
-            with open(options["report"], "w", encoding="utf-8") as file:
-                json.dump(report, file, ensure_ascii=False, indent=2)
+            try:
+                with open(options["report"], "w", encoding="utf-8") as file:
+                    json.dump(report, file, ensure_ascii=False, indent=2)
+            except OSError as exc:
+                raise CommandError(f"cannot write --report {options['report']}: {exc.strerror}.") from None
         if options["json"]:
             self.stdout.write(json.dumps(report, ensure_ascii=False))
             return
@@ -213,7 +234,7 @@ class Command(LLMCommand):
                 _ms(route["latency_p95_ms"]),
                 str(route["input_tokens"]),
                 str(route["output_tokens"]),
-                dollars(None if route["cost"] is None else _decimal(route["cost"]), route["unpriced"]),
+                dollars(None if route["cost"] is None else Decimal(route["cost"]), route["unpriced"]),
             )
             for route in summary
         ]
@@ -224,12 +245,37 @@ class Command(LLMCommand):
         for route in summary:
             if route["failing"]:
                 self.stdout.write(f"{route['route']} failed on: {', '.join(route['failing'])}")
-        self.stdout.write(f"{len(disagreeing)} case(s) where the routes disagree.")
+        kept = (
+            f" (the admin keeps the first {MAX_DISAGREEMENTS})"
+            if len(disagreeing) > MAX_DISAGREEMENTS
+            else ""
+        )
+        self.stdout.write(f"{len(disagreeing)} case(s) where the routes disagree{kept}.")
 
     def waiting(self, count):
         self.stderr.write(
             f"\nStopping: waiting for {count} call(s) under way; press Ctrl-C again to stop now."
         )
+
+
+def check_routes(usecase, routes, case):
+    """Raise the error a route would meet on every case (an unknown alias, a model not allowed),
+    and refuse two routes that are one model: nothing is sent."""
+    served = {}
+    for route in routes:
+        request, _ = prepare_request(
+            usecase, case.item.message, provider=route.alias, model=route.model, **_request(case)
+        )
+        same = served.setdefault((request.provider, request.model), route)
+        if same is not route:
+            raise CommandError(f"routes {str(same)!r} and {str(route)!r} are the same model; keep one.")
+
+
+def _stat(path):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def _request(case):
@@ -239,9 +285,3 @@ def _request(case):
 
 def _ms(value):
     return "-" if value is None else f"{value:,.0f} ms"
-
-
-def _decimal(text):
-    from decimal import Decimal
-
-    return Decimal(text)

@@ -168,6 +168,10 @@ def test_a_judge_use_case_rules_with_a_typed_verdict(two_servers, tmp_path, sett
     )
     [figures] = json.loads(out)["routes"]
     assert (figures["passed"], figures["failing"]) == (3, ["c2"])
+    # What judging cost is counted apart from what the route cost.
+    judge_tokens = sum(request.body and len(request.body["messages"]) for request in slow.requests)
+    assert figures["judge"]["input_tokens"] > 0 and judge_tokens == 8  # 4 rulings, system and user each
+    assert "judged for" not in out  # --json prints the report alone
     # The judge was asked for the verdict's schema, with the expectation and the answer.
     judged = slow.requests[0].body
     assert judged["response_format"]["json_schema"]["schema"]["required"] == ["passed", "reason"]

@@ -51,14 +51,16 @@ def checked(check, expected, completion):
 
 
 def judged(judge, expected, completion):
-    """Return (passed, why) as use case ``judge`` rules on ``completion`` against ``expected``."""
+    """Return (passed, why, the judge's own Completion) as use case ``judge`` rules on
+    ``completion`` against ``expected``."""
     from llmapp.calls.service import complete_prompt
 
     shown = expected if isinstance(expected, str) else json.dumps(expected, ensure_ascii=False)
     answer = completion.text if completion.parsed is None else json.dumps(jsonable(completion.parsed))
-    verdict = complete_prompt(
+    ruling = complete_prompt(
         judge,
         f"Expected:\n{shown}\n\nAnswer:\n{answer}\n\nDoes the answer meet the expectation?",
         output=VERDICT,
-    ).parsed
-    return bool(verdict["passed"]), str(verdict.get("reason", ""))[:500]
+    )
+    verdict = ruling.parsed
+    return bool(verdict["passed"]), str(verdict.get("reason", ""))[:500], ruling

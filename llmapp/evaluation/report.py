@@ -15,14 +15,40 @@ def percentile(values, fraction):
     return ordered[int(rank) - 1]
 
 
+class Spend:
+    """Tokens and cost summed over calls' records (``usage``, ``cost``)."""
+
+    def __init__(self):
+        self.input_tokens = self.output_tokens = self.calls = self.unpriced = 0
+        self.cost = Decimal(0)
+
+    def add(self, record):
+        usage = record.get("usage") or {}
+        self.input_tokens += usage.get("input_tokens") or 0
+        self.output_tokens += usage.get("output_tokens") or 0
+        self.calls += 1
+        if record.get("cost") is None:
+            self.unpriced += 1
+        else:
+            self.cost += Decimal(record["cost"])
+
+    def figures(self):
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            # None when no call had a price; "unpriced" counts those without one.
+            "cost": None if self.unpriced == self.calls else str(self.cost),
+            "unpriced": self.unpriced,
+        }
+
+
 def summarize(cases, routes, records):
     """Return (per-route figures, disagreements) of ``records`` (the last per item) on ``cases``."""
     latest = {record["id"]: record for record in records}
     summary, outcomes = [], {}
     for route in map(str, routes):
         passed, failed, errored, latencies, failing = 0, 0, 0, [], []
-        tokens_in = tokens_out = 0
-        cost, unpriced = Decimal(0), 0
+        spent, judging = Spend(), Spend()
         for case in cases:
             record = latest.get(f"{case.id}@{route}")
             if record is None or "error" in record:
@@ -31,13 +57,9 @@ def summarize(cases, routes, records):
                 failing.append(case.id)
             else:
                 latencies.append(record["latency_ms"])
-                usage = record.get("usage") or {}
-                tokens_in += usage.get("input_tokens") or 0
-                tokens_out += usage.get("output_tokens") or 0
-                if record.get("cost") is None:
-                    unpriced += 1
-                else:
-                    cost += Decimal(record["cost"])
+                spent.add(record)
+                if "judge" in record:
+                    judging.add(record["judge"])
                 if record["passed"]:
                     passed += 1
                     outcome = "passed"
@@ -46,24 +68,21 @@ def summarize(cases, routes, records):
                     outcome = "failed"
                     failing.append(case.id)
             outcomes.setdefault(case.id, {})[route] = (outcome, record)
-        summary.append(
-            {
-                "route": route,
-                "cases": len(cases),
-                "passed": passed,
-                "failed": failed,
-                "errored": errored,
-                "accuracy": passed / len(cases) if cases else 0.0,
-                "latency_p50_ms": percentile(latencies, 0.5),
-                "latency_p95_ms": percentile(latencies, 0.95),
-                "input_tokens": tokens_in,
-                "output_tokens": tokens_out,
-                # None when no answer had a price; "unpriced" counts those without one.
-                "cost": None if unpriced == len(latencies) else str(cost),
-                "unpriced": unpriced,
-                "failing": failing,
-            }
-        )
+        figures = {
+            "route": route,
+            "cases": len(cases),
+            "passed": passed,
+            "failed": failed,
+            "errored": errored,
+            "accuracy": passed / len(cases) if cases else 0.0,
+            "latency_p50_ms": percentile(latencies, 0.5),
+            "latency_p95_ms": percentile(latencies, 0.95),
+            **spent.figures(),
+            "failing": failing,
+        }
+        if judging.calls:  # what judging this route's answers cost, apart from the route
+            figures["judge"] = judging.figures()
+        summary.append(figures)
     return summary, disagreements(cases, outcomes)
 
 

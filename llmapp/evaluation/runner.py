@@ -88,9 +88,10 @@ class CaseRunner:
                 return record | {"error": {"type": type(exc).__name__, "message": str(exc)}}
             except Exception as exc:
                 return record | {"error": {"type": type(exc).__name__, "message": redact(str(exc))}}
+        ruling = None
         try:
             if self.judge is not None:
-                passed, why = judged(self.judge, case.expected, completion)
+                passed, why, ruling = judged(self.judge, case.expected, completion)
             else:
                 passed, why = checked(case.check, case.expected, completion)
         except LLMError as exc:
@@ -101,10 +102,17 @@ class CaseRunner:
         record |= {"passed": passed, "why": why, "text": completion.text}
         if completion.parsed is not None:
             record["parsed"] = jsonable(completion.parsed)
-        return record | {
-            "model": completion.model,
-            "finish_reason": completion.finish_reason,
-            "latency_ms": round(completion.latency_ms, 1),
-            "usage": completion.usage,
-            "cost": None if completion.cost is None else str(completion.cost),
-        }
+        record |= spend(completion)
+        if ruling is not None:  # what judging it cost, apart from what the route cost
+            record["judge"] = spend(ruling)
+        return record
+
+
+def spend(completion):
+    return {
+        "model": completion.model,
+        "finish_reason": completion.finish_reason,
+        "latency_ms": round(completion.latency_ms, 1),
+        "usage": completion.usage,
+        "cost": None if completion.cost is None else str(completion.cost),
+    }

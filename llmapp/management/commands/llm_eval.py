@@ -234,7 +234,7 @@ class Command(LLMCommand):
                 _ms(route["latency_p95_ms"]),
                 str(route["input_tokens"]),
                 str(route["output_tokens"]),
-                dollars(None if route["cost"] is None else Decimal(route["cost"]), route["unpriced"]),
+                _dollars(route),
             )
             for route in summary
         ]
@@ -242,6 +242,11 @@ class Command(LLMCommand):
         for i, row in enumerate([header, *rows]):
             line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             self.stdout.write(self.style.MIGRATE_HEADING(line) if i == 0 else line)
+        for route in summary:
+            judge = route.get("judge")
+            if judge is not None:
+                tokens = f"{judge['input_tokens']} tokens in, {judge['output_tokens']} out"
+                self.stdout.write(f"{route['route']} judged for {tokens}, {_dollars(judge)}.")
         for route in summary:
             if route["failing"]:
                 self.stdout.write(f"{route['route']} failed on: {', '.join(route['failing'])}")
@@ -285,3 +290,8 @@ def _request(case):
 
 def _ms(value):
     return "-" if value is None else f"{value:,.0f} ms"
+
+
+def _dollars(figures):
+    """The ``cost`` of report figures, with how many calls had no price."""
+    return dollars(None if figures["cost"] is None else Decimal(figures["cost"]), figures["unpriced"])

@@ -76,6 +76,10 @@ class InvalidOutputType(InvalidRequestError):
     """A call's ``output`` is not a type or JSON Schema llmapp can ask for."""
 
 
+class MissingContextError(InvalidRequestError):
+    """A use case's PROMPT_TEMPLATE or MESSAGE_TEMPLATE uses a variable the call's context does not give."""
+
+
 class UsecaseDisabled(InvalidRequestError):
     """The use case's ENABLED is off (in settings, its override or the environment): nothing was sent."""
 
@@ -216,3 +220,19 @@ class InvalidOutputError(ProviderError):
         self.text = text
         self.errors = list(errors)
         self.try_elsewhere = True
+
+
+class OverridesOff(LLMError):
+    """LLM_USECASE_OVERRIDES is off: a saved override would be read by no call."""
+
+
+class OverrideConflict(LLMError):
+    """The use case changed since the revision the change was made on: saving would undo that."""
+
+
+class OverrideInvalid(LLMError, ValueError):
+    """An override that does not hold; ``errors`` maps each bad field (or "__all__") to its messages."""
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))

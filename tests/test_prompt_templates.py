@@ -15,9 +15,8 @@ from django.core.management.base import SystemCheckError
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
 from llmapp.calls.service import plan_call
 from llmapp.conf.overrides import save_override
-from llmapp.conf.prompts import MissingContextError
 from llmapp.conf.usecases import get_usecase
-from llmapp.exceptions import ConfigurationError, InvalidRequestError, UsecaseDisabled
+from llmapp.exceptions import ConfigurationError, InvalidRequestError, MissingContextError, UsecaseDisabled
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
 

@@ -29,7 +29,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from llmapp import conf, metrics
 from llmapp.conf import usecases as registry
-from llmapp.exceptions import ConfigurationError, LLMError
+from llmapp.exceptions import ConfigurationError, OverrideConflict, OverrideInvalid, OverridesOff
 from llmapp.metrics.throttle import Throttle, unsaid_note
 from llmapp.redaction import MASK, MIN_SUBSTRING_SECRET, known_secrets, redact
 
@@ -65,22 +65,6 @@ LOCAL_RECHECK = 1.0
 #: Seconds this process waits after a failed read before it tries the database again.
 RETRY_AFTER = 5.0
 LOAD_ERRORS_METRIC = "overrides.load_errors"
-
-
-class OverridesOff(LLMError):
-    """LLM_USECASE_OVERRIDES is off: a saved override would be read by no call."""
-
-
-class OverrideConflict(LLMError):
-    """The use case changed since the revision the change was made on: saving would undo that."""
-
-
-class OverrideInvalid(LLMError, ValueError):
-    """An override that does not hold; ``errors`` maps each bad field (or "__all__") to its messages."""
-
-    def __init__(self, errors):
-        self.errors = errors
-        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
 
 
 def enabled():

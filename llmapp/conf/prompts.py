@@ -21,7 +21,7 @@ from django.template.backends.django import DjangoTemplates
 from django.template.base import FilterExpression, VariableNode
 from django.utils.autoreload import file_changed
 
-from llmapp.exceptions import ConfigurationError, InvalidRequestError
+from llmapp.exceptions import ConfigurationError, InvalidRequestError, MissingContextError
 
 # What the engine renders in place of a missing variable: found after rendering, raised as an error.
 _MISSING = "\x00llmapp-missing:%s\x00"
@@ -30,10 +30,6 @@ _MISSING_FOUND = re.compile("\x00llmapp-missing:(.*?)\x00")
 
 # The most text a template may render: far beyond a prompt, far below what fills memory.
 MAX_RENDERED = 1_000_000
-
-
-class MissingContextError(InvalidRequestError):
-    """A prompt template uses a variable the call's context does not give."""
 
 
 @functools.cache

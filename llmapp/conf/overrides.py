@@ -24,6 +24,7 @@ import time
 import uuid
 from logging import getLogger
 
+from asgiref.sync import sync_to_async
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
@@ -113,12 +114,12 @@ def refresh():
 
 async def arefresh():
     """The async twin of :func:`refresh`: the cache is awaited, the database read on a thread."""
+    if _state.per_process and _checked_lately():
+        return  # read from the database a moment ago: the common case, said first
     if not enabled():
         if _state.loaded:
             forget()
         return
-    from asgiref.sync import sync_to_async
-
     if _per_process_cache():
         if not _checked_lately() and not _resting():
             await sync_to_async(refresh)()

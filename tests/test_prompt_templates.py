@@ -10,7 +10,6 @@ import sqlite3
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.core.management.base import SystemCheckError
 
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
 from llmapp.calls.service import plan_call
@@ -19,6 +18,7 @@ from llmapp.conf.usecases import get_usecase
 from llmapp.exceptions import ConfigurationError, InvalidRequestError, MissingContextError, UsecaseDisabled
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
+from tests.test_checks import check
 
 PRODUCT = "Write the product page of {{ product }}.\n"
 ASK = "About {{ product }}: {{ message }}"
@@ -39,17 +39,6 @@ class TTY(io.StringIO):
 
     def isatty(self):
         return True
-
-
-def check():
-    """Run `manage.py check`; return the llmapp ids it reports and its output."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    try:
-        call_command("check", stdout=stdout, stderr=stderr)
-        output = stdout.getvalue() + stderr.getvalue()
-    except SystemCheckError as exc:
-        output = str(exc)
-    return re.findall(r"\((llmapp\.[\w.]+)\)", output), output
 
 
 def one_line_failure(result):

@@ -78,7 +78,6 @@ def form_values(usecase):
     """The use case's editable fields as the form shows them: templates by their source."""
     values = overrides.effective_config(usecase)
     for field in ("PROMPT_TEMPLATE", "MESSAGE_TEMPLATE"):
-        template = None
         try:
             template = usecase.template(field)
             values[field] = template.template.source if template is not None else ""

@@ -255,7 +255,7 @@ class Command(LLMCommand):
             raise CommandError("every route failed; each row says why.")
 
     def write_comparison(self, results, full):
-        header = ("ROUTE", "MODEL", "LATENCY", "IN", "OUT", "COST", "FINISH", "ANSWER")
+        header = ("ROUTE", "MODEL", "LATENCY", "IN", "OUT", "COST", "FINISH")  # then ANSWER, ragged
         rows = []
         for result in results:
             completion = result.completion
@@ -277,13 +277,12 @@ class Command(LLMCommand):
                 completion.text if completion.parsed is None else json.dumps(completion.as_dict()["parsed"])
             )
             rows.append((cells, answer))
-        widths = [max(len(cells[i]) for cells in [header, *(row[0] for row in rows)]) for i in range(7)]
-        indent = sum(widths) + 2 * 7
-        self.stdout.write(
-            self.style.MIGRATE_HEADING(
-                "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + "  ANSWER"
-            )
-        )
+        widths = [
+            max(len(cells[i]) for cells in [header, *(row[0] for row in rows)]) for i in range(len(header))
+        ]
+        indent = sum(widths) + 2 * len(header)
+        heading = "  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True))
+        self.stdout.write(self.style.MIGRATE_HEADING(f"{heading}  ANSWER"))
         for cells, answer in rows:
             lines = _wrapped(answer, full)
             first = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))

@@ -154,19 +154,15 @@ class Local:
         return {name: override_of(name) for name in get_usecases()}
 
     def put_all(self, changes, comment):
-        """Save every change, or none: each is checked first, and all are saved in one transaction."""
+        """Save every change, or none: one transaction, which a change that does not hold rolls back."""
         from django.db import transaction
 
-        for name, fields in changes.items():
-            errors = overrides.validate(name, fields, overrides.current_override(name))
-            if errors:
-                raise CommandError(f"{name}: {overrides.OverrideInvalid(errors)}; nothing was imported.")
-        try:
-            with transaction.atomic():
-                for name, fields in changes.items():
+        with transaction.atomic():
+            for name, fields in changes.items():
+                try:
                     overrides.save_override(name, fields, comment=comment)
-        except (overrides.OverrideInvalid, overrides.OverridesOff, InvalidUsecaseError) as exc:
-            raise CommandError(f"{exc}; nothing was imported.") from None
+                except (overrides.OverrideInvalid, overrides.OverridesOff, InvalidUsecaseError) as exc:
+                    raise CommandError(f"{name}: {exc}; nothing was imported.") from None
 
     def revert(self, name, revision):
         from llmapp.models import UseCaseRevision

@@ -113,10 +113,12 @@ class Command(LLMCommand):
         report = options["report"]
         if report is None:
             return
-        if report == options["output"] or outputfile.same_file(_stat(report), input_file):
+        found = _stat(report)
+        output = _stat(options["output"])
+        if report == options["output"] or any(
+            outputfile.same_file(found, other) for other in (input_file, output)
+        ):
             raise CommandError(f"--report {report} is the input or the output; name a file of its own.")
-        if _stat(report) is not None and _stat(report) == _stat(options["output"]):
-            raise CommandError(f"--report {report} is the output; name a file of its own.")
         folder = os.path.dirname(os.path.abspath(report))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise CommandError(

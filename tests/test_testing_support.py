@@ -1,5 +1,6 @@
 """A project's own tests get a fresh locmem provider in every test, under pytest and Django's runner."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -188,3 +189,17 @@ def test_an_override_saved_in_one_test_is_not_seen_in_the_next(project, tmp_path
         result = run(project, "-m", "django", "test", "checks", "-v", "2")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Ran 2 tests" in result.stderr
+
+
+def test_a_test_without_the_database_reads_no_overrides_after_settings_change(settings, monkeypatch, caplog):
+    # A settings change forgets what was read; the plugin's "this test may not query" must
+    # outlast it, or the next call tries the database, is refused, and logs a failure.
+    from llmapp import complete_prompt
+    from llmapp.conf import overrides
+    from llmapp.metrics.throttle import Throttle
+
+    monkeypatch.setattr(overrides._state, "throttle", Throttle(60.0))
+    settings.LLM_EVENTSTREAM = "null"
+    with caplog.at_level(logging.WARNING, logger="llmapp.overrides"):
+        assert complete_prompt("summarize", "hi", provider="test").text
+    assert [r.getMessage() for r in caplog.records if r.name == "llmapp.overrides"] == []

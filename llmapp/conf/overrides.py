@@ -89,6 +89,7 @@ class _State:
         self.checked_at = None  # a per-process cache: when the newest revision was last read
         self.unbumped = False  # a save whose bump the cache did not take
         self.per_process = None  # whether the version cache is per-process; None: not yet looked
+        self.none_assumed = False  # no database to read (a test that may not query): read nothing
         self.clock = time.monotonic
         self.throttle = Throttle(60.0)
 
@@ -314,15 +315,21 @@ def forget():
     _state.loaded, _state.token, _state.checked_at, _state.next_try = False, None, None, 0.0
     _state.per_process = None
     registry.set_overrides({})
+    if _state.none_assumed:
+        _state.loaded, _state.next_try = True, math.inf
 
 
 conf.on_change(forget)
 
 
-def assume_none():
-    """Take it that no override exists, and read none: for a process, or a test, with no database."""
-    _state.loaded, _state.token, _state.next_try = True, None, math.inf
-    registry.set_overrides({})
+def assume_none(assumed=True):
+    """Take it that no override exists, and read none, until ``assume_none(False)``.
+
+    For a test with no database: a settings change in it forgets what was read, and
+    must not bring a read the test may not make.
+    """
+    _state.none_assumed = assumed
+    forget()
 
 
 def _caches_changed(*, setting, **kwargs):
@@ -354,8 +361,8 @@ def _shared():
 
 
 def forget_loaded():
-    _state.loaded = False
-    _state.next_try = 0.0
+    if not _state.none_assumed:
+        _state.loaded, _state.next_try = False, 0.0
 
 
 def bump():

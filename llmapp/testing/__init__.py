@@ -36,9 +36,7 @@ def reset_overrides(database=True):
     overrides = sys.modules.get(OVERRIDES_MODULE)
     if overrides is None:
         return
-    overrides.forget()
-    if not database:
-        overrides.assume_none()
+    overrides.assume_none(not database)
 
 
 @contextlib.contextmanager

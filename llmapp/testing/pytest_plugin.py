@@ -35,7 +35,11 @@ def _llmapp_reset_locmem(request):
 
 
 def _uses_database(request):
-    """Whether pytest-django lets the test query: a django_db mark, or a fixture that needs the database."""
+    """Whether pytest-django lets the test query: a django_db mark, a fixture that needs the
+    database, or a Django test case class whose ``databases`` it names."""
+    databases = getattr(request.cls, "databases", None)  # Django's SimpleTestCase and its subclasses
+    if databases is not None:
+        return bool(databases)
     if request.node.get_closest_marker("django_db") is not None:
         return True
     return bool(

@@ -23,11 +23,11 @@ BACKGROUND = {"synchronous": False}
 
 @pytest.fixture
 def inserts():
-    """Count the INSERT statements the writer thread's connections send to the database."""
+    """Count the statements that write rows (INSERT, or COPY) the writer thread sends to the database."""
     sent = []
 
     def count(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith("INSERT"):
+        if sql.lstrip().upper().startswith(("INSERT", "COPY")):  # COPY: PostgreSQL with psycopg 3
             sent.append(threading.current_thread().name)
         return execute(sql, params, many, context)
 
@@ -48,8 +48,8 @@ def test_many_calls_become_a_few_multi_row_inserts_from_one_thread(settings, ins
     assert CompletionEvent.objects.count() == 0  # still queued: nothing waited on the database
     assert eventstream.flush(timeout=10)
     assert CompletionEvent.objects.count() == 30
-    # One batch (30 < batch_size), written by the writer thread alone: one INSERT on SQLite
-    # and PostgreSQL alike (30 rows fit in one statement's parameters, SQLite's 999 too).
+    # One batch (30 < batch_size), written by the writer thread alone, in one statement: an
+    # INSERT on SQLite (30 rows fit in its 999 parameters), a COPY on PostgreSQL.
     assert inserts == ["llmapp-events"]
 
 
@@ -177,6 +177,35 @@ def _usage_event():
     request, _ = prepare_request("summarize", "hi", provider="test")
     completion = Completion(text="ok", usecase="summarize", provider="test", model="locmem")
     return build_event(request, 1.0, completion=completion)
+
+
+@pytest.mark.django_db
+def test_every_kind_of_value_is_stored_as_it_was_recorded():
+    """Run also with DATABASE_URL=postgres://...: there the rows go in one COPY, not an INSERT."""
+    from decimal import Decimal
+
+    awkward = "tab\there, a newline\nand a backslash \\N, quotes ' \" and é中"
+    first = dataclasses.replace(
+        _usage_event(),
+        message=awkward,
+        response="\\.",  # the end of COPY's text data, as a line of its own
+        error_message="nul \x00 inside",
+        input_tokens=None,
+        output_tokens=7,
+        cost=Decimal("0.0000123"),
+        rates={"test:locmem": {"input": "0.15", "nested": [1, None, "\t"]}},
+        conversation=[{"role": "user", "content": awkward}],
+        exception={"type": "ProviderError", "frames": [{"line": 3}]},
+        cached=True,
+    )
+    second = dataclasses.replace(_usage_event(), status="error", latency_ms=0.25, attempts=3)
+    insert_events(connection, [first, second])
+    stored = list(CompletionEvent.objects.order_by("id"))
+    assert len(stored) == 2
+    for event, row in zip([first, second], stored, strict=True):
+        stored_as = event.error_message.replace("\x00", "\ufffd")  # a NUL no database keeps
+        expected = dataclasses.asdict(event) | {"error_message": stored_as}
+        assert {name: getattr(row, name) for name in expected} == expected
 
 
 # -- whole processes: exit, fork, and a usage database that hangs ---------------------------

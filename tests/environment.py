@@ -1,6 +1,7 @@
 """The environment of a manage.py child process, isolated from the developer's own."""
 
 import os
+import signal
 
 # A developer's own configuration must reach neither a test's nor a benchmark's child.
 ISOLATED_VARIABLES = (
@@ -34,3 +35,12 @@ def developer_variables():
 def isolated_environ():
     """Return a copy of os.environ without the variables that configure this project."""
     return {key: value for key, value in os.environ.items() if not key.startswith(ISOLATED_VARIABLES)}
+
+
+def interruptible():
+    """A child's ``preexec_fn``: Ctrl-C (SIGINT) reaches it as it would from a terminal.
+
+    A suite started in the background (``pytest &``, CI's runs side by side) inherits
+    SIGINT ignored, and so would its children: Python then never raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

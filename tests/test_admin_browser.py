@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOT = ROOT / "artifacts" / "screenshots" / "usecases.png"
+# LLM_TEST_SCREENSHOTS: another folder, for runs side by side (CI's) that would overwrite each other's.
+SCREENSHOTS = Path(os.environ.get("LLM_TEST_SCREENSHOTS") or ROOT / "artifacts" / "screenshots")
+SCREENSHOT = SCREENSHOTS / "usecases.png"
 PASSWORD = "browser-test-password"
 CHROMIUM_FLAGS = (
     "--headless=new",

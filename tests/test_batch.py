@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from llmapp.exceptions import ProviderError
 from llmapp.providers import locmem
 from tests.conftest import ROOT
+from tests.environment import interruptible
 
 # Worker threads write usage events through connections of their own, outside a test
 # transaction: only a transactional test cleans them up.
@@ -198,7 +199,12 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(manage, tmp_path, fake_openai)
         str(output),
     ]
     process = subprocess.Popen(
-        [*args, "--concurrency", "2"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        [*args, "--concurrency", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 20
     while (not output.exists() or len(output.read_text().splitlines()) < 4) and time.monotonic() < deadline:
@@ -359,6 +365,7 @@ def test_a_second_ctrl_c_stops_waiting_for_hung_calls_at_once(manage, tmp_path, 
         stderr=subprocess.PIPE,
         env=env,
         cwd=ROOT,
+        preexec_fn=interruptible,
     )
     try:
         # One call at a time (the default): item 2 is sent once item 1 has its answer, which is then written.

@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from llmapp.conf import overrides
 from llmapp.models import EvaluationRun
 from tests.conftest import ROOT
+from tests.environment import interruptible
 
 # Calls run on threads of their own, whose connections write outside the test's transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -259,7 +260,13 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases
         "2",
     ]
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=interruptible,
     )
     while not output.exists() or len(output.read_text().splitlines()) < 4:
         assert process.poll() is None, process.stderr.read()

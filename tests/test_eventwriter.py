@@ -1,7 +1,9 @@
 """Usage events off the call path: the writer thread's batches, drains, drops, forks and bounds."""
 
+import contextlib
 import dataclasses
 import logging
+import os
 import sqlite3
 import textwrap
 import threading
@@ -23,11 +25,11 @@ BACKGROUND = {"synchronous": False}
 
 @pytest.fixture
 def inserts():
-    """Count the statements that write rows (INSERT, or COPY) the writer thread sends to the database."""
+    """Count the INSERT statements the writer thread's connections send to the database."""
     sent = []
 
     def count(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith(("INSERT", "COPY")):  # COPY: PostgreSQL with psycopg 3
+        if sql.lstrip().upper().startswith("INSERT"):
             sent.append(threading.current_thread().name)
         return execute(sql, params, many, context)
 
@@ -48,8 +50,9 @@ def test_many_calls_become_a_few_multi_row_inserts_from_one_thread(settings, ins
     assert CompletionEvent.objects.count() == 0  # still queued: nothing waited on the database
     assert eventstream.flush(timeout=10)
     assert CompletionEvent.objects.count() == 30
-    # One batch (30 < batch_size), written by the writer thread alone, in one statement: an
-    # INSERT on SQLite (30 rows fit in its 999 parameters), a COPY on PostgreSQL.
+    # One batch (30 < batch_size), written by the writer thread alone: one INSERT on SQLite
+    # and PostgreSQL alike (30 rows fit in one statement's parameters, SQLite's 999 too; a
+    # connection with an execute wrapper, as here, gets INSERTs where a bare one gets a COPY).
     assert inserts == ["llmapp-events"]
 
 
@@ -179,9 +182,29 @@ def _usage_event():
     return build_event(request, 1.0, completion=completion)
 
 
+def _statements(sent):
+    """An execute wrapper that notes each statement's first word: COPY bypasses it (INSERTs are used)."""
+
+    def note(execute, sql, params, many, context):
+        sent.append(sql.split(None, 1)[0].upper())
+        return execute(sql, params, many, context)
+
+    return note
+
+
+def _stored(events):
+    """What the database should hold of ``events``: the same, with NUL made U+FFFD."""
+    return [
+        dataclasses.asdict(event) | {"error_message": event.error_message.replace("\x00", "\ufffd")}
+        for event in events
+    ]
+
+
 @pytest.mark.django_db
-def test_every_kind_of_value_is_stored_as_it_was_recorded():
-    """Run also with DATABASE_URL=postgres://...: there the rows go in one COPY, not an INSERT."""
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "execute-wrapper"])
+def test_every_kind_of_value_is_stored_as_it_was_recorded(wrapped):
+    """Run also with DATABASE_URL=postgres://...: there a bare connection's rows go in one COPY,
+    and a connection with execute wrappers (a project's own) gets INSERTs, which they see."""
     from decimal import Decimal
 
     awkward = "tab\there, a newline\nand a backslash \\N, quotes ' \" and é中"
@@ -199,13 +222,56 @@ def test_every_kind_of_value_is_stored_as_it_was_recorded():
         cached=True,
     )
     second = dataclasses.replace(_usage_event(), status="error", latency_ms=0.25, attempts=3)
-    insert_events(connection, [first, second])
-    stored = list(CompletionEvent.objects.order_by("id"))
-    assert len(stored) == 2
-    for event, row in zip([first, second], stored, strict=True):
-        stored_as = event.error_message.replace("\x00", "\ufffd")  # a NUL no database keeps
-        expected = dataclasses.asdict(event) | {"error_message": stored_as}
-        assert {name: getattr(row, name) for name in expected} == expected
+    sent = []
+    with connection.execute_wrapper(_statements(sent)) if wrapped else contextlib.nullcontext():
+        insert_events(connection, [first, second])
+    expected = _stored([first, second])
+    stored = [
+        {name: getattr(row, name) for name in expected[0]} for row in CompletionEvent.objects.order_by("id")
+    ]
+    assert stored == expected
+    assert sent == (["INSERT"] if wrapped else [])
+
+
+@pytest.mark.django_db
+def test_token_counts_sent_as_floats_are_stored_as_whole_numbers():
+    # The OpenAI SDK keeps what an OpenAI-compatible server sends: 12.0 stays a float, which
+    # PostgreSQL's COPY would refuse for an integer column, losing the event.
+    events = [
+        dataclasses.replace(_usage_event(), input_tokens=12.0, output_tokens=3.0),
+        dataclasses.replace(_usage_event(), input_tokens=float("nan"), output_tokens=7),
+    ]
+    insert_events(connection, events)
+    assert list(CompletionEvent.objects.order_by("id").values_list("input_tokens", "output_tokens")) == [
+        (12, 3),
+        (None, 7),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_table_that_refuses_copy_gets_inserts_and_loses_nothing():
+    """Row-level security refuses COPY FROM: the batch goes in INSERTs, and so do the next ones."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row-level security is PostgreSQL's, which only the PostgreSQL run of the suite has")
+    from llmapp.eventstream import database
+
+    role = f"llmapp_rls_{os.getpid()}"
+    table = CompletionEvent._meta.db_table
+    with connection.cursor() as cursor:
+        # All in the test's transaction, rolled back with it: the role too.
+        cursor.execute(f"CREATE ROLE {role}")
+        cursor.execute(f"GRANT ALL ON {table} TO {role}")
+        cursor.execute(f"GRANT ALL ON SEQUENCE {table}_id_seq TO {role}")
+        cursor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        cursor.execute(f"CREATE POLICY everything ON {table} USING (true) WITH CHECK (true)")
+        cursor.execute(f"SET LOCAL ROLE {role}")
+    try:
+        insert_events(connection, [_usage_event(), _usage_event()])
+        assert connection.alias in database._no_copy
+        insert_events(connection, [_usage_event(), _usage_event()])
+        assert CompletionEvent.objects.count() == 4
+    finally:
+        database._no_copy.discard(connection.alias)
 
 
 # -- whole processes: exit, fork, and a usage database that hangs ---------------------------

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 
 from llmapp.providers import locmem
 from tests.conftest import API_KEY, ROOT
+from tests.environment import interruptible
 
 
 def llm(*args, stdin=None):
@@ -195,6 +196,7 @@ def test_ctrl_c_while_streaming_exits_130(fake_openai, manage):
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=interruptible,
     )
     assert process.stdout.read(6) == "first "
     time.sleep(0.3)

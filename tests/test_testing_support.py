@@ -203,3 +203,60 @@ def test_a_test_without_the_database_reads_no_overrides_after_settings_change(se
     with caplog.at_level(logging.WARNING, logger="llmapp.overrides"):
         assert complete_prompt("summarize", "hi", provider="test").text
     assert [r.getMessage() for r in caplog.records if r.name == "llmapp.overrides"] == []
+
+
+@pytest.mark.django_db
+def test_a_save_lifts_the_assumption_that_a_test_has_no_database(settings):
+    # A test judged "no database" when it started may still get one (pytest-django's
+    # request.getfixturevalue("db")): its save shows that it has, and is read.
+    from llmapp.calls.service import plan_call
+    from llmapp.conf import overrides
+
+    overrides.assume_none()  # what the plugin does for a test without a django_db mark
+    settings.LLM_EVENTSTREAM = "null"  # a change of settings: the assumption outlasts it
+    overrides.refresh()
+    overrides.save_override("summarize", {"PROMPT": "A prompt saved late."})
+    overrides.refresh()
+    assert plan_call("summarize", "x")[0].prompt == "A prompt saved late."
+
+
+OTHER_DATABASE_SETTINGS = """
+SECRET_KEY = "test"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "llmapp"]
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:", "TEST": {"DEPENDENCIES": []}},
+}
+LLM_PROVIDERS = {"default": {"BACKEND": "llmapp.providers.locmem.LocmemProvider"}}
+LLM_EVENTSTREAM = "null"
+LLM_TSDB = "null"
+TEST_RUNNER = "llmapp.testing.runner.DiscoverRunner"
+"""
+
+OTHER_DATABASE_TESTS = """
+from django.test import TestCase
+
+from llmapp import complete_prompt
+
+
+class OtherDatabaseTests(TestCase):
+    databases = {"other"}  # not the one the overrides are read from: Django refuses that one
+
+    def test_calls_without_reading_the_overrides(self):
+        with self.assertNoLogs("llmapp.overrides"):
+            complete_prompt("summarize", "hi")
+"""
+
+
+@pytest.mark.parametrize("runner", ["pytest", "django"])
+def test_a_test_case_of_another_database_reads_no_overrides(project, runner):
+    (project / "proj_settings.py").write_text(OTHER_DATABASE_SETTINGS)
+    (project / "checks" / "tests.py").write_text(textwrap.dedent(OTHER_DATABASE_TESTS))
+    if runner == "pytest":
+        result = run(project, "-m", "pytest", "-p", "no:cacheprovider", "-q", "checks/tests.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 passed" in result.stdout
+    else:
+        result = run(project, "-m", "django", "test", "checks", "-v", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Ran 1 test" in result.stderr

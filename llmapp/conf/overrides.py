@@ -361,8 +361,9 @@ def _shared():
 
 
 def forget_loaded():
-    if not _state.none_assumed:
-        _state.loaded, _state.next_try = False, 0.0
+    # A save: whoever made it can reach the database, whatever was assumed of it.
+    _state.none_assumed = False
+    _state.loaded, _state.next_try = False, 0.0
 
 
 def bump():

@@ -1,8 +1,9 @@
 """Usage events as CompletionEvent rows, written off the call path or, if asked, inline."""
 
 import contextlib
+import math
 
-from django.db import connections, router, transaction
+from django.db import NotSupportedError, connections, router, transaction
 
 from llmapp.eventstream.base import EventStream
 from llmapp.eventstream.writer import EventWriter
@@ -86,8 +87,7 @@ def insert_events(connection, events):
     What bulk_create() does, without a model instance per event and without DEBUG's
     query log (which, on SQLite, quotes every parameter again in a query of its own):
     the writer thread shares the GIL with the callers, so each µs it spends per event is
-    theirs. On PostgreSQL with psycopg 3, one COPY: a multi-row INSERT there costs the
-    client more than 200 µs of Python per row, quoting each value into the query.
+    theirs. On PostgreSQL with psycopg 3, a batch goes in one COPY (see ``_copies``).
     """
     from llmapp.models import CompletionEvent
 
@@ -100,12 +100,21 @@ def insert_events(connection, events):
     with connection.wrap_database_errors:
         database_cursor = connection.create_cursor()
     with connection.make_cursor(database_cursor) as cursor:
-        if connection.vendor == "postgresql" and hasattr(database_cursor, "copy"):
-            # Through the connection's execute_wrappers, as every statement of Django's is.
-            copy = f"COPY {table} ({columns}) FROM STDIN"
-            with connection.wrap_database_errors:
-                cursor._execute_with_wrappers(copy, rows, many=True, executor=_copy)
-            return
+        if _copies(connection, database_cursor, rows):
+            # In a transaction, a savepoint: a COPY the table refuses leaves it usable.
+            savepoint = transaction.atomic(using=connection.alias) if connection.in_atomic_block else None
+            try:
+                with (
+                    savepoint or contextlib.nullcontext(),
+                    connection.wrap_database_errors,
+                    database_cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+                ):
+                    for row in rows:
+                        copy.write_row(row)
+                return
+            except NotSupportedError:
+                # Row-level security, for one: this database gets INSERTs from now on.
+                _no_copy.add(connection.alias)
         row = f"({', '.join(['%s'] * len(fields))})"
         per_statement = max(1, connection.ops.bulk_batch_size(fields, events))
         for start in range(0, len(rows), per_statement):
@@ -116,22 +125,52 @@ def insert_events(connection, events):
             cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608
 
 
-def _copy(sql, rows, many, context):
-    with context["cursor"].cursor.copy(sql) as copy:
-        for row in rows:
-            copy.write_row(row)
+#: The database aliases that refused a COPY into the events table.
+_no_copy = set()
+
+
+def _copies(connection, database_cursor, rows):
+    """Whether ``rows`` go in one COPY: on PostgreSQL with psycopg 3, several rows, no wrappers.
+
+    A multi-row INSERT there costs psycopg more than 100 µs of Python per row, quoting
+    each value into the query; COPY about 15. One row goes faster as an INSERT (one round
+    trip, not two). A COPY would pass by the connection's execute wrappers (a project's
+    own, which may rewrite statements or read them as INSERTs): a connection that has any
+    gets INSERTs, which they see as they see Django's.
+    """
+    return (
+        len(rows) > 1
+        and connection.vendor == "postgresql"
+        and hasattr(database_cursor, "copy")
+        and not connection.execute_wrappers
+        and connection.alias not in _no_copy
+    )
+
+
+#: Model field types whose columns take whole numbers, and those that take booleans.
+WHOLE_NUMBERS = frozenset(
+    {
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+    }
+)
 
 
 def _rows(connection, fields, events):
     """The column values of each event, in the database's own form."""
     names = [field.name for field in fields]
     kinds = [field.get_internal_type() for field in fields]
-    # Text may hold a NUL; dates, decimals and JSON need the database's own form; numbers go
-    # as they are.
+    # Text may hold a NUL; dates, decimals and JSON need the database's own form; a count a
+    # provider sent as 12.0 goes as 12 (COPY refuses "12.0" for an integer); the rest as it is.
     text = [i for i, kind in enumerate(kinds) if kind in {"CharField", "TextField"}]
     json = [(i, fields[i]) for i, kind in enumerate(kinds) if kind == "JSONField"]
     dates = [i for i, kind in enumerate(kinds) if kind == "DateTimeField"]
     decimals = [(i, fields[i]) for i, kind in enumerate(kinds) if kind == "DecimalField"]
+    whole = [i for i, kind in enumerate(kinds) if kind in WHOLE_NUMBERS]
     adapt_decimal = connection.ops.adapt_decimalfield_value
     adapt_date = connection.ops.adapt_datetimefield_value
     rows = []
@@ -150,6 +189,9 @@ def _rows(connection, fields, events):
         for i, field in decimals:
             if values[i] is not None:
                 values[i] = adapt_decimal(values[i], field.max_digits, field.decimal_places)
+        for i in whole:
+            if isinstance(values[i], float):
+                values[i] = round(values[i]) if math.isfinite(values[i]) else None
         rows.append(values)
     return rows
 

@@ -26,12 +26,25 @@ def reset_locmem():
         locmem.reset()
 
 
+def may_read_overrides(databases):
+    """Whether a test allowed ``databases`` (a Django test case's, or a django_db mark's) may
+    read the use-case overrides: from the database the router reads them from."""
+    if databases == "__all__":
+        return True
+    from django.db import router
+
+    from llmapp.models import UseCaseRevision
+
+    return router.db_for_read(UseCaseRevision) in (databases or ())
+
+
 def reset_overrides(database=True):
     """Forget the use-case overrides this process read: each test reads its own database's.
 
     A test saves an override in its transaction, which is rolled back; without this the
     next test would go on with what the last one read. Without a ``database`` (a test
-    that may not query), there are none to read, and no read is tried.
+    that may not query), there are none to read, and no read is tried until the test
+    saves one itself.
     """
     overrides = sys.modules.get(OVERRIDES_MODULE)
     if overrides is None:

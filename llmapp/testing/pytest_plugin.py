@@ -5,9 +5,19 @@ Registered through the ``pytest11`` entry point, so installing llmapp is enough.
 pytest-django, usage events are also recorded synchronously for the whole session.
 """
 
+import sys
+
 import pytest
 
-from llmapp.testing import reset_locmem, reset_overrides, synchronous_events
+from llmapp.testing import (
+    OVERRIDES_MODULE,
+    may_read_overrides,
+    reset_locmem,
+    reset_overrides,
+    synchronous_events,
+)
+
+DEFAULT_DB_ALIAS = "default"  # django.db's, without importing it where Django is not set up
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,20 +38,26 @@ def _llmapp_synchronous_events(request):
 @pytest.fixture(autouse=True)
 def _llmapp_reset_locmem(request):
     reset_locmem()
-    reset_overrides(database=_uses_database(request))
+    if OVERRIDES_MODULE in sys.modules:  # else nothing to reset, and maybe no Django to ask
+        reset_overrides(database=_uses_database(request))
     yield
     reset_locmem()
     reset_overrides()
 
 
 def _uses_database(request):
-    """Whether pytest-django lets the test query: a django_db mark, a fixture that needs the
-    database, or a Django test case class whose ``databases`` it names."""
-    databases = getattr(request.cls, "databases", None)  # Django's SimpleTestCase and its subclasses
-    if databases is not None:
-        return bool(databases)
-    if request.node.get_closest_marker("django_db") is not None:
-        return True
-    return bool(
-        {"db", "transactional_db", "django_db_reset_sequences", "live_server"} & set(request.fixturenames)
-    )
+    """Whether pytest-django lets the test read the overrides' database: a Django test case
+    class by its ``databases``, else a django_db mark or a fixture that needs the database."""
+    testcases = sys.modules.get("django.test")  # imported already if the test is one of its cases
+    if (
+        request.cls is not None
+        and testcases is not None
+        and issubclass(request.cls, testcases.SimpleTestCase)
+    ):
+        return may_read_overrides(request.cls.databases)
+    marker = request.node.get_closest_marker("django_db")
+    if marker is not None:
+        return may_read_overrides(marker.kwargs.get("databases") or {DEFAULT_DB_ALIAS})
+    if {"db", "transactional_db", "django_db_reset_sequences", "live_server"} & set(request.fixturenames):
+        return may_read_overrides({DEFAULT_DB_ALIAS})
+    return False

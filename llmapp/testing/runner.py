@@ -7,7 +7,7 @@ import unittest
 
 from django.test import runner
 
-from llmapp.testing import reset_locmem, reset_overrides, synchronous_events
+from llmapp.testing import may_read_overrides, reset_locmem, reset_overrides, synchronous_events
 
 
 class ResetLocmemResult:
@@ -15,8 +15,8 @@ class ResetLocmemResult:
 
     def startTest(self, test):
         reset_locmem()
-        # A SimpleTestCase may not query: it has no overrides to read.
-        reset_overrides(database=bool(getattr(test, "databases", None)))
+        # A SimpleTestCase may not query, and a TestCase only its databases.
+        reset_overrides(database=may_read_overrides(getattr(test, "databases", None)))
         super().startTest(test)
 
     def stopTest(self, test):

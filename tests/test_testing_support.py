@@ -181,14 +181,19 @@ def test_an_override_saved_in_one_test_is_not_seen_in_the_next(project, tmp_path
     database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "real.sqlite3")}
     (project / "proj_settings.py").write_text(f"DATABASE = {database!r}\n" + RECORDING_SETTINGS)
     (project / "checks" / "tests.py").write_text(textwrap.dedent(OVERRIDE_TESTS))
+    passes(project, runner, 2)
+
+
+def passes(project, runner, tests):
+    """Run the project's checks/tests.py with ``runner`` (pytest, or Django's); all ``tests`` pass."""
     if runner == "pytest":
         result = run(project, "-m", "pytest", "-p", "no:cacheprovider", "-q", "checks/tests.py")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "2 passed" in result.stdout
+        assert f"{tests} passed" in result.stdout
     else:
         result = run(project, "-m", "django", "test", "checks", "-v", "2")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "Ran 2 tests" in result.stderr
+        assert f"Ran {tests} test" in result.stderr
 
 
 def test_a_test_without_the_database_reads_no_overrides_after_settings_change(settings, monkeypatch, caplog):
@@ -252,11 +257,4 @@ class OtherDatabaseTests(TestCase):
 def test_a_test_case_of_another_database_reads_no_overrides(project, runner):
     (project / "proj_settings.py").write_text(OTHER_DATABASE_SETTINGS)
     (project / "checks" / "tests.py").write_text(textwrap.dedent(OTHER_DATABASE_TESTS))
-    if runner == "pytest":
-        result = run(project, "-m", "pytest", "-p", "no:cacheprovider", "-q", "checks/tests.py")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "1 passed" in result.stdout
-    else:
-        result = run(project, "-m", "django", "test", "checks", "-v", "2")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Ran 1 test" in result.stderr
+    passes(project, runner, 1)

@@ -276,6 +276,81 @@ def test_a_template_source_set_by_an_override_renders(usecases, django_capture_o
     assert len(locmem.outbox) == 1
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("source", "stopped"),
+    [
+        # A million steps: seconds of a call's CPU, unbounded, for nothing written.
+        (
+            "{% for a in message %}{% for b in message %}{% endfor %}{% endfor %}",
+            "loops ran more than 100,000",
+        ),
+        # A hundred thousand passes, each writing the 1,000-character message: 100 MB of text.
+        ("{% for a in big %}{{ message }}{% endfor %}", "wrote more than 1,000,000 characters"),
+        ('{{ message|ljust:"1000000000" }}', "|ljust was given 1000000000"),
+        ('{{ message|center:"99999999" }}', "|center was given 99999999"),
+        ('{{ message|stringformat:"900000000s" }}', "|stringformat was given 900000000"),
+        ('{{ 1.5|floatformat:"-50000000" }}', "|floatformat was given 50000000"),
+        # Doubled at each level: 2**30 times the message.
+        (
+            "{% with a=message %}" + "{% with a=a|add:a %}" * 30 + "{{ a }}" + "{% endwith %}" * 31,
+            "|add made",
+        ),
+        # Each of a hundred thousand letters, then a separator of a thousand: 100 MB.
+        ("{{ big|make_list|join:message }}", "|join would make"),
+        # Each pass doubles what it was given: 4,096 times the message after twelve.
+        ("{{ message" + "|make_list|join:','" * 12 + " }}", "|join would make"),
+        ('{% for a in big %}{% filter center:"900" %}{{ a }}{% endfilter %}{% endfor %}', "wrote more than"),
+        ("{% for a in big %}{% cycle message message %}{% endfor %}", "wrote more than"),
+    ],
+    ids=[
+        "nested loops",
+        "output",
+        "ljust",
+        "center",
+        "stringformat",
+        "floatformat",
+        "add",
+        "join",
+        "doubling chain",
+        "filter block in a loop",
+        "cycle in a loop",
+    ],
+)
+def test_an_override_template_that_would_loop_or_write_without_end_is_stopped(
+    usecases, source, stopped, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        save_override("product", {"MESSAGE_TEMPLATE": source})
+    with pytest.raises(InvalidRequestError, match=re.escape(stopped)) as raised:
+        complete_prompt("product", "x" * 1000, context={"big": "y" * 100_000, "product": "the Kettle"})
+    assert str(raised.value).startswith(
+        "MESSAGE_TEMPLATE (source from the override) of use case 'product' was stopped"
+    )
+    assert locmem.outbox == []
+
+
+@pytest.mark.django_db
+def test_an_override_template_within_its_bounds_renders_as_django_would(
+    usecases, django_capture_on_commit_callbacks
+):
+    source = (
+        '{% for line in lines %}{{ forloop.counter }}. {{ line|ljust:"6" }}|{% endfor %}'
+        '{% with twice=message|add:message %}{{ twice|center:"12" }}{% endwith %}{{ 2.25|floatformat:1 }}'
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        save_override("product", {"MESSAGE_TEMPLATE": source})
+    complete_prompt("product", "ab", context={"lines": ["one", "two"], "product": "the Kettle"})
+    assert locmem.outbox[0].message == "1. one   |2. two   |    abab    2.3"
+
+
+def test_lorem_is_refused_in_an_override_template(usecases):
+    from llmapp.conf.prompts import PromptTemplate
+
+    with pytest.raises(ConfigurationError, match=r"uses \{% lorem %\}"):
+        _ = PromptTemplate("product", "MESSAGE_TEMPLATE", source="{% lorem 100000000 w %}").template
+
+
 def test_an_edited_template_is_used_once_runserver_reloads_templates(usecases):
     """runserver does not restart for a changed template: Django resets its engines' loaders."""
     from django.utils.autoreload import file_changed

@@ -21,6 +21,7 @@ from django.template.backends.django import DjangoTemplates
 from django.template.base import FilterExpression, VariableNode
 from django.utils.autoreload import file_changed
 
+from llmapp.conf.sandbox import MAX_RENDERED, OverBudget, bound, render_within_budget
 from llmapp.exceptions import ConfigurationError, InvalidRequestError, MissingContextError
 
 # What the engine renders in place of a missing variable: found after rendering, raised as an error.
@@ -28,22 +29,27 @@ _MISSING = "\x00llmapp-missing:%s\x00"
 _MISSING_FOUND = re.compile("\x00llmapp-missing:(.*?)\x00")
 
 
-# The most text a template may render: far beyond a prompt, far below what fills memory.
-MAX_RENDERED = 1_000_000
-
-
 @functools.cache
 def sandbox():
     """The engine of template sources saved in an override: the built-in tags and filters only.
 
     Whoever may edit a use case must not reach more than its prompt: no other template
-    (include, extends), no tag library (load), no dump of the context (debug).
+    (include, extends), no tag library (load), no dump of the context (debug), no text
+    beyond its bounds (``llmapp.conf.sandbox``, whose filters replace the built-in ones
+    that make text of a given size).
     """
-    return Engine(dirs=[], loaders=[], libraries={}, string_if_invalid=_MISSING, autoescape=False)
+    return Engine(
+        dirs=[],
+        loaders=[],
+        libraries={},
+        builtins=["llmapp.conf.sandbox"],
+        string_if_invalid=_MISSING,
+        autoescape=False,
+    )
 
 
 def _refuse_reaching_out(template, where):
-    from django.template.defaulttags import DebugNode, URLNode
+    from django.template.defaulttags import DebugNode, LoremNode, URLNode
     from django.template.loader_tags import ExtendsNode, IncludeNode
 
     for node_type, tag in (
@@ -51,6 +57,7 @@ def _refuse_reaching_out(template, where):
         (ExtendsNode, "extends"),
         (DebugNode, "debug"),
         (URLNode, "url"),
+        (LoremNode, "lorem"),  # as many words as it is asked for
     ):
         if template.nodelist.get_nodes_by_type(node_type):
             raise ConfigurationError(
@@ -159,7 +166,9 @@ class PromptTemplate:
         try:
             if self.name is not None:
                 return _defaults_apply(engine().get_template(self.name))
-            return _defaults_apply(_refuse_reaching_out(sandbox().from_string(self.source), self.where))
+            return bound(
+                _defaults_apply(_refuse_reaching_out(sandbox().from_string(self.source), self.where))
+            )
         except TemplateDoesNotExist:
             raise ConfigurationError(
                 f"{self.where} does not exist in any template directory.",
@@ -184,8 +193,15 @@ class PromptTemplate:
 
     def render(self, context):
         template = self.template
+        context = Context(dict(context or {}), autoescape=False)
         try:
-            text = template.render(Context(dict(context or {}), autoescape=False))
+            text = (
+                template.render(context) if self.source is None else render_within_budget(template, context)
+            )
+        except OverBudget as exc:
+            raise InvalidRequestError(
+                f"{self.where} was stopped: {exc}. Loop over less, or write less, in the template."
+            ) from None
         except Exception as exc:  # a tag failing on the context's values (widthratio by 0...)
             raise InvalidRequestError(
                 f"{self.where} could not be rendered: {type(exc).__name__}: {exc}"

@@ -2,6 +2,7 @@
 context, the prompt version in the usage event, ENABLED, and `manage.py llm --context`."""
 
 import asyncio
+import datetime
 import hashlib
 import io
 import json
@@ -300,8 +301,18 @@ def test_a_template_source_set_by_an_override_renders(usecases, django_capture_o
         ("{{ big|make_list|join:message }}", "|join would make"),
         # Each pass doubles what it was given: 4,096 times the message after twelve.
         ("{{ message" + "|make_list|join:','" * 12 + " }}", "|join would make"),
-        ('{% for a in big %}{% filter center:"900" %}{{ a }}{% endfilter %}{% endfor %}', "wrote more than"),
+        (
+            '{% for a in big %}{% filter center:"900" %}{{ a }}{% endfilter %}{% endfor %}',
+            "handled more than",
+        ),
         ("{% for a in big %}{% cycle message message %}{% endfor %}", "wrote more than"),
+        # {% if %} takes an operand's error for False: the stop must not be one.
+        ("{% for a in big %}{% if not message|join:message %}{% endif %}{% endfor %}", "handled more than"),
+        ("{% regroup message|ljust:'1000000'|make_list by 0 as g %}", "what |make_list made holds more"),
+        ("{{ message|ljust:'1_000_000_00' }}", "|ljust was given 1_000_000_00"),
+        # A list holding the same hundred thousand characters six times holds 600,000, doubled.
+        ("{% with d=shared|add:shared %}{{ d }}{% endwith %}", "what |add made holds more"),
+        ("{{ when|date:long_format }}", "|date was given a format of 40,000 characters"),
     ],
     ids=[
         "nested loops",
@@ -315,6 +326,11 @@ def test_a_template_source_set_by_an_override_renders(usecases, django_capture_o
         "doubling chain",
         "filter block in a loop",
         "cycle in a loop",
+        "stop inside if",
+        "regroup",
+        "underscores",
+        "shared items",
+        "date format",
     ],
 )
 def test_an_override_template_that_would_loop_or_write_without_end_is_stopped(
@@ -323,7 +339,17 @@ def test_an_override_template_that_would_loop_or_write_without_end_is_stopped(
     with django_capture_on_commit_callbacks(execute=True):
         save_override("product", {"MESSAGE_TEMPLATE": source})
     with pytest.raises(InvalidRequestError, match=re.escape(stopped)) as raised:
-        complete_prompt("product", "x" * 1000, context={"big": "y" * 100_000, "product": "the Kettle"})
+        complete_prompt(
+            "product",
+            "x" * 1000,
+            context={
+                "big": "y" * 100_000,
+                "product": "the Kettle",
+                "shared": ["z" * 100_000] * 6,
+                "when": datetime.datetime(2026, 12, 6, tzinfo=datetime.UTC),
+                "long_format": "r" * 40_000,
+            },
+        )
     assert str(raised.value).startswith(
         "MESSAGE_TEMPLATE (source from the override) of use case 'product' was stopped"
     )
@@ -342,6 +368,31 @@ def test_an_override_template_within_its_bounds_renders_as_django_would(
         save_override("product", {"MESSAGE_TEMPLATE": source})
     complete_prompt("product", "ab", context={"lines": ["one", "two"], "product": "the Kettle"})
     assert locmem.outbox[0].message == "1. one   |2. two   |    abab    2.3"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("wrapper", ["{% filter lower %}", "{% block a %}{% block b %}"])
+def test_text_inside_a_block_counts_once(usecases, wrapper, django_capture_on_commit_callbacks):
+    closing = "{% endfilter %}" if "filter" in wrapper else "{% endblock %}{% endblock %}"
+    with django_capture_on_commit_callbacks(execute=True):
+        save_override("product", {"MESSAGE_TEMPLATE": wrapper + "{{ message }}" + closing})
+    complete_prompt("product", "x" * 600_000, context={"product": "the Kettle"})
+    assert len(locmem.outbox[0].message) == 600_000
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("{% now '" + "r" * 40_000 + "' %}", "now %} format of 40,000 characters"),
+        ("{% if 1 %}" * 600 + "{% endif %}" * 600, "nests its tags too deeply"),
+    ],
+    ids=["now format", "nesting"],
+)
+def test_an_override_template_past_its_bounds_does_not_compile(usecases, source, problem):
+    from llmapp.conf.prompts import PromptTemplate
+
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        _ = PromptTemplate("product", "MESSAGE_TEMPLATE", source=source).template
 
 
 def test_lorem_is_refused_in_an_override_template(usecases):

@@ -182,6 +182,12 @@ class PromptTemplate:
                 check_id="llmapp.E030",
                 hint="Fix the template's syntax.",
             ) from None
+        except RecursionError:
+            raise ConfigurationError(
+                f"{self.where} nests its tags too deeply for Django's template parser.",
+                check_id="llmapp.E030",
+                hint="Nest fewer blocks inside one another.",
+            ) from None
 
     @functools.cached_property
     def version(self):

@@ -313,6 +313,11 @@ def test_a_template_source_set_by_an_override_renders(usecases, django_capture_o
         # A list holding the same hundred thousand characters six times holds 600,000, doubled.
         ("{% with d=shared|add:shared %}{{ d }}{% endwith %}", "what |add made holds more"),
         ("{{ when|date:long_format }}", "|date was given a format of 40,000 characters"),
+        # Nothing written and no filter: a body of many tags, many times.
+        (
+            "{% for a in big %}" + "{% if a %}{% endif %}" * 20 + "{% endfor %}",
+            "rendered more than 1,000,000",
+        ),
     ],
     ids=[
         "nested loops",
@@ -331,6 +336,7 @@ def test_a_template_source_set_by_an_override_renders(usecases, django_capture_o
         "underscores",
         "shared items",
         "date format",
+        "many tags",
     ],
 )
 def test_an_override_template_that_would_loop_or_write_without_end_is_stopped(

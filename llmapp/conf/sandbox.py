@@ -31,8 +31,10 @@ from django.template.loader_tags import BlockNode
 #: The most text a template may render, and the most any value in it may hold: far beyond
 #: a prompt, far below what fills memory.
 MAX_RENDERED = 1_000_000
-#: The most loop steps one render may take, all loops together.
+#: The most loop steps one render may take, all loops together, and the most tags and
+#: variables it may render (a loop's body of a thousand tags, a hundred thousand times).
 MAX_LOOP_STEPS = 100_000
+MAX_NODES = 1_000_000
 #: The most work one render may do: the sizes of what its filters are given and make.
 MAX_WORK = 20_000_000
 #: How many characters a date format's one character may become (a month's name...).
@@ -50,12 +52,18 @@ class OverBudget(BaseException):
 
 
 class Budget:
-    __slots__ = ("characters", "steps", "work")
+    __slots__ = ("characters", "nodes", "steps", "work")
 
     def __init__(self):
         self.steps = 0
+        self.nodes = 0
         self.characters = 0
         self.work = 0
+
+    def rendered(self):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise OverBudget(f"it rendered more than {MAX_NODES:,} tags and variables")
 
     def step(self):
         self.steps += 1
@@ -144,6 +152,7 @@ class _CountedVariable(VariableNode):
         budget = _charge()
         if budget is None:
             return render_value_in_context(value, context)
+        budget.rendered()
         _given(f"{{{{ {self.filter_expression.token} }}}}", value)
         return budget.wrote(render_value_in_context(value, context))
 
@@ -152,7 +161,9 @@ class _CountedRegroup(RegroupNode):
     """``{% regroup %}``: the list it groups is measured first."""
 
     def render(self, context):
-        if _charge() is not None:
+        budget = _charge()
+        if budget is not None:
+            budget.rendered()
             _given("{% regroup %}", self.target.resolve(context, ignore_failures=True))
         return super().render(context)
 
@@ -176,11 +187,26 @@ def _counted(node_class):
     """A subclass of ``node_class`` whose output counts against its render's budget."""
 
     def render(self, context):
-        text = node_class.render(self, context)
         budget = _charge()
-        return text if budget is None else budget.wrote(text)
+        if budget is None:
+            return node_class.render(self, context)
+        budget.rendered()
+        return budget.wrote(node_class.render(self, context))
 
     return type(f"Counted{node_class.__name__}", (node_class,), {"render": render})
+
+
+@functools.cache
+def _tallied(node_class):
+    """A subclass of ``node_class`` (a container) whose renders count, not its output."""
+
+    def render(self, context):
+        budget = _charge()
+        if budget is not None:
+            budget.rendered()
+        return node_class.render(self, context)
+
+    return type(f"Tallied{node_class.__name__}", (node_class,), {"render": render})
 
 
 def bound(template):
@@ -197,7 +223,9 @@ def bound(template):
             node.__class__ = _CountedVariable
         elif isinstance(node, RegroupNode):
             node.__class__ = _CountedRegroup
-        elif not isinstance(node, _CONTAINERS):
+        elif isinstance(node, _CONTAINERS):
+            node.__class__ = _tallied(type(node))
+        else:
             node.__class__ = _counted(type(node))
     return template
 

@@ -34,9 +34,9 @@ def sandbox():
     """The engine of template sources saved in an override: the built-in tags and filters only.
 
     Whoever may edit a use case must not reach more than its prompt: no other template
-    (include, extends), no tag library (load), no dump of the context (debug), no text
-    beyond its bounds (``llmapp.conf.sandbox``, whose filters replace the built-in ones
-    that make text of a given size).
+    (include, extends), no tag library (load), no dump of the context (debug), nothing
+    beyond its bounds (``llmapp.conf.sandbox``, whose filters stand in for the built-in
+    ones, measured).
     """
     return Engine(
         dirs=[],

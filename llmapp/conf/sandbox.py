@@ -183,30 +183,20 @@ _CONTAINERS = (
 
 
 @functools.cache
-def _counted(node_class):
-    """A subclass of ``node_class`` whose output counts against its render's budget."""
+def _counted(node_class, writes=True):
+    """A subclass of ``node_class`` whose renders count against its render's budget, and
+    its output too unless it is a container's (``writes=False``), counted as written."""
 
     def render(self, context):
         budget = _charge()
         if budget is None:
             return node_class.render(self, context)
         budget.rendered()
-        return budget.wrote(node_class.render(self, context))
+        text = node_class.render(self, context)
+        return budget.wrote(text) if writes else text
 
-    return type(f"Counted{node_class.__name__}", (node_class,), {"render": render})
-
-
-@functools.cache
-def _tallied(node_class):
-    """A subclass of ``node_class`` (a container) whose renders count, not its output."""
-
-    def render(self, context):
-        budget = _charge()
-        if budget is not None:
-            budget.rendered()
-        return node_class.render(self, context)
-
-    return type(f"Tallied{node_class.__name__}", (node_class,), {"render": render})
+    kind = "Counted" if writes else "Tallied"
+    return type(f"{kind}{node_class.__name__}", (node_class,), {"render": render})
 
 
 def bound(template):
@@ -224,7 +214,7 @@ def bound(template):
         elif isinstance(node, RegroupNode):
             node.__class__ = _CountedRegroup
         elif isinstance(node, _CONTAINERS):
-            node.__class__ = _tallied(type(node))
+            node.__class__ = _counted(type(node), writes=False)
         else:
             node.__class__ = _counted(type(node))
     return template

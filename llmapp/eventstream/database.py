@@ -147,7 +147,7 @@ def _copies(connection, database_cursor, rows):
     )
 
 
-#: Model field types whose columns take whole numbers, and those that take booleans.
+#: Model field types whose columns take whole numbers.
 WHOLE_NUMBERS = frozenset(
     {
         "IntegerField",

@@ -21,11 +21,12 @@ def llm(*args, stdin=None):
     return out.getvalue(), err.getvalue()
 
 
-def test_both_routes_answer_in_one_table_and_run_at_the_same_time(two_servers):
+def test_both_routes_answer_in_one_table_and_run_at_the_same_time(two_servers, settings):
     fast, slow = two_servers
-    fast.reply("Checkout fails in Canada since the deploy.", delay=0.2, prompt_tokens=30, completion_tokens=9)
+    settings.LLM_PROVIDERS["fast"]["PRICES"] = {"fast-model": {"INPUT": "1", "OUTPUT": "2"}}
+    fast.reply("Checkout fails in Canada since the deploy.", delay=0.5, prompt_tokens=30, completion_tokens=9)
     slow.reply(
-        "Canadian checkout broke after Tuesday's release.", delay=0.6, prompt_tokens=31, completion_tokens=8
+        "Canadian checkout broke after Tuesday's release.", delay=1.0, prompt_tokens=31, completion_tokens=8
     )
 
     out, _ = llm("summarize", "--compare", "fast,slow", "-m", MESSAGE)
@@ -34,12 +35,17 @@ def test_both_routes_answer_in_one_table_and_run_at_the_same_time(two_servers):
     assert lines[0].split() == ["ROUTE", "MODEL", "LATENCY", "IN", "OUT", "COST", "FINISH", "ANSWER"]
     assert lines[1].split()[:2] == ["fast", "fast-model"] and "Checkout fails in Canada" in lines[1]
     assert lines[2].split()[:2] == ["slow", "slow-model"] and "Canadian checkout broke" in lines[2]
-    assert lines[1].split()[4:6] == ["30", "9"] and lines[2].split()[7] == "stop"  # "600 ms": two words
+    assert lines[1].split()[4:6] == ["30", "9"] and lines[2].split()[7] == "stop"  # "1,000 ms": two words
+    # Each row's latency is its own route's: at least the delay its server held the answer.
+    latencies = [int(line.split()[2].replace(",", "")) for line in lines[1:3]]
+    assert latencies[0] >= 500 and latencies[1] >= 1000 and lines[1].split()[3] == "ms"
+    # Priced on the fast route only: 30 tokens in at $1, 9 out at $2 per million.
+    assert lines[1].split()[6] == "$0.000048" and lines[2].split()[6] == "-"
     # Each request arrived while the other was still unanswered: the routes ran at once,
     # so the comparison takes about as long as the slower one, not both.
     [fast_request], [slow_request] = fast.requests, slow.requests
-    assert slow_request.received_at < fast_request.received_at + 0.2  # before fast answered
-    assert fast_request.received_at < slow_request.received_at + 0.6  # before slow answered
+    assert slow_request.received_at < fast_request.received_at + 0.5  # before fast answered
+    assert fast_request.received_at < slow_request.received_at + 1.0  # before slow answered
     # Each with the use case's prompt.
     for request in (fast_request, slow_request):
         assert request.body["messages"][0]["content"].startswith("You summarize text.")
@@ -56,7 +62,26 @@ def test_a_failing_route_is_a_row_and_the_command_still_succeeds(two_servers):
     [slow_row] = [line for line in out.splitlines() if line.startswith("slow ")]
     assert "Fine." in fast_row
     assert "failed" in slow_row and "This model does not exist" in slow_row
-    assert len(slow.requests) == 1  # fallbacks off: the route is its row, never another
+    assert len(slow.requests) == 1
+
+
+def test_each_route_has_the_use_cases_limits_retries_and_deadline_and_no_fallback(two_servers, settings):
+    fast, slow = two_servers
+    settings.LLM_USECASES = {
+        "summarize": {"FALLBACKS": ["fast"], "MAX_OUTPUT_TOKENS": 77, "RETRIES": 1, "TIMEOUT": 2}
+    }
+    fast.reply_error(500, "a passing failure", headers={"retry-after": "0"})
+    fast.reply("Recovered.")
+    slow.hang(10)  # past the use case's deadline
+
+    out, _ = llm("summarize", "--compare", "fast,slow", "-m", MESSAGE, "--json")
+
+    [answered, timed_out] = json.loads(out)
+    assert (answered["route"], answered["text"], answered["attempts"]) == ("fast", "Recovered.", 2)
+    assert timed_out["route"] == "slow" and timed_out["error"]["type"] == "ProviderTimeout"
+    # The failed route's row is its own: its fallback (fast) got no third request.
+    assert len(fast.requests) == 2 and len(slow.requests) == 1
+    assert {request.body["max_tokens"] for request in [*fast.requests, *slow.requests]} == {77}
 
 
 def test_every_route_failing_exits_non_zero_with_the_rows_printed(two_servers):

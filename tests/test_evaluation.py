@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -49,8 +50,9 @@ def evaluate(*args):
     return out.getvalue(), err.getvalue()
 
 
-def test_one_route_right_on_every_case_the_other_on_half(two_servers, tmp_path):
+def test_one_route_right_on_every_case_the_other_on_half(two_servers, tmp_path, settings):
     fast, slow = two_servers
+    settings.LLM_PROVIDERS["fast"]["PRICES"] = {"fast-model": {"INPUT": "1", "OUTPUT": "2"}}
     fast.answer_with = capital
     slow.answer_with = lambda text: capital(text) if number(text) % 2 == 0 else "Somewhere else"
     cases = write_cases(tmp_path / "cases.jsonl")
@@ -81,7 +83,15 @@ def test_one_route_right_on_every_case_the_other_on_half(two_servers, tmp_path):
     [fast_figures, slow_figures] = written["routes"]
     assert (fast_figures["accuracy"], slow_figures["accuracy"]) == (1.0, 0.5)
     assert slow_figures["failing"] == odd and fast_figures["failing"] == []
-    assert fast_figures["latency_p50_ms"] is not None and fast_figures["input_tokens"] > 0
+    assert 0 < fast_figures["latency_p50_ms"] <= fast_figures["latency_p95_ms"]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for figures in (fast_figures, slow_figures):
+        usage = [record["usage"] for record in records if record["route"] == figures["route"]]
+        assert figures["input_tokens"] == sum(tokens["input_tokens"] for tokens in usage) > 0
+        assert figures["output_tokens"] == sum(tokens["output_tokens"] for tokens in usage) > 0
+    # Priced on the fast route: its tokens at $1 in and $2 out per million; the slow one is not.
+    expected = Decimal(fast_figures["input_tokens"] + 2 * fast_figures["output_tokens"]) / 1_000_000
+    assert Decimal(fast_figures["cost"]) == expected and slow_figures["cost"] is None
     assert [case["case"] for case in written["disagreements"]] == odd
     assert written["disagreements"][0]["routes"]["slow"] == {
         "outcome": "failed",
@@ -237,10 +247,47 @@ def test_an_unknown_route_or_judge_is_one_line(two_servers, tmp_path):
     assert two_servers[0].requests == []
 
 
+def test_cases_run_concurrently(two_servers, tmp_path):
+    fast, _ = two_servers
+    fast.answer_with = capital
+    fast.answer_delay = 1.0
+    cases = write_cases(tmp_path / "cases.jsonl", count=4)
+    args = ("summarize", "--input", str(cases), "--routes", "fast", "--output", str(tmp_path / "out.jsonl"))
+    evaluate(*args, "--concurrency", "4")
+    arrivals = sorted(request.received_at for request in fast.requests)
+    assert len(arrivals) == 4 and arrivals[-1] < arrivals[0] + 1.0  # all sent before the first answer
+
+
+def test_a_case_that_errored_is_sent_again_on_a_resume(two_servers, tmp_path):
+    fast, slow = two_servers
+    fast.answer_with = slow.answer_with = capital
+    fast.reply_error(400, "refused this once")  # the first request: c0, with one call at a time
+    cases = write_cases(tmp_path / "cases.jsonl", count=3)
+    output = tmp_path / "out.jsonl"
+    args = ("summarize", "--input", str(cases), "--routes", "fast,slow", "--output", str(output))
+
+    out, _ = evaluate(*args, "--concurrency", "1")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["fast"][1:5] == ["67%", "2", "0", "1"] and rows["slow"][1:5] == ["100%", "3", "0", "0"]
+    assert "fast failed on: c0" in out and "1 case(s) where the routes disagree." in out
+
+    out, _ = evaluate(*args)
+    # Only the errored call was sent again; the finished ones were not.
+    assert len(fast.requests) == 4 and len(slow.requests) == 3
+    assert fast.requests[-1].body["messages"][-1]["content"] == "Capital of country 0?"
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["fast"][1:5] == ["100%", "3", "0", "0"]
+
+
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases(
     manage, tmp_path, fake_openai
 ):
-    fake_openai.answer_with = capital
+    # Two routes on one server: one right on every case, one on half of them.
+    def answer(model, text):
+        right = model == "right-model" or number(text) % 2 == 0
+        return capital(text) if right else "Somewhere else"
+
+    fake_openai.answer_for_model = answer
     fake_openai.answer_delay = 0.2
     cases = write_cases(tmp_path / "cases.jsonl")
     output = tmp_path / "out.jsonl"
@@ -253,7 +300,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases
         "--input",
         str(cases),
         "--routes",
-        "openai",
+        "openai:right-model,openai:half-model",
         "--output",
         str(output),
         "--concurrency",
@@ -276,14 +323,18 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_without_sending_finished_cases
     assert process.returncode == 130
     assert "Interrupted: what finished is in" in err and "Traceback" not in err
     finished = len(output.read_text().splitlines())
-    assert 4 <= finished < CASES
+    assert 4 <= finished < 2 * CASES
     sent_before = len(fake_openai.requests)
 
     result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "100%" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:3]}
+    assert rows["openai:right-model"][1:5] == ["100%", "20", "0", "0"]
+    assert rows["openai:half-model"][1:5] == ["50%", "10", "10", "0"]
+    odd = ", ".join(f"c{n}" for n in range(1, CASES, 2))
+    assert f"openai:half-model failed on: {odd}" in result.stdout
     # Only what had no record was sent again: the finished cases were not.
-    assert len(fake_openai.requests) - sent_before == CASES - finished
+    assert len(fake_openai.requests) - sent_before == 2 * CASES - finished
 
 
 def test_the_admin_pages_need_their_permissions(

@@ -160,6 +160,48 @@ def test_a_batch_paces_itself_instead_of_failing_items(
     assert simulated_time.waits == [40.0, 60.0]  # two a minute: 5 items take three minutes
 
 
+@pytest.mark.django_db(transaction=True)  # its run is saved; its calls run on threads of their own
+def test_an_evaluation_waits_for_its_rate_limit_instead_of_failing_cases(
+    limited,
+    settings,
+    tmp_path,
+    monkeypatch,
+    simulated_time,  # noqa: F811
+):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    from llmapp import batch
+
+    usecase(settings, {"RPM": 2})
+    monkeypatch.setattr(batch, "sleep", simulated_time.sleep)
+    limited.answer_with = lambda text: text.upper()
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        "".join(json.dumps({"message": f"case {n}", "expected": f"CASE {n}"}) + "\n" for n in range(5))
+    )
+    out = io.StringIO()
+    call_command(
+        "llm_eval",
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "openai",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--concurrency",
+        "1",
+        "--quiet",
+        stdout=out,
+    )
+    assert out.getvalue().splitlines()[1].split()[1:5] == ["100%", "5", "0", "0"]
+    assert len(limited.requests) == 5
+    assert simulated_time.waits == [40.0, 60.0]
+
+
 @pytest.mark.parametrize(
     ("rate_limit", "message"),
     [

@@ -66,6 +66,11 @@ def still_valid(planned, previous):
     return kept
 
 
+def finished(records):
+    """Return the ids of ``records`` (from :func:`still_valid`) that a resume skips: not errors."""
+    return {item_id for item_id, record in records.items() if "error" not in record}
+
+
 class CaseRunner:
     """What a batch worker runs for one item: the call, then its check (or its judge)."""
 

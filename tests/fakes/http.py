@@ -301,6 +301,8 @@ class FakeHTTPServer:
         self._thread: threading.Thread | None = None
         #: What an unscripted request is answered: a function of its last user message.
         self.answer_with: Callable[[str], str] | None = None
+        #: Or a function of the request body's model and its last user message.
+        self.answer_for_model: Callable[[str, str], str] | None = None
         #: Seconds an unscripted request waits for its answer.
         self.answer_delay = 0.0
 
@@ -549,6 +551,8 @@ class FakeHTTPServer:
             return reply.text
         if self.answer_with is not None:
             return self.answer_with(self._last_user_text(body))
+        if self.answer_for_model is not None:
+            return self.answer_for_model(body.get("model"), self._last_user_text(body))
         return f"Fake answer to: {self._last_user_text(body)}"
 
     def _send_trickled(

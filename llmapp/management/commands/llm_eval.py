@@ -151,7 +151,7 @@ class Command(LLMCommand):
             skip = set()
             if out.size:
                 with out.reader() as previous:
-                    skip = set(runner.still_valid(planned, previous))
+                    skip = runner.finished(runner.still_valid(planned, previous))
             bar = progress_bar(
                 self.stderr._out, len(planned) - len(skip), quiet=options["quiet"], unit="call"
             )

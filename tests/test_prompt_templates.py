@@ -143,6 +143,51 @@ def test_a_missing_variable_is_one_clear_error_and_nothing_is_sent(usecases, con
     assert locmem.outbox == []
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "A{% if product %} for {{ product }}{% endif %}.",
+        "Items:{% for line in lines %} {{ line }}{% endfor %}.",
+        "{% with name=product %}{{ name }}{% endwith %}",
+        "{% if other and product %}x{% endif %}",
+        "{{ other|add:1 }}{% ifchanged product %}{% endifchanged %}",
+    ],
+)
+def test_a_tag_given_a_missing_variable_is_an_error_too(settings, usecases, source):
+    usecases("llm/tags.txt", source)
+    settings.LLM_USECASES = {"tags": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/tags.txt"}}
+    with pytest.raises(MissingContextError, match=r"uses (product|lines), which the call does not give"):
+        complete_prompt("tags", "Go.", context={"other": 1})
+    assert locmem.outbox == []
+
+
+@pytest.mark.parametrize(
+    ("source", "rendered"),
+    [
+        ('A{% if product|default:"" %} for {{ product }}{% endif %}.', "A."),
+        ("{% firstof product other 'nothing' %}", "1"),
+        ("{% for line in lines|default_if_none:'' %}{{ line }}{% empty %}none{% endfor %}", "none"),
+        ("{% for n in numbers %}{% if forloop.first %}{{ n }}{% endif %}{% endfor %}", "3"),
+    ],
+)
+def test_a_variable_may_be_missing_where_the_template_says_so(settings, usecases, source, rendered):
+    usecases("llm/optional.txt", source)
+    settings.LLM_USECASES = {"optional": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/optional.txt"}}
+    complete_prompt("optional", "Go.", context={"other": 1, "numbers": [3, 4]})
+    assert locmem.outbox[0].prompt == rendered
+
+
+def test_an_override_source_names_a_missing_variable_of_a_tag(settings, db, usecases):
+    from llmapp.conf import overrides
+
+    settings.LLM_USECASES = {"tags": {"PROVIDER": "test", "PROMPT": "x"}}
+    overrides.save_override("tags", {"PROMPT_TEMPLATE": "Items:{% for line in lines %} {{ line }}{% endfor %}"})
+    with pytest.raises(MissingContextError, match="uses lines"):
+        complete_prompt("tags", "Go.", context={})
+    complete_prompt("tags", "Go.", context={"lines": ["a", "b"]})
+    assert locmem.outbox[0].prompt == "Items: a b"
+
+
 def test_a_message_template_without_its_message_names_it(usecases):
     said = "MESSAGE_TEMPLATE 'llm/ask.txt' of use case 'ask' uses message"
     with pytest.raises(MissingContextError, match=re.escape(said)):

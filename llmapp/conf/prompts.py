@@ -121,6 +121,61 @@ setting_changed.connect(_forget_engine, dispatch_uid="llmapp.conf.prompts")
 file_changed.connect(_file_changed, dispatch_uid="llmapp.conf.prompts")
 
 
+class _Strict(Context):
+    """Notes each name a tag asks of it and it does not hold: ``{% if product %}`` or
+    ``{% for line in lines %}`` with neither given must not render a silent blank either."""
+
+    def __init__(self, values, optional):
+        super().__init__(values, autoescape=False)
+        self.optional = optional
+        self.missing = []
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            if key not in self.optional:
+                self.missing.append(key)
+            raise
+
+
+def _optional_names(template):
+    """The names the template says may be missing: those given a ``default`` filter anywhere,
+    and ``{% firstof %}``'s, whose point is to take the first one given."""
+    from django.template.base import Node, Variable
+    from django.template.defaulttags import FirstOfNode
+
+    optional = set()
+
+    def root(expression):
+        var = expression.var
+        return var.lookups[0] if isinstance(var, Variable) and var.lookups else None
+
+    def visit(value, depth=0):
+        if depth > 4 or isinstance(value, (str, Node)):
+            return
+        if isinstance(value, FilterExpression):
+            if any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in value.filters):
+                optional.add(root(value))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth + 1)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item, depth + 1)
+        elif hasattr(value, "__dict__"):  # {% if %}'s conditions: operators holding their operands
+            for item in vars(value).values():
+                visit(item, depth + 1)
+
+    for node in template.nodelist.get_nodes_by_type(Node):
+        if isinstance(node, FirstOfNode):
+            optional.update(root(expression) for expression in node.vars)
+        for value in vars(node).values():
+            visit(value)
+    optional.discard(None)
+    return frozenset(optional)
+
+
 class _Lenient(FilterExpression):
     """A missing variable resolves to None, for its ``default`` filter to replace."""
 
@@ -197,9 +252,13 @@ class PromptTemplate:
         digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:12]
         return f"{self.name}@{digest}" if self.name is not None else digest
 
+    @functools.cached_property
+    def optional(self):
+        return _optional_names(self.template)
+
     def render(self, context):
         template = self.template
-        context = Context(dict(context or {}), autoescape=False)
+        context = _Strict(dict(context or {}), self.optional)
         try:
             text = (
                 template.render(context) if self.source is None else render_within_budget(template, context)
@@ -212,7 +271,7 @@ class PromptTemplate:
             raise InvalidRequestError(
                 f"{self.where} could not be rendered: {type(exc).__name__}: {exc}"
             ) from None
-        missing = list(dict.fromkeys(_MISSING_FOUND.findall(text)))
+        missing = list(dict.fromkeys([*context.missing, *_MISSING_FOUND.findall(text)]))
         if missing:
             how = "the call's message" if missing == ["message"] else "them in the call's context"
             raise MissingContextError(

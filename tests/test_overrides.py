@@ -344,3 +344,57 @@ def test_the_admin_page_says_which_override_fields_are_set_aside(triage, setting
     settings.LLM_PROVIDERS = {**MODELS, "test": {**MODELS["test"], "MODELS": ["small"]}}
     page = admin_client.get("/admin/llmapp/usecase/triage/").content.decode()
     assert "Its override no longer holds" in page and "large" in page
+
+
+def test_the_admin_page_says_where_the_prompt_and_description_come_from(triage, admin_client):
+    url = "/admin/llmapp/usecase/triage/"
+    page = admin_client.get(url).content.decode()
+    assert "PROMPT &middot; from LLM_USECASES[&#x27;triage&#x27;][&#x27;PROMPT&#x27;]" in page
+    revision = overrides.save_override(triage, {"PROMPT": "Sort it.", "DESCRIPTION": "Sorts tickets."})
+    page = admin_client.get(url).content.decode()
+    assert f"PROMPT &middot; from its override (revision {revision.pk})" in page
+    assert f"Sorts tickets. <span class=\"llm-note\">(from its override (revision {revision.pk}))" in page
+
+
+def test_the_admin_form_names_each_field_it_refuses(triage, admin_client):
+    url = "/admin/llmapp/usecase/triage/edit/"
+    data = form_data(admin_client.get(url).context["form"])
+    response = admin_client.post(url, {**data, "TEMPERATURE": "5", "MODEL": "huge", "_save": "1"})
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert "TEMPERATURE" in errors and "MODEL" in errors
+    assert not UseCaseRevision.objects.exists()
+
+
+def test_editing_needs_change_usecase_and_reading_history_view_usecase(triage, client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    revision = overrides.save_override(triage, {"MODEL": "large"})
+    base = "/admin/llmapp/usecase/triage"
+    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(f"{base}/history/").status_code == 403
+
+    user.user_permissions.add(Permission.objects.get(codename="view_usecase"))
+    user = django_user_model.objects.get(pk=user.pk)  # permissions are cached on the instance
+    client.force_login(user)
+    history = client.get(f"{base}/history/")
+    assert history.status_code == 200 and "large" in history.content.decode()
+    assert client.get(f"{base}/edit/").status_code == 403
+    assert client.post(f"{base}/revert/{revision.pk}/").status_code == 403
+    assert 'id="edit-usecase"' not in client.get(f"{base}/").content.decode()
+
+    user.user_permissions.add(Permission.objects.get(codename="change_usecase"))
+    client.force_login(django_user_model.objects.get(pk=user.pk))
+    assert client.get(f"{base}/edit/").status_code == 200
+    assert 'id="edit-usecase"' in client.get(f"{base}/").content.decode()
+
+
+def test_the_admin_splits_the_use_cases_calls_by_prompt_version(triage, admin_client):
+    for _ in range(2):
+        complete_prompt(triage, "Is it down?")
+    overrides.save_override(triage, {"PROMPT": "Sort it."})
+    complete_prompt(triage, "Is it down?")
+    rows = admin_client.get("/admin/llmapp/usecase/triage/").context["by_prompt_version"]
+    assert [row["calls"] for row in rows] == ["1", "2"]  # newest first
+    assert rows[0]["version"].startswith("override@") and not rows[1]["version"].startswith("override@")

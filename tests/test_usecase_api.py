@@ -217,6 +217,13 @@ def test_an_out_of_range_temperature_is_refused_and_nothing_is_saved(api, editor
     assert api("GET", "usecases/summarize/revisions/", token=editor).json == {"revisions": []}
 
 
+def test_every_bad_field_is_named_whatever_is_wrong_with_it(api, editor):
+    answer = api("PUT", "usecases/summarize/", {"ENABLED": "no", "TEMPERATURE": 5, "RETRIES": 1}, token=editor)
+    assert answer.status == 400
+    assert sorted(answer.json["errors"]) == ["ENABLED", "TEMPERATURE"]
+    assert not UseCaseRevision.objects.exists()
+
+
 @pytest.mark.parametrize("field", ["BACKEND", "OPTIONS", "OUTPUT", "NOT_A_FIELD"])
 def test_a_field_that_cannot_be_overridden_is_refused_by_name(api, editor, field):
     answer = api("PUT", "usecases/summarize/", {field: "x", "TEMPERATURE": 0.3}, token=editor)
@@ -569,6 +576,25 @@ def test_llm_config_revert_restores_a_revision():
     assert planned().temperature == 0.2
     with pytest.raises(CommandError, match="no revision 12345"):
         command("llm_config", "revert", "summarize", "12345")
+
+
+def test_llm_config_says_who_made_a_change(tmp_path, django_user_model):
+    import getpass
+
+    command("llm_config", "revert", "summarize", "0")
+    unnamed = UseCaseRevision.objects.order_by("-pk").first()
+    assert (unnamed.author, unnamed.author_name) == (None, f"{getpass.getuser()} (llm_config)")
+
+    operator = django_user_model.objects.create_user("operator")
+    exported = tmp_path / "overrides.json"
+    exported.write_text(json.dumps({"usecases": {"summarize": {"TEMPERATURE": 0.4}}}))
+    command("llm_config", "import", str(exported), "--author", "operator")
+    named = UseCaseRevision.objects.order_by("-pk").first()
+    assert (named.author, named.author_name) == (operator, "operator")
+    with pytest.raises(CommandError, match="--author nobody: no such user"):
+        command("llm_config", "revert", "summarize", "0", "--author", "nobody")
+    with pytest.raises(CommandError, match="--author goes without --url"):
+        command("llm_config", "--url", "http://127.0.0.1:9/", "revert", "summarize", "0", "--author", "x")
 
 
 def test_llm_config_import_refuses_a_file_that_does_not_hold(tmp_path):

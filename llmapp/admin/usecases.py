@@ -153,11 +153,13 @@ class UseCaseAdmin(admin.ModelAdmin):
             "row": row,
             "configuration": configuration(row),
             "prompt": safe(usecase.prompt),
+            "prompt_origin": usecase.origin("PROMPT"),
             "templates": templates_display(usecase),
             "disabled_origin": usecase.origin("ENABLED"),
             # Override fields that no longer hold (llmapp.W009): calls use the settings' value.
             "set_aside": [safe(str(problem)) for problem in set_aside_overrides().get(usecase.name, [])],
             "description": safe(usecase.description),
+            "description_origin": usecase.origin("DESCRIPTION"),
             "output": output_display(usecase),
             "usage_note": usage_note,
             "can_test": can_test,

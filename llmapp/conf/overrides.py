@@ -402,14 +402,15 @@ def validate(name, fields, current=None):
             problem = _type_problem(field, value) or _secret_problem(field, value)
             if problem:
                 errors[field] = [problem]
-    if errors:
-        return errors
+    # The others are checked as a whole too, so that one answer names every bad field.
+    checked = {field: value for field, value in fields.items() if field not in errors}
     try:
-        _usecase, problems = registry.resolve_with(name, fields)
+        _usecase, problems = registry.resolve_with(name, checked)
     except ConfigurationError as exc:  # the use case's settings are broken; their check says how
-        return {"__all__": [str(exc)]}
+        return errors | {"__all__": [str(exc)]}
     for problem in problems:
-        errors.setdefault(problem.field or "__all__", []).append(str(problem))
+        if problem.field not in errors or not problem.field:
+            errors.setdefault(problem.field or "__all__", []).append(str(problem))
     return errors
 
 
@@ -468,8 +469,13 @@ def current_override(name):
     return dict(latest.override) if latest is not None else {}
 
 
-def save_override(name, fields, *, author=None, comment="", reverts=None, base_revision=None):
+def save_override(
+    name, fields, *, author=None, author_name="", comment="", reverts=None, base_revision=None
+):
     """Make ``fields`` use case ``name``'s override, as a new revision; return it.
+
+    ``author`` is the user who made the change; ``author_name`` says who did when no user
+    did (a command run from a shell).
 
     Fields set to None are left out (the settings' value applies); fields not editable
     here (LLM_EDITABLE_FIELDS) keep their saved value. ``base_revision`` is the revision id
@@ -504,7 +510,7 @@ def save_override(name, fields, *, author=None, comment="", reverts=None, base_r
         revision = UseCaseRevision.objects.create(
             usecase=name,
             author=user,
-            author_name=user.get_username() if user is not None else "",
+            author_name=user.get_username() if user is not None else author_name[:150],
             comment=comment or "",
             override=fields,
             config=effective_config(usecase),
@@ -515,18 +521,21 @@ def save_override(name, fields, *, author=None, comment="", reverts=None, base_r
     return revision
 
 
-def revert(name, revision_id, *, author=None, comment=""):
+def revert(name, revision_id, *, author=None, author_name="", comment=""):
     """Restore use case ``name``'s override as of revision ``revision_id`` (0: none, its settings),
     as a new revision."""
     from llmapp.models import UseCaseRevision
 
     if revision_id == 0:
-        return save_override(name, {}, author=author, comment=comment or "Revert to the settings")
+        return save_override(
+            name, {}, author=author, author_name=author_name, comment=comment or "Revert to the settings"
+        )
     old = UseCaseRevision.objects.get(usecase=name, pk=revision_id)
     return save_override(
         name,
         dict(old.override),
         author=author,
+        author_name=author_name,
         comment=comment or f"Revert to revision {old.pk}",
         reverts=old,
     )

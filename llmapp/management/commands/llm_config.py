@@ -54,12 +54,25 @@ class Command(LLMCommand):
         revert = actions.add_parser("revert", help="Restore USECASE's override as of REVISION.")
         revert.add_argument("usecase", metavar="USECASE")
         revert.add_argument("revision", metavar="REVISION", type=int)
+        for sub in (imported, revert):
+            sub.add_argument(
+                "--author",
+                metavar="USERNAME",
+                help="The user the revisions are saved as, without --url (default: none, with the "
+                "shell's login name; with --url, the token's user).",
+            )
         for sub in (export, imported, diff, revert):
             sub.__class__ = parser.__class__
             sub.called_from_command_line = getattr(parser, "called_from_command_line", False)
 
     def handle(self, *args, action, **options):
-        store = Remote(options["url"], options["token"], options["timeout"]) if options["url"] else Local()
+        if options["url"] and options.get("author"):
+            raise CommandError("--author goes without --url: over the API, the token's user is the author.")
+        store = (
+            Remote(options["url"], options["token"], options["timeout"])
+            if options["url"]
+            else Local(options.get("author"))
+        )
         try:
             getattr(self, f"do_{action}")(store, options)
         except LLMError as exc:
@@ -140,13 +153,35 @@ class Command(LLMCommand):
         }
 
 
+def _login_name():
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        return "unknown"
+
+
 def _shown(value):
     text = "(unset)" if value is None else json.dumps(value, ensure_ascii=False)
     return redact(text if len(text) <= 80 else text[:77] + "...")
 
 
 class Local:
-    """The overrides of this project's database."""
+    """The overrides of this project's database, changed by ``username`` or, for none, the shell's user."""
+
+    def __init__(self, username=None):
+        self.author, self.author_name = None, ""
+        if username is not None:
+            from django.contrib.auth import get_user_model
+
+            model = get_user_model()
+            try:
+                self.author = model._default_manager.get_by_natural_key(username)
+            except model.DoesNotExist:
+                raise CommandError(f"--author {username}: no such user.") from None
+        else:
+            self.author_name = f"{_login_name()} (llm_config)"
 
     def overrides(self):
         overrides.refresh()
@@ -160,7 +195,9 @@ class Local:
         with transaction.atomic():
             for name, fields in changes.items():
                 try:
-                    overrides.save_override(name, fields, comment=comment)
+                    overrides.save_override(
+                        name, fields, author=self.author, author_name=self.author_name, comment=comment
+                    )
                 except (overrides.OverrideInvalid, overrides.OverridesOff, InvalidUsecaseError) as exc:
                     raise CommandError(f"{name}: {exc}; nothing was imported.") from None
 
@@ -168,7 +205,7 @@ class Local:
         from llmapp.models import UseCaseRevision
 
         try:
-            overrides.revert(name, revision)
+            overrides.revert(name, revision, author=self.author, author_name=self.author_name)
         except UseCaseRevision.DoesNotExist:
             raise CommandError(f"use case {name!r} has no revision {revision}.") from None
         except overrides.OverrideInvalid as exc:

@@ -353,7 +353,7 @@ def test_the_admin_page_says_where_the_prompt_and_description_come_from(triage, 
     revision = overrides.save_override(triage, {"PROMPT": "Sort it.", "DESCRIPTION": "Sorts tickets."})
     page = admin_client.get(url).content.decode()
     assert f"PROMPT &middot; from its override (revision {revision.pk})" in page
-    assert f"Sorts tickets. <span class=\"llm-note\">(from its override (revision {revision.pk}))" in page
+    assert f'Sorts tickets. <span class="llm-note">(from its override (revision {revision.pk}))' in page
 
 
 def test_the_admin_form_names_each_field_it_refuses(triage, admin_client):

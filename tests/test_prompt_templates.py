@@ -181,7 +181,9 @@ def test_an_override_source_names_a_missing_variable_of_a_tag(settings, db, usec
     from llmapp.conf import overrides
 
     settings.LLM_USECASES = {"tags": {"PROVIDER": "test", "PROMPT": "x"}}
-    overrides.save_override("tags", {"PROMPT_TEMPLATE": "Items:{% for line in lines %} {{ line }}{% endfor %}"})
+    overrides.save_override(
+        "tags", {"PROMPT_TEMPLATE": "Items:{% for line in lines %} {{ line }}{% endfor %}"}
+    )
     with pytest.raises(MissingContextError, match="uses lines"):
         complete_prompt("tags", "Go.", context={})
     complete_prompt("tags", "Go.", context={"lines": ["a", "b"]})

@@ -218,7 +218,9 @@ def test_an_out_of_range_temperature_is_refused_and_nothing_is_saved(api, editor
 
 
 def test_every_bad_field_is_named_whatever_is_wrong_with_it(api, editor):
-    answer = api("PUT", "usecases/summarize/", {"ENABLED": "no", "TEMPERATURE": 5, "RETRIES": 1}, token=editor)
+    answer = api(
+        "PUT", "usecases/summarize/", {"ENABLED": "no", "TEMPERATURE": 5, "RETRIES": 1}, token=editor
+    )
     assert answer.status == 400
     assert sorted(answer.json["errors"]) == ["ENABLED", "TEMPERATURE"]
     assert not UseCaseRevision.objects.exists()

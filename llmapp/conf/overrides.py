@@ -469,9 +469,7 @@ def current_override(name):
     return dict(latest.override) if latest is not None else {}
 
 
-def save_override(
-    name, fields, *, author=None, author_name="", comment="", reverts=None, base_revision=None
-):
+def save_override(name, fields, *, author=None, author_name="", comment="", reverts=None, base_revision=None):
     """Make ``fields`` use case ``name``'s override, as a new revision; return it.
 
     ``author`` is the user who made the change; ``author_name`` says who did when no user

@@ -177,6 +177,60 @@ def test_a_variable_may_be_missing_where_the_template_says_so(settings, usecases
     assert locmem.outbox[0].prompt == rendered
 
 
+def test_what_a_parent_or_an_included_template_allows_to_be_missing_is_allowed(settings, usecases):
+    usecases("llm/parent.txt", "Hi {{ name }}.{% block body %}{% endblock %} {% firstof signature 'team' %}")
+    usecases("llm/part.txt", "{% firstof nickname name %}")
+    usecases(
+        "llm/child.txt",
+        "{% extends 'llm/parent.txt' %}{% block body %}{% if tone|default:'' %}!{% endif %}"
+        "{% include 'llm/part.txt' %}{% endblock %}",
+    )
+    settings.LLM_USECASES = {"child": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/child.txt"}}
+    complete_prompt("child", "Go.", context={"name": "Ann"})
+    assert locmem.outbox[0].prompt == "Hi Ann.Ann team"
+    with pytest.raises(MissingContextError, match=r"uses name, which the call does not give"):
+        complete_prompt("child", "Go.", context={})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% if a and not discount|default:False %}t{% endif %}",
+        "{% if a or b and tone|default:'' %}t{% endif %}",
+    ],
+)
+def test_a_default_deep_in_a_condition_is_seen(settings, usecases, source):
+    usecases("llm/deep.txt", source)
+    settings.LLM_USECASES = {"deep": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/deep.txt"}}
+    complete_prompt("deep", "Go.", context={"a": True, "b": False})
+    assert locmem.outbox[0].prompt == "t"
+
+
+def test_a_dotted_variable_is_named_once_as_written(usecases, settings):
+    usecases("llm/dotted.txt", "{{ product.name }}")
+    settings.LLM_USECASES = {"dotted": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/dotted.txt"}}
+    with pytest.raises(MissingContextError, match=r"uses product\.name, which"):
+        complete_prompt("dotted", "Go.", context={})
+
+
+def test_an_override_source_may_look_up_only_so_many_variables(settings, db, monkeypatch):
+    from llmapp.conf import overrides, sandbox
+
+    monkeypatch.setattr(sandbox, "MAX_LOOKUPS", 10_000)
+    settings.LLM_USECASES = {"tags": {"PROVIDER": "test", "PROMPT": "x"}}
+    operands = " or ".join(["m"] * 500)
+    condition = f"{{% if {operands} %}}{{% endif %}}"
+    source = f"{{% for i in rows %}}{{% for j in rows %}}{condition}{{% endfor %}}{{% endfor %}}"
+    overrides.save_override("tags", {"PROMPT_TEMPLATE": source})
+    with pytest.raises(InvalidRequestError, match=f"looked up more than {sandbox.MAX_LOOKUPS:,} variables"):
+        complete_prompt("tags", "Go.", context={"rows": list(range(10))})
+    assert locmem.outbox == []
+    complete_prompt("tags", "Go.", context={"rows": [0, 1], "m": False})  # 2,000 lookups and a few more
+    monkeypatch.setattr(sandbox, "MAX_MISSES", 100)
+    with pytest.raises(InvalidRequestError, match="looked up more than 100 variables the call does not give"):
+        complete_prompt("tags", "Go.", context={"rows": [0, 1]})
+
+
 def test_an_override_source_names_a_missing_variable_of_a_tag(settings, db, usecases):
     from llmapp.conf import overrides
 

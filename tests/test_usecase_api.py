@@ -217,6 +217,11 @@ def test_an_out_of_range_temperature_is_refused_and_nothing_is_saved(api, editor
     assert api("GET", "usecases/summarize/revisions/", token=editor).json == {"revisions": []}
 
 
+def test_a_model_is_not_blamed_for_a_provider_that_did_not_hold(api, editor):
+    answer = api("PUT", "usecases/summarize/", {"PROVIDER": "", "MODEL": "m9"}, token=editor)
+    assert answer.status == 400 and list(answer.json["errors"]) == ["PROVIDER"]
+
+
 def test_every_bad_field_is_named_whatever_is_wrong_with_it(api, editor):
     answer = api(
         "PUT", "usecases/summarize/", {"ENABLED": "no", "TEMPERATURE": 5, "RETRIES": 1}, token=editor
@@ -593,6 +598,10 @@ def test_llm_config_says_who_made_a_change(tmp_path, django_user_model):
     command("llm_config", "import", str(exported), "--author", "operator")
     named = UseCaseRevision.objects.order_by("-pk").first()
     assert (named.author, named.author_name) == (operator, "operator")
+    operator.is_active = False
+    operator.save()
+    with pytest.raises(CommandError, match="--author operator: that user is inactive"):
+        command("llm_config", "revert", "summarize", "0", "--author", "operator")
     with pytest.raises(CommandError, match="--author nobody: no such user"):
         command("llm_config", "revert", "summarize", "0", "--author", "nobody")
     with pytest.raises(CommandError, match="--author goes without --url"):

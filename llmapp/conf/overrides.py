@@ -404,6 +404,8 @@ def validate(name, fields, current=None):
                 errors[field] = [problem]
     # The others are checked as a whole too, so that one answer names every bad field.
     checked = {field: value for field, value in fields.items() if field not in errors}
+    if "PROVIDER" in errors:
+        checked.pop("MODEL", None)  # a model is allowed or not by its provider, which did not hold
     try:
         _usecase, problems = registry.resolve_with(name, checked)
     except ConfigurationError as exc:  # the use case's settings are broken; their check says how

@@ -21,7 +21,7 @@ from django.template.backends.django import DjangoTemplates
 from django.template.base import FilterExpression, VariableNode
 from django.utils.autoreload import file_changed
 
-from llmapp.conf.sandbox import MAX_RENDERED, OverBudget, bound, render_within_budget
+from llmapp.conf.sandbox import MAX_RENDERED, OverBudget, bound, current_budget, render_within_budget
 from llmapp.exceptions import ConfigurationError, InvalidRequestError, MissingContextError
 
 # What the engine renders in place of a missing variable: found after rendering, raised as an error.
@@ -123,27 +123,44 @@ file_changed.connect(_file_changed, dispatch_uid="llmapp.conf.prompts")
 
 class _Strict(Context):
     """Notes each name a tag asks of it and it does not hold: ``{% if product %}`` or
-    ``{% for line in lines %}`` with neither given must not render a silent blank either."""
+    ``{% for line in lines %}`` with neither given must not render a silent blank either.
+
+    A name is left alone where the template rendering it says it may be missing (see
+    ``_optional_names``). In an override's source, every lookup counts against the
+    render's budget: a condition of thousands of operands in a loop must not run for a minute.
+    """
 
     def __init__(self, values, optional):
         super().__init__(values, autoescape=False)
         self.optional = optional
-        self.missing = []
+        self.missing = {}  # names, in order, once each
 
     def __getitem__(self, key):
+        budget = current_budget()
+        if budget is not None:
+            budget.looked_up()
         try:
             return super().__getitem__(key)
         except KeyError:
-            if key not in self.optional:
-                self.missing.append(key)
+            if budget is not None:
+                budget.missed()
+            if key not in self.optional and key not in _optional_names(self.render_context.template):
+                self.missing[key] = None
             raise
 
 
 def _optional_names(template):
-    """The names the template says may be missing: those given a ``default`` filter anywhere,
-    and ``{% firstof %}``'s, whose point is to take the first one given."""
+    """The names ``template`` says may be missing: those given a ``default`` filter anywhere,
+    and ``{% firstof %}``'s, whose point is to take the first one given. Kept on the template."""
+    if template is None:
+        return frozenset()
+    try:
+        return template.llmapp_optional
+    except AttributeError:
+        pass
     from django.template.base import Node, Variable
     from django.template.defaulttags import FirstOfNode
+    from django.template.smartif import Literal, TokenBase
 
     optional = set()
 
@@ -151,21 +168,24 @@ def _optional_names(template):
         var = expression.var
         return var.lookups[0] if isinstance(var, Variable) and var.lookups else None
 
-    def visit(value, depth=0):
-        if depth > 4 or isinstance(value, (str, Node)):
-            return
+    def visit(value):
+        # Only what holds expressions: a tag's own, its lists and dicts of them, and the
+        # operands of {% if %}'s conditions. Nodes are walked below, once each.
         if isinstance(value, FilterExpression):
             if any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in value.filters):
                 optional.add(root(value))
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, (list, tuple)) and not isinstance(value, Node):
             for item in value:
-                visit(item, depth + 1)
+                if not isinstance(item, (Node, str)):
+                    visit(item)
         elif isinstance(value, dict):
             for item in value.values():
-                visit(item, depth + 1)
-        elif hasattr(value, "__dict__"):  # {% if %}'s conditions: operators holding their operands
-            for item in vars(value).values():
-                visit(item, depth + 1)
+                visit(item)
+        elif isinstance(value, Literal):
+            visit(value.value)
+        elif isinstance(value, TokenBase):
+            visit(getattr(value, "first", None))
+            visit(getattr(value, "second", None))
 
     for node in template.nodelist.get_nodes_by_type(Node):
         if isinstance(node, FirstOfNode):
@@ -173,7 +193,25 @@ def _optional_names(template):
         for value in vars(node).values():
             visit(value)
     optional.discard(None)
-    return frozenset(optional)
+    template.llmapp_optional = frozenset(optional)
+    return template.llmapp_optional
+
+
+def _family(template):
+    """``template`` and the templates it extends, where they are named as text."""
+    from django.template.loader_tags import ExtendsNode
+
+    found = [template]
+    while len(found) < 20:
+        extends = found[-1].nodelist.get_nodes_by_type(ExtendsNode)
+        name = extends[0].parent_name.var if extends else None
+        if not isinstance(name, str):
+            break
+        try:
+            found.append(found[-1].engine.get_template(name))
+        except (TemplateDoesNotExist, TemplateSyntaxError):
+            break
+    return found
 
 
 class _Lenient(FilterExpression):
@@ -254,7 +292,9 @@ class PromptTemplate:
 
     @functools.cached_property
     def optional(self):
-        return _optional_names(self.template)
+        """What the template and those it extends say may be missing: a child's blocks render
+        inside its parent, as the parent's."""
+        return frozenset().union(*map(_optional_names, _family(self.template)))
 
     def render(self, context):
         template = self.template
@@ -271,7 +311,10 @@ class PromptTemplate:
             raise InvalidRequestError(
                 f"{self.where} could not be rendered: {type(exc).__name__}: {exc}"
             ) from None
-        missing = list(dict.fromkeys([*context.missing, *_MISSING_FOUND.findall(text)]))
+        shown = list(dict.fromkeys(_MISSING_FOUND.findall(text)))
+        # {{ product.name }} is looked up as product first: said once, as it was written.
+        looked_up = [name for name in context.missing if not any(m.split(".")[0] == name for m in shown)]
+        missing = [*looked_up, *shown]
         if missing:
             how = "the call's message" if missing == ["message"] else "them in the call's context"
             raise MissingContextError(

@@ -37,6 +37,10 @@ MAX_LOOP_STEPS = 100_000
 MAX_NODES = 1_000_000
 #: The most work one render may do: the sizes of what its filters are given and make.
 MAX_WORK = 20_000_000
+# Names looked up in the context: a failed lookup costs tens of µs (Django raises and
+# catches three exceptions), and {% if %} may hold thousands of operands.
+MAX_LOOKUPS = 1_000_000
+MAX_MISSES = 10_000
 #: How many characters a date format's one character may become (a month's name...).
 DATE_EXPANSION = 32
 
@@ -52,13 +56,25 @@ class OverBudget(BaseException):
 
 
 class Budget:
-    __slots__ = ("characters", "nodes", "steps", "work")
+    __slots__ = ("characters", "lookups", "misses", "nodes", "steps", "work")
 
     def __init__(self):
         self.steps = 0
         self.nodes = 0
         self.characters = 0
         self.work = 0
+        self.lookups = 0
+        self.misses = 0
+
+    def looked_up(self):
+        self.lookups += 1
+        if self.lookups > MAX_LOOKUPS:
+            raise OverBudget(f"it looked up more than {MAX_LOOKUPS:,} variables")
+
+    def missed(self):
+        self.misses += 1
+        if self.misses > MAX_MISSES:
+            raise OverBudget(f"it looked up more than {MAX_MISSES:,} variables the call does not give")
 
     def rendered(self):
         self.nodes += 1
@@ -91,8 +107,9 @@ def render_within_budget(template, context):
         _budget.reset(token)
 
 
-def _charge():
-    # Rendered by Django alone (not by PromptTemplate.render), a template runs unbounded.
+def current_budget():
+    """The budget of the override source rendering now, or None: a template named in settings,
+    or one rendered by Django alone (not by PromptTemplate.render), which runs unbounded."""
     return _budget.get()
 
 
@@ -122,7 +139,7 @@ def _given(what, value):
     measured = size(value)
     if measured > MAX_RENDERED:
         raise OverBudget(f"{what} holds more than {MAX_RENDERED:,} characters")
-    budget = _charge()
+    budget = current_budget()
     if budget is not None:
         budget.worked(measured)
     return value
@@ -135,7 +152,7 @@ class _CountedLoop(NodeList):
     """A for loop's body: each pass over it is a step."""
 
     def __iter__(self):
-        budget = _charge()
+        budget = current_budget()
         if budget is not None:
             budget.step()
         return super().__iter__()
@@ -149,7 +166,7 @@ class _CountedVariable(VariableNode):
             value = self.filter_expression.resolve(context)
         except UnicodeDecodeError:
             return ""  # as Django's VariableNode
-        budget = _charge()
+        budget = current_budget()
         if budget is None:
             return render_value_in_context(value, context)
         budget.rendered()
@@ -161,7 +178,7 @@ class _CountedRegroup(RegroupNode):
     """``{% regroup %}``: the list it groups is measured first."""
 
     def render(self, context):
-        budget = _charge()
+        budget = current_budget()
         if budget is not None:
             budget.rendered()
             _given("{% regroup %}", self.target.resolve(context, ignore_failures=True))
@@ -188,7 +205,7 @@ def _counted(node_class, writes=True):
     its output too unless it is a container's (``writes=False``), counted as written."""
 
     def render(self, context):
-        budget = _charge()
+        budget = current_budget()
         if budget is None:
             return node_class.render(self, context)
         budget.rendered()

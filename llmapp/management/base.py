@@ -27,12 +27,24 @@ class LLMCommand(BaseCommand):
 
     def run_from_argv(self, argv):
         """Run as the process's command (manage.py, not call_command): the process ends after it."""
-        # At exit, the interpreter's last garbage collections walk every object that Django and
-        # a provider's SDK made: 0.1-0.3 s after a batch, measured, a few percent of its run.
-        # Frozen as the exit begins, they are left to the OS; the exit handlers (the usage
-        # events' drain, Sentry's flush, logging's) still run, after this one.
-        atexit.register(gc.freeze)
+        global _exit_prepared
+        if not _exit_prepared:
+            _exit_prepared = True
+            atexit.register(_leave_to_the_os)
         super().run_from_argv(argv)
+
+
+_exit_prepared = False
+
+
+def _leave_to_the_os():
+    """At exit, the interpreter's last garbage collections walk every object that Django and a
+    provider's SDK made: 0.1-0.3 s after a batch, measured, a few percent of its run. What is
+    garbage now is collected (and finalized: a file in a reference cycle is flushed); what
+    is still alive is frozen, and left to the OS. The exit handlers registered before this
+    one (the usage events' drain, Sentry's flush, logging's) run after it, as they would."""
+    gc.collect()
+    gc.freeze()
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)

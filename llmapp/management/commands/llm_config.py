@@ -66,7 +66,7 @@ class Command(LLMCommand):
             sub.called_from_command_line = getattr(parser, "called_from_command_line", False)
 
     def handle(self, *args, action, **options):
-        if options["url"] and options.get("author"):
+        if options["url"] and options.get("author") is not None:
             raise CommandError("--author goes without --url: over the API, the token's user is the author.")
         store = (
             Remote(options["url"], options["token"], options["timeout"])
@@ -174,12 +174,15 @@ class Local:
         self.author, self.author_name = None, ""
         if username is not None:
             from django.contrib.auth import get_user_model
+            from django.core.exceptions import ValidationError
 
             model = get_user_model()
             try:
                 self.author = model._default_manager.get_by_natural_key(username)
-            except model.DoesNotExist:
-                raise CommandError(f"--author {username}: no such user.") from None
+            except (model.DoesNotExist, model.MultipleObjectsReturned, ValueError, ValidationError):
+                raise CommandError(f"--author {username}: no such user (or not one).") from None
+            if not self.author.is_active:
+                raise CommandError(f"--author {username}: that user is inactive.")
         else:
             self.author_name = f"{_login_name()} (llm_config)"
 

@@ -189,6 +189,45 @@ def test_a_judge_use_case_rules_with_a_typed_verdict(two_servers, tmp_path, sett
     assert judged["messages"][0]["content"].startswith("You grade answers.")
 
 
+def test_a_resume_asks_a_judge_that_failed_again_without_calling_the_route_again(
+    two_servers, tmp_path, settings
+):
+    fast, slow = two_servers
+    fast.answer_with = capital
+    settings.LLM_USECASES = {"grader": {"PROVIDER": "slow", "PROMPT": "You grade answers.", "RETRIES": 0}}
+    slow.answer_with = lambda text: json.dumps({"passed": True, "reason": "fine"})
+    slow.reply_error(400, "the judge refused this once")  # the first ruling: c0's, one call at a time
+    cases = write_cases(tmp_path / "cases.jsonl", count=2)
+    output = tmp_path / "out.jsonl"
+    args = (
+        "summarize",
+        "--input",
+        str(cases),
+        "--routes",
+        "fast",
+        "--output",
+        str(output),
+        "--judge",
+        "grader",
+    )
+
+    out, _ = evaluate(*args, "--concurrency", "1", "--json")
+    [figures] = json.loads(out)["routes"]
+    assert (figures["passed"], figures["errored"]) == (1, 1)
+    first = json.loads(output.read_text().splitlines()[0])
+    assert first["error"]["type"] == "judge ProviderError" and first["answer"]["text"] == "City 0"
+
+    out, _ = evaluate(*args, "--json")
+    [figures] = json.loads(out)["routes"]
+    assert (figures["passed"], figures["errored"], figures["input_tokens"]) == (
+        2,
+        0,
+        first["answer"]["usage"]["input_tokens"] * 2,
+    )
+    assert len(fast.requests) == 2  # each case's answer once: the resume judged the kept one
+    assert len(slow.requests) == 3
+
+
 def test_a_prompt_version_runs_the_use_case_as_that_revision_had_it(two_servers, tmp_path, settings):
     fast, _ = two_servers
     settings.LLM_USECASES = {"summarize": {"PROVIDER": "fast"}}

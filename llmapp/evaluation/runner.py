@@ -5,7 +5,7 @@ its verdict (the case's message, overrides, expectation and check, the route, th
 and the prompt's version). A resumed run skips the items whose record has the same id
 and fingerprint: an edited case, another prompt version or another judge is run again,
 never credited with an old verdict. A wrong answer is a finished item; a call that
-failed is an error, run again on a resume.
+failed is an error, run again on a resume; an answer whose judge failed is judged again.
 """
 
 import contextlib
@@ -71,28 +71,51 @@ def finished(records):
     return {item_id for item_id, record in records.items() if "error" not in record}
 
 
+def answered(records):
+    """Return {item id: answer} of ``records`` whose route answered and whose judge failed: a
+    resume asks the judge again, and does not pay for the route's call twice."""
+    return {item_id: record["answer"] for item_id, record in records.items() if "answer" in record}
+
+
+class _Kept:
+    """An answer kept in a record, as much of a Completion as judging and spend() read."""
+
+    def __init__(self, answer):
+        self.text = answer["text"]
+        self.parsed = answer.get("parsed")
+        self.spend = {
+            name: answer.get(name) for name in ("model", "finish_reason", "latency_ms", "usage", "cost")
+        }
+
+
 class CaseRunner:
     """What a batch worker runs for one item: the call, then its check (or its judge)."""
 
-    def __init__(self, planned, judge=None, draft=None):
+    def __init__(self, planned, judge=None, draft=None, answers=None):
         self.planned = {entry.item.id: entry for entry in planned}
         self.judge = judge
         self.draft = draft
+        self.answers = answers or {}  # item id: the answer of a route whose judge failed
 
     def __call__(self, usecase, item, stop_on=()):
         entry = self.planned[item.id]
         case = entry.case
         record = {"id": item.id, "case": case.id, "route": str(entry.route), "fingerprint": entry.fingerprint}
         # A worker thread does not inherit its caller's context: the draft is set here.
+        kept = self.answers.get(item.id) if self.judge is not None else None
         with drafted(self.draft) if self.draft is not None else contextlib.nullcontext():
             try:
-                completion = batch.paced(usecase, item)
+                completion = _Kept(kept) if kept is not None else batch.paced(usecase, item)
             except LLMError as exc:
                 if isinstance(exc, stop_on):
                     raise
                 return record | {"error": {"type": type(exc).__name__, "message": str(exc)}}
             except Exception as exc:
                 return record | {"error": {"type": type(exc).__name__, "message": redact(str(exc))}}
+        answer = {"text": completion.text}
+        if completion.parsed is not None:
+            answer["parsed"] = jsonable(completion.parsed)
+        answer |= completion.spend if kept is not None else spend(completion)
         ruling = None
         try:
             if self.judge is not None:
@@ -102,12 +125,10 @@ class CaseRunner:
         except LLMError as exc:
             if isinstance(exc, stop_on):  # a judge that cannot run fails every item alike
                 raise
-            # Not judged: the item runs again on a resume.
-            return record | {"error": {"type": f"judge {type(exc).__name__}", "message": str(exc)}}
-        record |= {"passed": passed, "why": why, "text": completion.text}
-        if completion.parsed is not None:
-            record["parsed"] = jsonable(completion.parsed)
-        record |= spend(completion)
+            # Not judged: a resume asks the judge again, about this answer.
+            error = {"type": f"judge {type(exc).__name__}", "message": str(exc)}
+            return record | {"error": error, "answer": answer}
+        record |= {"passed": passed, "why": why} | answer
         if ruling is not None:  # what judging it cost, apart from what the route cost
             record["judge"] = spend(ruling)
         return record

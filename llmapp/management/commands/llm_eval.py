@@ -148,10 +148,11 @@ class Command(LLMCommand):
     def run(self, usecase, planned, judge, draft, options, input_file):
         """Run every (case, route) whose record in --output does not hold; return the records that do."""
         with outputfile.open_output(options["output"], input_file=input_file) as out:
-            skip = set()
+            skip, answers = set(), {}
             if out.size:
                 with out.reader() as previous:
-                    skip = runner.finished(runner.still_valid(planned, previous))
+                    kept = runner.still_valid(planned, previous)
+                skip, answers = runner.finished(kept), runner.answered(kept)
             bar = progress_bar(
                 self.stderr._out, len(planned) - len(skip), quiet=options["quiet"], unit="call"
             )
@@ -164,7 +165,7 @@ class Command(LLMCommand):
                     skip=skip,
                     progress=bar.update if bar else None,
                     waiting=self.waiting,
-                    run=runner.CaseRunner(planned, judge, draft),
+                    run=runner.CaseRunner(planned, judge, draft, answers),
                 )
             except ConfigurationError as exc:
                 raise CommandError(

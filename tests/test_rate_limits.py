@@ -1,11 +1,14 @@
 """Rate limits: requests and tokens a minute, calls at once, across workers, on locmem and Redis."""
 
 import asyncio
+import io
+import json
 import subprocess
 import sys
 import threading
 
 import pytest
+from django.core.management import call_command
 
 from llmapp import acomplete_prompt, complete_prompt
 from llmapp.calls import sharedstate
@@ -133,22 +136,17 @@ def test_an_async_call_is_held_alike(limited, settings):
     assert len(limited.requests) == 1
 
 
-def test_a_batch_paces_itself_instead_of_failing_items(
-    limited,
-    settings,
-    tmp_path,
-    monkeypatch,
-    simulated_time,  # noqa: F811
-):
-    import io
-    import json
-
-    from django.core.management import call_command
-
+@pytest.fixture
+def two_a_minute(limited, settings, monkeypatch, simulated_time):  # noqa: F811
+    """Use case "summarize" limited to two calls a minute; a batch's waits in simulated time."""
     from llmapp import batch
 
     usecase(settings, {"RPM": 2})
     monkeypatch.setattr(batch, "sleep", simulated_time.sleep)
+    return limited
+
+
+def test_a_batch_paces_itself_instead_of_failing_items(two_a_minute, tmp_path, simulated_time):  # noqa: F811
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_text("".join(f'"item {number}"\n' for number in range(5)))
     call_command(
@@ -156,49 +154,26 @@ def test_a_batch_paces_itself_instead_of_failing_items(
     )
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [record.get("error") for record in records] == [None] * 5
-    assert len(limited.requests) == 5
+    assert len(two_a_minute.requests) == 5
     assert simulated_time.waits == [40.0, 60.0]  # two a minute: 5 items take three minutes
 
 
 @pytest.mark.django_db(transaction=True)  # its run is saved; its calls run on threads of their own
 def test_an_evaluation_waits_for_its_rate_limit_instead_of_failing_cases(
-    limited,
-    settings,
+    two_a_minute,
     tmp_path,
-    monkeypatch,
     simulated_time,  # noqa: F811
 ):
-    import io
-    import json
-
-    from django.core.management import call_command
-
-    from llmapp import batch
-
-    usecase(settings, {"RPM": 2})
-    monkeypatch.setattr(batch, "sleep", simulated_time.sleep)
-    limited.answer_with = lambda text: text.upper()
+    two_a_minute.answer_with = lambda text: text.upper()
     cases = tmp_path / "cases.jsonl"
     cases.write_text(
         "".join(json.dumps({"message": f"case {n}", "expected": f"CASE {n}"}) + "\n" for n in range(5))
     )
     out = io.StringIO()
-    call_command(
-        "llm_eval",
-        "summarize",
-        "--input",
-        str(cases),
-        "--routes",
-        "openai",
-        "--output",
-        str(tmp_path / "out.jsonl"),
-        "--concurrency",
-        "1",
-        "--quiet",
-        stdout=out,
-    )
+    evaluation = ("--input", str(cases), "--routes", "openai", "--output", str(tmp_path / "out.jsonl"))
+    call_command("llm_eval", "summarize", *evaluation, "--concurrency", "1", "--quiet", stdout=out)
     assert out.getvalue().splitlines()[1].split()[1:5] == ["100%", "5", "0", "0"]
-    assert len(limited.requests) == 5
+    assert len(two_a_minute.requests) == 5
     assert simulated_time.waits == [40.0, 60.0]
 
 

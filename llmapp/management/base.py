@@ -33,6 +33,13 @@ class LLMCommand(BaseCommand):
             atexit.register(_leave_to_the_os)
         super().run_from_argv(argv)
 
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        # Django builds a CommandParser itself; only error() differs, so swap the class
+        # rather than copy create_parser().
+        parser.__class__ = OneLineErrorParser
+        return parser
+
 
 _exit_prepared = False
 
@@ -45,10 +52,3 @@ def _leave_to_the_os():
     one (the usage events' drain, Sentry's flush, logging's) run after it, as they would."""
     gc.collect()
     gc.freeze()
-
-    def create_parser(self, prog_name, subcommand, **kwargs):
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        # Django builds a CommandParser itself; only error() differs, so swap the class
-        # rather than copy create_parser().
-        parser.__class__ = OneLineErrorParser
-        return parser

@@ -67,6 +67,18 @@ def templates(settings, tmp_path):
 
 
 @pytest.fixture
+def prompt_template(settings, templates):
+    """Make use case ``name``, on locmem, whose PROMPT_TEMPLATE is a file holding ``source``."""
+
+    def make(name, source):
+        templates(f"llm/{name}.txt", source)
+        settings.LLM_USECASES = {name: {"PROVIDER": "test", "PROMPT_TEMPLATE": f"llm/{name}.txt"}}
+        return name
+
+    return make
+
+
+@pytest.fixture
 def usecases(settings, templates):
     """'product' (PROMPT_TEMPLATE) and 'ask' (PROMPT_TEMPLATE and MESSAGE_TEMPLATE) on locmem."""
     templates("llm/product.txt", PRODUCT)
@@ -122,9 +134,8 @@ def test_streamed_and_async_calls_render_the_same(usecases):
     assert "".join(chunks) == completion.text
 
 
-def test_a_default_filter_covers_a_variable_the_context_does_not_give(settings, usecases):
-    usecases("llm/tone.txt", "Tone: {{ tone|default:'friendly' }}.")
-    settings.LLM_USECASES = {"tone": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/tone.txt"}}
+def test_a_default_filter_covers_a_variable_the_context_does_not_give(prompt_template):
+    prompt_template("tone", "Tone: {{ tone|default:'friendly' }}.")
     complete_prompt("tone", "Hi.", context={})
     assert locmem.outbox[0].prompt == "Tone: friendly."
 
@@ -153,9 +164,8 @@ def test_a_missing_variable_is_one_clear_error_and_nothing_is_sent(usecases, con
         "{{ other|add:1 }}{% ifchanged product %}{% endifchanged %}",
     ],
 )
-def test_a_tag_given_a_missing_variable_is_an_error_too(settings, usecases, source):
-    usecases("llm/tags.txt", source)
-    settings.LLM_USECASES = {"tags": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/tags.txt"}}
+def test_a_tag_given_a_missing_variable_is_an_error_too(prompt_template, source):
+    prompt_template("tags", source)
     with pytest.raises(MissingContextError, match=r"uses (product|lines), which the call does not give"):
         complete_prompt("tags", "Go.", context={"other": 1})
     assert locmem.outbox == []
@@ -168,47 +178,33 @@ def test_a_tag_given_a_missing_variable_is_an_error_too(settings, usecases, sour
         ("{% firstof product other 'nothing' %}", "1"),
         ("{% for line in lines|default_if_none:'' %}{{ line }}{% empty %}none{% endfor %}", "none"),
         ("{% for n in numbers %}{% if forloop.first %}{{ n }}{% endif %}{% endfor %}", "3"),
+        # However deep in a condition the default is.
+        ("{% if other and not discount|default:False %}t{% endif %}", "t"),
+        ("{% if not other or numbers and tone|default:'x' %}t{% endif %}", "t"),
     ],
 )
-def test_a_variable_may_be_missing_where_the_template_says_so(settings, usecases, source, rendered):
-    usecases("llm/optional.txt", source)
-    settings.LLM_USECASES = {"optional": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/optional.txt"}}
+def test_a_variable_may_be_missing_where_the_template_says_so(prompt_template, source, rendered):
+    prompt_template("optional", source)
     complete_prompt("optional", "Go.", context={"other": 1, "numbers": [3, 4]})
     assert locmem.outbox[0].prompt == rendered
 
 
-def test_what_a_parent_or_an_included_template_allows_to_be_missing_is_allowed(settings, usecases):
+def test_what_a_parent_or_an_included_template_allows_to_be_missing_is_allowed(usecases, prompt_template):
     usecases("llm/parent.txt", "Hi {{ name }}.{% block body %}{% endblock %} {% firstof signature 'team' %}")
     usecases("llm/part.txt", "{% firstof nickname name %}")
-    usecases(
-        "llm/child.txt",
+    prompt_template(
+        "child",
         "{% extends 'llm/parent.txt' %}{% block body %}{% if tone|default:'' %}!{% endif %}"
         "{% include 'llm/part.txt' %}{% endblock %}",
     )
-    settings.LLM_USECASES = {"child": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/child.txt"}}
     complete_prompt("child", "Go.", context={"name": "Ann"})
     assert locmem.outbox[0].prompt == "Hi Ann.Ann team"
     with pytest.raises(MissingContextError, match=r"uses name, which the call does not give"):
         complete_prompt("child", "Go.", context={})
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{% if a and not discount|default:False %}t{% endif %}",
-        "{% if a or b and tone|default:'' %}t{% endif %}",
-    ],
-)
-def test_a_default_deep_in_a_condition_is_seen(settings, usecases, source):
-    usecases("llm/deep.txt", source)
-    settings.LLM_USECASES = {"deep": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/deep.txt"}}
-    complete_prompt("deep", "Go.", context={"a": True, "b": False})
-    assert locmem.outbox[0].prompt == "t"
-
-
-def test_a_dotted_variable_is_named_once_as_written(usecases, settings):
-    usecases("llm/dotted.txt", "{{ product.name }}")
-    settings.LLM_USECASES = {"dotted": {"PROVIDER": "test", "PROMPT_TEMPLATE": "llm/dotted.txt"}}
+def test_a_dotted_variable_is_named_once_as_written(prompt_template):
+    prompt_template("dotted", "{{ product.name }}")
     with pytest.raises(MissingContextError, match=r"uses product\.name, which"):
         complete_prompt("dotted", "Go.", context={})
 

@@ -172,7 +172,7 @@ def _optional_names(template):
         # Only what holds expressions: a tag's own, its lists and dicts of them, and the
         # operands of {% if %}'s conditions. Nodes are walked below, once each.
         if isinstance(value, FilterExpression):
-            if any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in value.filters):
+            if _has_default(value):
                 optional.add(root(value))
         elif isinstance(value, (list, tuple)) and not isinstance(value, Node):
             for item in value:
@@ -231,12 +231,17 @@ def _defaults_apply(template):
     """
     for node in template.nodelist.get_nodes_by_type(VariableNode):
         expression = node.filter_expression
-        if any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in expression.filters):
+        if _has_default(expression):
             expression.__class__ = _Lenient
     return template
 
 
 _DEFAULTS = ("default", "default_if_none")
+
+
+def _has_default(expression):
+    """Whether the FilterExpression gives a fallback for a missing variable: the author allowed it."""
+    return any(getattr(func, "__name__", "") in _DEFAULTS for func, _ in expression.filters)
 
 
 class PromptTemplate:

@@ -80,6 +80,9 @@ DATABASES["default"].setdefault(
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {"default": from_env("CACHE_URL", cache_url, default=cache_url("locmemcache://"))}
+# How long a call waits for that cache (circuit breaker, limits, overrides' version) before
+# it goes on without it.
+LLM_CACHE_TIMEOUT = from_env("LLM_CACHE_TIMEOUT", seconds, default=0.25)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -2,11 +2,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from django.core.cache import caches
+from django.db.backends.signals import connection_created
 
 from tests.environment import developer_variables, isolated_environ
 from tests.fakes.openai_server import FakeOpenAIServer, fake_openai  # noqa: F401
@@ -81,6 +83,29 @@ def run_manage(*args, database, env_file, env=None, input=None, timeout=60):
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture
+def closes():
+    """The names of the threads that closed a database connection, in the order they did."""
+    closed = []
+
+    def on_connect(sender, connection, **kwargs):
+        close = connection.close
+
+        def counted_close():
+            time.sleep(
+                0.02
+            )  # a close takes a moment (a network round trip): one that is not waited for shows
+            closed.append(threading.current_thread().name)
+            close()
+
+        # An in-memory test database ignores close(): what counts is that it was called.
+        connection.close = counted_close
+
+    connection_created.connect(on_connect)
+    yield closed
+    connection_created.disconnect(on_connect)
 
 
 @pytest.fixture(scope="session")

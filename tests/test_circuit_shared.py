@@ -25,7 +25,7 @@ def test_workers_share_one_circuit(manage, fake_openai, redis_cache):
     )
 
     env = {
-        "CACHE_URL": redis_cache.url,
+        **redis_cache.env,
         "LLM_SUMMARIZE_PROVIDER": "openai",
         "OPENAI_BASE_URL": fake_openai.base_url,
         "LLM_SUMMARIZE_RETRIES": "0",

@@ -152,6 +152,18 @@ def test_a_bad_row_loses_only_itself(settings):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_stopped_writer_has_closed_its_connection_and_ended(closes):
+    # A process exits as soon as the stop returns: a SQLite connection closed after that,
+    # as the interpreter finalizes, crashed it.
+    writer = EventWriter(queue_size=10, batch_size=10, max_wait=5, insert=insert_events)
+    writer.offer(_usage_event())
+    assert writer.stop(timeout=10)
+    assert not writer.thread.is_alive()
+    assert closes == ["llmapp-events"]
+    assert CompletionEvent.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_debug_keeps_no_queries_on_the_writers_connection(settings):
     settings.DEBUG = True
     # The insert itself logs no query (the debug cursor would quote every parameter again)...

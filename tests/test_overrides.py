@@ -211,8 +211,8 @@ def test_another_process_sees_a_saved_change_on_its_next_call(manage, tmp_path, 
         json.dumps({"usecases": {"summarize": {"PROMPT": "Summarize in one line.", "TEMPERATURE": 0.9}}})
     )
 
-    def run(namespace_url):
-        env = {"CACHE_URL": namespace_url} if namespace_url else {"LLM_TEST_RECHECK": "0"}
+    def run(namespace_env):
+        env = namespace_env or {"LLM_TEST_RECHECK": "0"}
         process = watcher(manage.env(env))
         try:
             before = ask(process)
@@ -230,7 +230,7 @@ def test_another_process_sees_a_saved_change_on_its_next_call(manage, tmp_path, 
 
     if cache == "redis":
         with redis_namespace() as namespace:
-            run(namespace.url)
+            run(namespace.env)
     else:
         run(None)
 

@@ -214,7 +214,7 @@ def test_two_processes_share_one_limit(manage, fake_openai):
     with redis_namespace() as namespace:
         env = manage.env(
             {
-                "CACHE_URL": namespace.url,
+                **namespace.env,
                 "LLM_SUMMARIZE_PROVIDER": "openai",
                 "OPENAI_BASE_URL": fake_openai.base_url,
                 "LLM_SUMMARIZE_RATE_LIMIT": '{"RPM": 5}',

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 
 from llmapp import acomplete_prompt, complete_prompt, stream_prompt
-from llmapp.calls import circuit
+from llmapp.calls import circuit, sharedstate
 from llmapp.exceptions import ProviderError, ProviderTimeout, ProviderUnavailable
 from llmapp.models import CompletionEvent
 from llmapp.providers import locmem
@@ -237,6 +237,20 @@ def test_async_calls_work_with_a_database_cache(settings):
             await sync_to_async(connections.close_all)()
 
     assert asyncio.run(call()).text == "locmem answer to: hi"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_caches_connection_is_closed_before_its_answer(settings, closes):
+    # A process may exit as soon as it has the answer: a SQLite connection closed after
+    # that, as the interpreter finalizes, crashes it.
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "llm_cache"}
+    }
+    call_command("createcachetable", verbosity=0)
+    state = sharedstate.get("default", "test")
+    for count in range(1, 11):
+        assert state.incr("closed-first") == count
+        assert closes.count("llmapp-cache-default") == count
 
 
 def test_a_rate_limited_model_opens_its_own_circuit_not_its_gateways(primary, settings):

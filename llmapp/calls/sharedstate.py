@@ -36,10 +36,10 @@ from logging import getLogger
 
 from django.core.cache import caches
 from django.core.signals import setting_changed
-from django.db import connections
 
 from llmapp import conf, metrics
 from llmapp.metrics.throttle import Throttle, unsaid_note
+from llmapp.threadconnections import close_thread_connections
 
 logger = getLogger("llmapp.sharedstate")
 
@@ -288,15 +288,17 @@ class _Worker:
                     job.result = job.operation(caches[self.alias])
                 except Exception as exc:
                     job.error = exc
-                job.finish()
-            if self.jobs.empty():
-                if self.abandoned:
-                    break
+            idle = self.jobs.empty()
+            if idle and not self.abandoned:
                 # Django closes a request's database connections, never this thread's:
                 # a database cache's would outlive a restart of the database, and keep
                 # a test database from being dropped. The next operation reconnects.
-                connections.close_all()
-        connections.close_all()
+                close_thread_connections()  # before the caller hears back
+            if not job.cancelled:
+                job.finish()
+            if idle and self.abandoned:
+                break
+        close_thread_connections()
 
 
 class _Guard:

@@ -33,6 +33,7 @@ from llmapp.conf import usecases as registry
 from llmapp.exceptions import ConfigurationError, OverrideConflict, OverrideInvalid, OverridesOff
 from llmapp.metrics.throttle import Throttle, unsaid_note
 from llmapp.redaction import MASK, MIN_SUBSTRING_SECRET, known_secrets, redact
+from llmapp.threadconnections import close_thread_connections
 
 logger = getLogger("llmapp.overrides")
 
@@ -276,7 +277,7 @@ class _Reader:
             finally:
                 # Not kept between reads, which are seldom: an idle connection of this thread
                 # would hold the database (a test database could not be dropped).
-                connections[DEFAULT_DB_ALIAS].close()
+                close_thread_connections()
                 with self.lock:
                     self.busy = False
                 done.set()

@@ -27,6 +27,7 @@ from django.db import (
 
 from llmapp import metrics
 from llmapp.metrics.throttle import Throttle, unsaid_note
+from llmapp.threadconnections import close_thread_connections
 
 logger = logging.getLogger("llmapp.eventstream")
 
@@ -146,7 +147,11 @@ class EventWriter:
         marker = _Marker(stop=True)
         self.queue.put(marker)
         self._wake.set()
-        return marker.done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        if not marker.done.wait(timeout):
+            return False
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        return True
 
     def abandon(self, reason):
         """Count the events still queued as dropped, for ``reason``: the process is going."""
@@ -177,7 +182,7 @@ class EventWriter:
             try:
                 item = self.queue.get(timeout=IDLE_CLOSE)
             except queue.Empty:
-                self._close()  # idle: let the connection go; the next batch opens one
+                close_thread_connections()  # idle: let the connection go; the next batch opens one
                 item = self.queue.get()
             if not isinstance(item, _Marker):
                 self._wake.wait(self.max_wait)
@@ -187,10 +192,11 @@ class EventWriter:
                 if isinstance(item, _Marker):
                     self._write(pending)
                     pending = []
-                    item.done.set()
                     if item.stop:
-                        self._close()
+                        close_thread_connections()  # before the stop is said done
+                        item.done.set()
                         return
+                    item.done.set()
                 else:
                     pending.append(item)
                     if len(pending) >= self.batch_size:
@@ -268,11 +274,6 @@ class EventWriter:
         # the server a process): it is this thread's only one. Dropped once broken, and
         # once the writer has been idle for IDLE_CLOSE seconds.
         if connection.connection is not None and connection.errors_occurred and not connection.is_usable():
-            with contextlib.suppress(OperationalError, InterfaceError):
-                connection.close()
-
-    def _close(self):
-        for connection in connections.all(initialized_only=True):
             with contextlib.suppress(OperationalError, InterfaceError):
                 connection.close()
 

@@ -38,8 +38,8 @@ from django.core.cache import caches
 from django.core.signals import setting_changed
 
 from llmapp import conf, metrics
+from llmapp.calls.threadconnections import close_thread_connections
 from llmapp.metrics.throttle import Throttle, unsaid_note
-from llmapp.threadconnections import close_thread_connections
 
 logger = getLogger("llmapp.sharedstate")
 

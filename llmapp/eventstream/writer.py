@@ -26,8 +26,8 @@ from django.db import (
 )
 
 from llmapp import metrics
+from llmapp.calls.threadconnections import close_thread_connections
 from llmapp.metrics.throttle import Throttle, unsaid_note
-from llmapp.threadconnections import close_thread_connections
 
 logger = logging.getLogger("llmapp.eventstream")
 

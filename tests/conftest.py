@@ -88,24 +88,27 @@ def run_manage(*args, database, env_file, env=None, input=None, timeout=60):
 @pytest.fixture
 def closes():
     """The names of the threads that closed a database connection, in the order they did."""
-    closed = []
+    closed, wrapped = [], []
 
     def on_connect(sender, connection, **kwargs):
+        if "close" in vars(connection):  # counted already: this wrapper connected again
+            return
         close = connection.close
 
         def counted_close():
-            time.sleep(
-                0.02
-            )  # a close takes a moment (a network round trip): one that is not waited for shows
+            time.sleep(0.02)  # a close takes a moment (a round trip): one not waited for shows
             closed.append(threading.current_thread().name)
             close()
 
         # An in-memory test database ignores close(): what counts is that it was called.
         connection.close = counted_close
+        wrapped.append(connection)
 
     connection_created.connect(on_connect)
     yield closed
     connection_created.disconnect(on_connect)
+    for connection in wrapped:  # the wrappers outlive the test: each thread keeps its own
+        del connection.close
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The openai provider against a fake OpenAI-compatible server on 127.0.0.1."""
 
+import json
+
 import pytest
 
 from llmapp import complete_prompt
@@ -105,3 +107,19 @@ def test_an_error_event_in_a_stream_before_any_text_is_retried(openai_provider):
     )
     *_, completion = stream_prompt("summarize", "hi", provider="openai", retries=1)
     assert completion.text == "Fake answer to: hi" and completion.attempts == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        42,
+        {"choices": "none"},
+        {"choices": [{"message": {"content": 5}}]},
+        {"choices": [{"message": "hello"}]},
+        {"choices": [{"message": {"content": "hi"}}], "usage": "many"},
+    ],
+)
+def test_an_answer_of_another_shape_is_a_provider_error(openai_provider, answer):
+    openai_provider.reply_raw(200, json.dumps(answer).encode())
+    with pytest.raises(ProviderError, match="not valid JSON for this API"):
+        complete_prompt("summarize", "hi", provider="openai", retries=0)

@@ -34,7 +34,7 @@ class OpenAIProvider(StainlessProvider):
     """Chat Completions through the official ``openai`` SDK."""
 
     request_id_header = "x-request-id"
-    answer_type = "types.chat.ChatCompletion"
+    path = "/chat/completions"
     sentry_integration = "sentry_sdk.integrations.openai.OpenAIIntegration"
     key_pattern = r"\bsk-(?:proj-)?[A-Za-z0-9_-]{8,}"
     sdk_loggers = ("openai",)
@@ -142,34 +142,37 @@ class OpenAIProvider(StainlessProvider):
 
     # -- calls -----------------------------------------------------------------------
 
-    def send(self, client, payload):
-        return client.chat.completions.create(**payload)
-
     def open_stream(self, client, payload):
         if self.options.get("stream_usage", True):
             payload = {**payload, "stream_options": {"include_usage": True}}
         return client.chat.completions.create(**payload, stream=True)
 
-    def parse(self, response, request):
-        if not getattr(response, "choices", None):
+    def read_answer(self, answer, request, request_id):
+        choices = answer.get("choices")
+        if not choices:
             raise ProviderError(
-                "the server's answer has no choices",
-                provider=self.alias,
-                request_id=getattr(response, "_request_id", None),
+                "the server's answer has no choices", provider=self.alias, request_id=request_id
             )
-        choice = response.choices[0]
-        usage = response.usage
+        choice = choices[0]
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(content)
+        usage = answer.get("usage") or {}
         return Completion(
-            text=choice.message.content or "",
+            text=content or "",
             usecase=request.usecase,
             provider=self.alias,
-            model=response.model or request.model,
+            model=answer.get("model") or request.model,
             # A refusal (structured outputs) comes as its own field, with no content.
-            finish_reason="refusal" if _refused(choice.message) else choice.finish_reason,
-            input_tokens=usage.prompt_tokens if usage else None,
-            output_tokens=usage.completion_tokens if usage else None,
-            cached_input_tokens=_cached(usage),
-            request_id=getattr(response, "_request_id", None),
+            finish_reason="refusal"
+            if message.get("refusal") and not content
+            else choice.get("finish_reason"),
+            input_tokens=usage.get("prompt_tokens"),
+            output_tokens=usage.get("completion_tokens"),
+            # The input tokens OpenAI served from its prompt cache (counted in prompt_tokens too).
+            cached_input_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            request_id=request_id,
         )
 
 
@@ -177,7 +180,3 @@ def _cached(usage):
     """The input tokens OpenAI served from its prompt cache (counted in prompt_tokens too)."""
     details = getattr(usage, "prompt_tokens_details", None)
     return getattr(details, "cached_tokens", None)
-
-
-def _refused(message):
-    return bool(getattr(message, "refusal", None)) and not message.content

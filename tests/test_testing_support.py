@@ -258,3 +258,25 @@ def test_a_test_case_of_another_database_reads_no_overrides(project, runner):
     (project / "proj_settings.py").write_text(OTHER_DATABASE_SETTINGS)
     (project / "checks" / "tests.py").write_text(textwrap.dedent(OTHER_DATABASE_TESTS))
     passes(project, runner, 1)
+
+
+def test_the_outbox_keeps_what_was_sent_not_the_call_that_sent_it(settings):
+    import gc
+
+    from llmapp import complete_prompt
+    from llmapp.calls.retries import Attempts
+    from llmapp.providers import locmem
+
+    settings.LLM_EVENTSTREAM, settings.LLM_TSDB = "null", "null"
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "test"}}
+    locmem.reset()
+    try:
+        for number in range(3):
+            complete_prompt("summarize", f"call {number}", timeout=7)
+        assert [sent.message for sent in locmem.outbox] == ["call 0", "call 1", "call 2"]
+        assert all(sent.deadline is None and sent.timeout <= 7 for sent in locmem.outbox)
+        # A long outbox held each call's Attempts (its routes, breakers and budgets) alive.
+        gc.collect()
+        assert not [held for held in gc.get_objects() if isinstance(held, Attempts)]
+    finally:
+        locmem.reset()

@@ -117,9 +117,27 @@ def test_an_error_event_in_a_stream_before_any_text_is_retried(openai_provider):
         {"choices": [{"message": {"content": 5}}]},
         {"choices": [{"message": "hello"}]},
         {"choices": [{"message": {"content": "hi"}}], "usage": "many"},
+        {"choices": [{"message": ""}]},
+        {"choices": [{}]},
+        {"choices": [{"message": {"content": "hi"}, "finish_reason": ["stop"]}]},
+        {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": "12"}},
+        {"choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": True}},
+        {"choices": [{"message": {"content": "hi"}}], "model": {"id": "x"}},
+        "[" * 100_000,  # nested past the recursion limit
     ],
 )
 def test_an_answer_of_another_shape_is_a_provider_error(openai_provider, answer):
-    openai_provider.reply_raw(200, json.dumps(answer).encode())
+    body = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+    openai_provider.reply_raw(200, body)
     with pytest.raises(ProviderError, match="not valid JSON for this API"):
         complete_prompt("summarize", "hi", provider="openai", retries=0)
+
+
+def test_token_counts_sent_as_floats_are_read_as_numbers(openai_provider):
+    body = {
+        "choices": [{"message": {"content": "hi"}}],
+        "usage": {"prompt_tokens": 12.0, "completion_tokens": 3},
+    }
+    openai_provider.reply_raw(200, json.dumps(body).encode())
+    completion = complete_prompt("summarize", "hi", provider="openai", retries=0)
+    assert (completion.text, completion.input_tokens, completion.output_tokens) == ("hi", 12, 3)

@@ -276,6 +276,7 @@ class _Worker:
         self.alias = alias
         self.jobs = queue.SimpleQueue()
         self.abandoned = False
+        self.left_behind = False  # stuck in an operation its caller gave up on
         self.thread = threading.Thread(target=self._run, name=f"llmapp-cache-{alias}", daemon=True)
 
     def _run(self):
@@ -298,7 +299,8 @@ class _Worker:
                 job.finish()
             if idle and self.abandoned:
                 break
-        close_thread_connections()
+        if not self.left_behind:
+            close_thread_connections()
 
 
 class _Guard:
@@ -375,7 +377,7 @@ class _Guard:
         with self._lock:
             if stuck is not None and stuck is self._worker:
                 # Its thread is stuck in the operation: the next one gets a new thread.
-                stuck.abandoned = True
+                stuck.abandoned = stuck.left_behind = True
                 stuck.jobs.put(None)
                 self._stuck.append(stuck)
                 self._worker = None

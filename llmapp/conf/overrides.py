@@ -262,6 +262,7 @@ class _Reader:
         done = threading.Event()
         self.jobs.put((read, outcome, done))
         if not done.wait(LOAD_TIMEOUT):
+            outcome["left behind"] = True
             raise TimeoutError(f"the database did not answer within {LOAD_TIMEOUT:g}s")
         if "error" in outcome:
             raise outcome["error"]
@@ -276,8 +277,10 @@ class _Reader:
                 outcome["error"] = exc
             finally:
                 # Not kept between reads, which are seldom: an idle connection of this thread
-                # would hold the database (a test database could not be dropped).
-                close_thread_connections()
+                # would hold the database (a test database could not be dropped). Kept when the
+                # caller gave up on this read: see close_thread_connections().
+                if "left behind" not in outcome:
+                    close_thread_connections()
                 with self.lock:
                     self.busy = False
                 done.set()

@@ -91,6 +91,7 @@ class EventWriter:
         self.in_flight = 0  # events of the batch being written now
         self._waiting = 0  # events offered since the writer last woke
         self.stopped = False
+        self.abandoned = False
         self._start_failures = Throttle(LOG_INTERVAL)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -155,6 +156,7 @@ class EventWriter:
 
     def abandon(self, reason):
         """Count the events still queued as dropped, for ``reason``: the process is going."""
+        self.abandoned = True  # from now on it closes no connection: see close_thread_connections()
         count = self.in_flight + sum(1 for item in _drain(self.queue) if not isinstance(item, _Marker))
         # The stop drained with them: once its write comes back, the thread still ends.
         self.queue.put(_Marker(stop=True))
@@ -193,7 +195,8 @@ class EventWriter:
                     self._write(pending)
                     pending = []
                     if item.stop:
-                        close_thread_connections()  # before the stop is said done
+                        if not self.abandoned:
+                            close_thread_connections()  # before the stop is said done
                         item.done.set()
                         return
                     item.done.set()
@@ -247,7 +250,7 @@ class EventWriter:
         except (OperationalError, InterfaceError):
             # A restart, a failover or an idle timeout closed it while the writer waited:
             # one new connection, not a lost batch. A database that is down fails again.
-            if not reused:
+            if not reused or self.abandoned:
                 raise
             with contextlib.suppress(OperationalError, InterfaceError):
                 connection.close()
@@ -273,6 +276,8 @@ class EventWriter:
         # Kept between batches whatever CONN_MAX_AGE says (a PostgreSQL connection costs
         # the server a process): it is this thread's only one. Dropped once broken, and
         # once the writer has been idle for IDLE_CLOSE seconds.
+        if self.abandoned:
+            return
         if connection.connection is not None and connection.errors_occurred and not connection.is_usable():
             with contextlib.suppress(OperationalError, InterfaceError):
                 connection.close()

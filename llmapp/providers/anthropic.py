@@ -160,26 +160,30 @@ class AnthropicProvider(StainlessProvider):
 
     # -- calls -----------------------------------------------------------------------
 
+    def send(self, client, payload):
+        return client.messages.create(**payload)
+
     def open_stream(self, client, payload):
         # The raw events, not the messages.stream() helper: see AnthropicStreamReader.
         return client.messages.create(**payload, stream=True)
 
-    def read_answer(self, answer, request, request_id):
-        content = answer.get("content")
+    def parse(self, response, request):
+        request_id = getattr(response, "_request_id", None)
+        content = getattr(response, "content", None)
         if content is None:
             raise ProviderError(
                 "the server's answer has no content", provider=self.alias, request_id=request_id
             )
-        usage = answer.get("usage") or {}
+        usage = getattr(response, "usage", None)
         return Completion(
             # Only text blocks: this backend asks for no tools or thinking.
-            text="".join(block["text"] for block in content if block.get("type") == "text"),
+            text="".join(block.text for block in content if getattr(block, "type", None) == "text"),
             usecase=request.usecase,
             provider=self.alias,
-            model=answer.get("model") or request.model,
-            finish_reason=answer.get("stop_reason"),
-            input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"),
+            model=getattr(response, "model", None) or request.model,
+            finish_reason=getattr(response, "stop_reason", None),
+            input_tokens=getattr(usage, "input_tokens", None),
+            output_tokens=getattr(usage, "output_tokens", None),
             request_id=request_id,
         )
 
@@ -187,7 +191,7 @@ class AnthropicProvider(StainlessProvider):
 
     error_hints = HINTS | {529: "Anthropic is overloaded; try again shortly"}
     request_id_header = "request-id"
-    path = "/v1/messages"
+    answer_type = "types.Message"
     sentry_integration = "sentry_sdk.integrations.anthropic.AnthropicIntegration"
     key_pattern = r"\bsk-ant-[A-Za-z0-9_-]{8,}"
     sdk_loggers = ("anthropic",)

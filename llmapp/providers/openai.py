@@ -8,7 +8,13 @@ from urllib.parse import urlsplit
 
 from llmapp.calls.types import Completion
 from llmapp.exceptions import ProviderError
-from llmapp.providers.stainless import StainlessProvider
+from llmapp.providers.stainless import (
+    PostedJSONProvider,
+    expect_count,
+    expect_list,
+    expect_object,
+    expect_text,
+)
 from llmapp.providers.streaming import StreamReader
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -30,7 +36,7 @@ class OpenAIStreamReader(StreamReader):
         return texts
 
 
-class OpenAIProvider(StainlessProvider):
+class OpenAIProvider(PostedJSONProvider):
     """Chat Completions through the official ``openai`` SDK."""
 
     request_id_header = "x-request-id"
@@ -148,30 +154,29 @@ class OpenAIProvider(StainlessProvider):
         return client.chat.completions.create(**payload, stream=True)
 
     def read_answer(self, answer, request, request_id):
-        choices = answer.get("choices")
+        answer = expect_object(answer)
+        choices = expect_list(answer.get("choices") or [])
         if not choices:
             raise ProviderError(
                 "the server's answer has no choices", provider=self.alias, request_id=request_id
             )
-        choice = choices[0]
-        message = choice.get("message") or {}
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise TypeError(content)
-        usage = answer.get("usage") or {}
+        choice = expect_object(choices[0])
+        message = expect_object(choice.get("message"))
+        content = expect_text(message.get("content"))
+        usage = expect_object(answer.get("usage"), optional=True)
+        details = expect_object(usage.get("prompt_tokens_details"), optional=True)
+        # A refusal (structured outputs) comes as its own field, with no content.
+        refused = bool(message.get("refusal")) and not content
         return Completion(
             text=content or "",
             usecase=request.usecase,
             provider=self.alias,
-            model=answer.get("model") or request.model,
-            # A refusal (structured outputs) comes as its own field, with no content.
-            finish_reason="refusal"
-            if message.get("refusal") and not content
-            else choice.get("finish_reason"),
-            input_tokens=usage.get("prompt_tokens"),
-            output_tokens=usage.get("completion_tokens"),
+            model=expect_text(answer.get("model")) or request.model,
+            finish_reason="refusal" if refused else expect_text(choice.get("finish_reason")),
+            input_tokens=expect_count(usage.get("prompt_tokens")),
+            output_tokens=expect_count(usage.get("completion_tokens")),
             # The input tokens OpenAI served from its prompt cache (counted in prompt_tokens too).
-            cached_input_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            cached_input_tokens=expect_count(details.get("cached_tokens")),
             request_id=request_id,
         )
 

@@ -22,8 +22,9 @@ class StainlessProvider(SDKProvider):
 
     #: The SDK's client class and its async twin, by name.
     client_classes = (None, None)
-    #: The path the SDK's own method posts a call that is not streamed to ("/chat/completions").
-    path = None
+    #: The SDK's answer type, by its path in the SDK module ("types.Message"), which a whole
+    #: JSON answer to a stream request is read into.
+    answer_type = None
 
     def client_options(self):
         """The client's keyword arguments of this vendor's own (``base_url``...)."""
@@ -101,19 +102,32 @@ class StainlessProvider(SDKProvider):
         body = exc.body.get("request_id") if isinstance(exc.body, dict) else None
         return header or (body if isinstance(body, str) else None)
 
-    # -- calls that are not streamed -------------------------------------------------
+    def answer_from_json(self, data, response):
+        answer_class = functools.reduce(getattr, self.answer_type.split("."), self.import_sdk())
+        answer = answer_class.model_validate(data)
+        answer._request_id = response.headers.get(self.request_id_header)
+        return answer
+
+
+class PostedJSONProvider(StainlessProvider):
+    """A StainlessProvider that posts a call that is not streamed itself, and reads its JSON.
+
+    The SDK's own method (``chat.completions.create``) walks each request through its type
+    annotations and reads each answer into pydantic models: 0.6 ms of a 1.5 ms call,
+    measured, for a body that llmapp builds as plain JSON and reads as a dict.
+    ``client.post()``, the SDK's documented way to call any endpoint, sends the same
+    request: the same URL (Azure's deployment path too), headers, timeout and errors.
+    Streams still go through the SDK's method, which reads their events. Not for an SDK
+    whose method does more than that on the way (anthropic's opens an OpenTelemetry span
+    and sends its trace headers).
+    """
+
+    #: The path the SDK's own method posts to ("/chat/completions").
+    path = None
 
     def send(self, client, payload):
         """Post ``payload`` (the SDK method's keyword arguments) as that method would; return the
-        HTTP response, or with an async client its coroutine.
-
-        The SDK's own method (``chat.completions.create``) walks each request through its type
-        annotations and reads each answer into pydantic models: 0.6 ms of a 1.5 ms call,
-        measured, for a body that llmapp builds as plain JSON and reads as a dict.
-        ``client.post()``, the SDK's documented way to call any endpoint, sends the same
-        request: the same URL (Azure's deployment path too), headers, timeout and errors.
-        Streams still go through the SDK's method, which reads their events.
-        """
+        HTTP response, or with an async client its coroutine."""
         body = dict(payload)
         options = {"timeout": body.pop("timeout")} if "timeout" in body else {}
         return client.post(self.path, cast_to=response_class(self.import_sdk()), body=body, options=options)
@@ -122,18 +136,53 @@ class StainlessProvider(SDKProvider):
         """Read ``send()``'s HTTP response into a Completion (``read_answer()``)."""
         request_id = response.headers.get(self.request_id_header)
         try:
-            return self.read_answer(json.loads(response.content), request, request_id)
-        except (ValueError, TypeError, AttributeError, LookupError):
-            # Not JSON, or JSON of another shape than this API's (a list, a number for a text).
+            # Deep nesting is a RecursionError, not a ValueError.
+            answer = json.loads(response.content)
+            return self.read_answer(answer, request, request_id)
+        except (ValueError, RecursionError, Malformed):
             raise malformed_answer(self, request_id) from None
 
     def read_answer(self, answer, request, request_id):
-        """Return the Completion of ``answer``, the JSON of a whole answer (a dict)."""
+        """Return the Completion of ``answer``, the JSON of a whole answer, read with the
+        ``expect_*`` helpers: JSON of another shape is Malformed."""
         raise NotImplementedError
 
     def answer_from_json(self, data, response):
         # The response to a stream request that holds a whole answer was read whole: parse() reads it.
         return response
+
+
+class Malformed(Exception):
+    """An answer's JSON is not of the shape its API documents."""
+
+
+def expect_object(value, optional=False):
+    """``value`` if it is a JSON object ({} for null, when ``optional``); else Malformed."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise Malformed
+    return value
+
+
+def expect_list(value):
+    if not isinstance(value, list):
+        raise Malformed
+    return value
+
+
+def expect_text(value):
+    """``value`` if it is a string or null; else Malformed."""
+    if value is not None and not isinstance(value, str):
+        raise Malformed
+    return value
+
+
+def expect_count(value):
+    """``value`` if it is a number of tokens (some servers send 12.0) or null; else Malformed."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise Malformed
+    return value
 
 
 @functools.cache

@@ -194,64 +194,51 @@ def _openai(server, quick, streams):
     if "database" in streams:
         candidates["database"] = batch(llm, calls, warmup, DATABASE, events=events)
     figures = interleaved(candidates, rounds)
-    raw_us = median(figures["raw"])
     common = f"medians of {rounds} interleaved batches of {calls} calls"
+
+    def row(name, candidate, baseline, target=None, note="", extra=None):
+        measured, base = median(figures[candidate]), median(figures[baseline])
+        value, spread = paired(figures[candidate], figures[baseline])
+        return Result(
+            NAME,
+            name,
+            measured,
+            base,
+            "µs",
+            value,
+            "x",
+            target=target,
+            notes=f"{common}; {spread}; {measured - base:+.0f} µs per call{note}",
+            extra={
+                f"{baseline}_us": figures[baseline],
+                f"{candidate}_us": figures[candidate],
+                **(extra or {}),
+            },
+        )
+
     results = []
     if "null" in streams:
-        null_us = median(figures["null"])
-        null_ratio, null_spread = paired(figures["null"], figures["raw"])
+        name = "openai complete_prompt vs raw SDK, event stream null"
+        results.append(row(name, "null", "raw", NULL_TARGET))
         results.append(
-            Result(
-                NAME,
-                "openai complete_prompt vs raw SDK, event stream null",
-                null_us,
-                raw_us,
-                "µs",
-                null_ratio,
-                "x",
-                target=NULL_TARGET,
-                notes=f"{common}; {null_spread}; {null_us - raw_us:+.0f} µs per call",
-                extra={"raw_us": figures["raw"], "null_us": figures["null"]},
-            )
-        )
-        post_us = median(figures["post"])
-        post_ratio, post_spread = paired(figures["null"], figures["post"])
-        results.append(
-            Result(
-                NAME,
+            row(
                 "openai complete_prompt vs the same request by the SDK's client.post(), event stream null",
-                null_us,
-                post_us,
-                "µs",
-                post_ratio,
-                "x",
-                notes=f"{common}; {post_spread}; overhead {null_us - post_us:+.0f} µs per call: llmapp's "
-                "own, on any database (the provider posts its body through client.post() and reads the "
-                "JSON itself, where chat.completions.create() walks the request's types and builds "
-                "pydantic models)",
-                extra={"post_us": figures["post"], "null_us": figures["null"]},
+                "null",
+                "post",
+                note=": llmapp's own overhead, on any database (the provider posts its body through "
+                "client.post() and reads the JSON itself, where chat.completions.create() walks the "
+                "request's types and builds pydantic models)",
             )
         )
     if "database" in streams:
-        database_us = median(figures["database"])
-        database_ratio, database_spread = paired(figures["database"], figures["raw"])
         results.append(
-            Result(
-                NAME,
+            row(
                 _database_name(database_label()),
-                database_us,
-                raw_us,
-                "µs",
-                database_ratio,
-                "x",
-                target=DATABASE_TARGET,
-                notes=f"{common}; {database_spread}; overhead {database_us - raw_us:+.0f} µs per call; "
-                + events.note(),
-                extra={
-                    "raw_us": figures["raw"],
-                    "database_us": figures["database"],
-                    "events": events.as_dict(),
-                },
+                "database",
+                "raw",
+                DATABASE_TARGET,
+                note=f"; {events.note()}",
+                extra={"events": events.as_dict()},
             )
         )
     return results

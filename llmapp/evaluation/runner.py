@@ -78,14 +78,11 @@ def answered(records):
 
 
 class _Kept:
-    """An answer kept in a record, as much of a Completion as judging and spend() read."""
+    """An answer kept in a record, as much of a Completion as judging reads."""
 
     def __init__(self, answer):
         self.text = answer["text"]
         self.parsed = answer.get("parsed")
-        self.spend = {
-            name: answer.get(name) for name in ("model", "finish_reason", "latency_ms", "usage", "cost")
-        }
 
 
 class CaseRunner:
@@ -112,10 +109,7 @@ class CaseRunner:
                 return record | {"error": {"type": type(exc).__name__, "message": str(exc)}}
             except Exception as exc:
                 return record | {"error": {"type": type(exc).__name__, "message": redact(str(exc))}}
-        answer = {"text": completion.text}
-        if completion.parsed is not None:
-            answer["parsed"] = jsonable(completion.parsed)
-        answer |= completion.spend if kept is not None else spend(completion)
+        answer = kept if kept is not None else _answer(completion)
         ruling = None
         try:
             if self.judge is not None:
@@ -132,6 +126,14 @@ class CaseRunner:
         if ruling is not None:  # what judging it cost, apart from what the route cost
             record["judge"] = spend(ruling)
         return record
+
+
+def _answer(completion):
+    """What a record keeps of the route's answer: its text (and value) and what it cost."""
+    answer = {"text": completion.text}
+    if completion.parsed is not None:
+        answer["parsed"] = jsonable(completion.parsed)
+    return answer | spend(completion)
 
 
 def spend(completion):

@@ -13,9 +13,9 @@ import json
 import re
 import threading
 
-from llmapp.calls.types import Completion, evolve
+from llmapp.calls.types import evolve
 from llmapp.providers.base import BaseProvider
-from llmapp.providers.tokens import estimate_tokens, turn_tokens
+from llmapp.providers.tokens import estimated_completion
 
 #: Every CompletionRequest any locmem provider received, oldest first.
 outbox = []
@@ -61,15 +61,7 @@ class LocmemProvider(BaseProvider):
                 if request.output is not None
                 else f"locmem answer to: {request.message}"
             )
-        return Completion(
-            text=reply,
-            usecase=request.usecase,
-            provider=self.alias,
-            model=request.model,
-            finish_reason="stop",
-            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
-            output_tokens=estimate_tokens(reply),
-        )
+        return estimated_completion(self, request, reply)
 
     def pieces(self, completion):
         # stream() and astream() yield it word by word, spaces kept, so the chunks join back

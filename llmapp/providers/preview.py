@@ -1,8 +1,7 @@
 """The embedded default provider: offline, dependency-free and deterministic."""
 
-from llmapp.calls.types import Completion
 from llmapp.providers.base import BaseProvider
-from llmapp.providers.tokens import estimate_tokens, leading_sentences, turn_tokens
+from llmapp.providers.tokens import estimated_completion, leading_sentences
 
 LABEL = "[preview answer: no model was called; configure a provider to get real answers]"
 
@@ -26,28 +25,14 @@ class PreviewProvider(BaseProvider):
         body, cut = leading_sentences(request.message, request.max_output_tokens)
         if request.usecase != "summarize":
             body = f"You said: {body}"
-        return Completion(
-            text=f"{LABEL}\n{body}",
-            usecase=request.usecase,
-            provider=self.alias,
-            model=request.model,
-            finish_reason="length" if cut else "stop",
-            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
-            output_tokens=estimate_tokens(body),
+        return estimated_completion(
+            self, request, f"{LABEL}\n{body}", counted=body, finish_reason="length" if cut else "stop"
         )
 
     def typed_answer(self, request):
         """The smallest value of the request's output type, after the label."""
         body = request.output.minimal_text()
-        return Completion(
-            text=f"{LABEL}\n{body}",
-            usecase=request.usecase,
-            provider=self.alias,
-            model=request.model,
-            finish_reason="stop",
-            input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
-            output_tokens=estimate_tokens(body),
-        )
+        return estimated_completion(self, request, f"{LABEL}\n{body}", counted=body)
 
     def describe_request(self, request):
         return {

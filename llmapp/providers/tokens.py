@@ -3,6 +3,8 @@
 import json
 import re
 
+from llmapp.calls.types import Completion
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -61,3 +63,17 @@ def request_tokens(request):
 def turn_tokens(request):
     """Estimate the tokens of a request's whole conversation: its earlier turns and its message."""
     return sum(estimate_tokens(content) for _, content in request.turns)
+
+
+def estimated_completion(provider, request, text, *, counted=None, finish_reason="stop"):
+    """The Completion of an offline answer, its tokens estimated; ``counted`` is the part of
+    ``text`` a model would have written (preview's label is not), by default all of it."""
+    return Completion(
+        text=text,
+        usecase=request.usecase,
+        provider=provider.alias,
+        model=request.model,
+        finish_reason=finish_reason,
+        input_tokens=estimate_tokens(request.prompt) + turn_tokens(request),
+        output_tokens=estimate_tokens(text if counted is None else counted),
+    )

@@ -10,7 +10,7 @@ one instead::
 
 from django.views import debug
 
-from llmapp.redaction import redact
+from llmapp.conf.secrets import redact
 
 
 class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):

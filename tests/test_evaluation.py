@@ -507,9 +507,9 @@ def test_the_report_file_is_checked_before_any_call(two_servers, tmp_path):
 
 def test_every_disagreement_is_counted_and_the_run_keeps_the_first_ones():
     from llmapp.batch import Item
+    from llmapp.batch.evaluation.cases import Case
+    from llmapp.batch.evaluation.report import MAX_DISAGREEMENTS, summarize
     from llmapp.calls.compare import Route
-    from llmapp.evaluation.cases import Case
-    from llmapp.evaluation.report import MAX_DISAGREEMENTS, summarize
 
     cases = [Case(Item(f"c{n}", "q"), "a", "exact") for n in range(MAX_DISAGREEMENTS + 5)]
     records = [

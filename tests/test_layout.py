@@ -13,6 +13,34 @@ def module_name(path):
 
 MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py") if "migrations" not in path.parts}
 
+# Each entry at the top, and why it is there: Django looks for it there, users' settings or
+# imports name it (moving it would break a deployment), or it is a step of the flow.
+TOP_LEVEL = {
+    "__init__.py": "the public API",
+    "py.typed": "type checkers",
+    "apps.py": "Django",
+    "models.py": "Django",
+    "migrations": "Django",
+    "templates": "Django",
+    "admin": "Django",
+    "management": "Django",
+    "urls.py": 'include("llmapp.urls")',
+    "exceptions.py": "imports",
+    "signals.py": "imports",
+    "testing": "TEST_RUNNER, the pytest plugin's entry point",
+    "debug.py": "DEFAULT_EXCEPTION_REPORTER_FILTER",
+    "providers": "LLM_PROVIDERS[...]['BACKEND']",
+    "metrics": "LLM_METRICS_BACKEND",
+    "eventstream": "LLM_EVENTSTREAM",
+    "tsdb": "LLM_TSDB",
+    "conf": "the flow: settings, use cases, start-up, checks, secrets",
+    "calls": "the flow: the service, retries, circuit, recording",
+    "sentry": "the flow: Sentry's set-up, scrubbing, spans, frames",
+    "batch": "the flow: batches, their tasks, evaluations",
+    # Not under admin/: importing that needs django.contrib.admin installed; the API does not.
+    "api": "the flow: the JSON API behind llmapp.urls",
+}
+
 
 def imports(name, *, top_level_only):
     """The llmapp modules (and other top-level names) module ``name`` imports."""
@@ -27,6 +55,11 @@ def imports(name, *, top_level_only):
                 submodule = f"{node.module}.{alias.name}"
                 found.add(submodule if submodule in MODULES else node.module)
     return found
+
+
+def test_the_top_level_holds_what_django_users_and_the_flow_put_there():
+    entries = {path.name for path in PACKAGE.iterdir() if path.name != "__pycache__"}
+    assert entries == set(TOP_LEVEL)
 
 
 def test_llmapp_imports_nothing_of_the_host_project():

@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 
-from llmapp import redaction
-from llmapp.redaction import is_secret_name, mask, redact, redact_mapping
+from llmapp.conf import secrets as redaction
+from llmapp.conf.secrets import is_secret_name, mask, redact, redact_mapping
 from llmapp.sentry import scrubbing
 
 

@@ -13,8 +13,8 @@ from django.urls import path
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
 
 from llmapp import metrics
+from llmapp.conf.secrets import MASK
 from llmapp.metrics import locmem as locmem_metrics
-from llmapp.redaction import MASK
 from llmapp.sentry import configure_sdk, scrubbing
 from llmapp.sentry.options import Dsns, _get_sdk_options
 from llmapp.sentry.sampling import traces_sampler

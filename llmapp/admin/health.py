@@ -7,9 +7,9 @@ SDK's extra installed, is there a key. Secrets are only ever shown masked.
 
 from dataclasses import dataclass, field
 
+from llmapp.conf.secrets import mask, redact
 from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
 from llmapp.providers import providers
-from llmapp.redaction import mask, redact
 from llmapp.sentry.scrubbing import scrub
 
 

@@ -22,6 +22,7 @@ from django.db import close_old_connections
 from llmapp import eventstream
 from llmapp.calls.service import complete_prompt, prepare_request
 from llmapp.calls.types import jsonable
+from llmapp.conf.secrets import redact
 from llmapp.exceptions import (
     ConfigurationError,
     ImproperlyInstalled,
@@ -29,7 +30,6 @@ from llmapp.exceptions import (
     LLMError,
     RateLimited,
 )
-from llmapp.redaction import redact
 
 logger = logging.getLogger("llmapp.batch")
 #: How a batch waits out a rate limit (tests replace it).

@@ -16,10 +16,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from llmapp import batch, conf, eventstream
+from llmapp.conf.secrets import redact
 from llmapp.eventstream.database import storable
 from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.models import Batch, BatchItem
-from llmapp.redaction import redact
 
 try:  # Django 6
     from django.tasks import task

@@ -16,8 +16,8 @@ from django.db import connections
 from llmapp.calls.service import complete_prompt, prepare_request
 from llmapp.calls.types import Completion
 from llmapp.conf import overrides
+from llmapp.conf.secrets import redact
 from llmapp.exceptions import InvalidRequestError, LLMError
-from llmapp.redaction import redact
 
 #: The most routes one comparison runs at once.
 MAX_ROUTES = 16

@@ -7,9 +7,9 @@ from asgiref.sync import sync_to_async
 
 from llmapp import eventstream, metrics, signals
 from llmapp.calls.types import evolve
+from llmapp.conf.secrets import redact
 from llmapp.eventstream.events import ERROR, OK, REFUSED, build_event
 from llmapp.exceptions import BudgetExceeded, ProviderRefused, RateLimited
-from llmapp.redaction import redact
 from llmapp.sentry import tracing
 from llmapp.sentry.frames import capture_exception
 

@@ -13,12 +13,12 @@ from llmapp import conf, eventstream, tsdb
 from llmapp.calls.sharedstate import check_shared_state
 from llmapp.conf import overrides
 from llmapp.conf.backends import backend_class
+from llmapp.conf.secrets import redact, url_secrets
 from llmapp.conf.startup import called_from
 from llmapp.conf.usecases import get_usecase_errors, get_usecases, resolve_with
 from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
 from llmapp.metrics.checks import check_metrics
 from llmapp.providers import check_entry, providers
-from llmapp.redaction import redact, url_secrets
 from llmapp.sentry.checks import check_sentry
 
 

@@ -31,9 +31,9 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from llmapp import conf, metrics
 from llmapp.calls.threadconnections import close_thread_connections
 from llmapp.conf import usecases as registry
+from llmapp.conf.secrets import MASK, MIN_SUBSTRING_SECRET, known_secrets, redact
 from llmapp.exceptions import ConfigurationError, OverrideConflict, OverrideInvalid, OverridesOff
 from llmapp.metrics.throttle import Throttle, unsaid_note
-from llmapp.redaction import MASK, MIN_SUBSTRING_SECRET, known_secrets, redact
 
 logger = getLogger("llmapp.overrides")
 

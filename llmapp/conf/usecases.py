@@ -26,9 +26,9 @@ from llmapp.calls.spend.budgets import parse_budget
 from llmapp.calls.spend.cost import price
 from llmapp.calls.spend.ratelimits import parse_rate_limit
 from llmapp.calls.spend.responses import cache_problem
+from llmapp.conf.secrets import mask, redact
 from llmapp.exceptions import ConfigurationError, InvalidUsecaseError
 from llmapp.providers import providers
-from llmapp.redaction import mask, redact
 
 BUILTIN, CODE, SETTINGS, OVERRIDE, ENVIRONMENT, PROVIDER_DEFAULT = (
     "built-in",

@@ -7,8 +7,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from llmapp import conf
+from llmapp.conf.secrets import redact
 from llmapp.exceptions import InvalidOutputError, LLMError, ProviderRefused
-from llmapp.redaction import redact
 
 OK, ERROR, REFUSED = "ok", "error", "refused"
 

@@ -5,7 +5,7 @@ import gc
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from llmapp.redaction import redact
+from llmapp.conf.secrets import redact
 
 
 class OneLineErrorParser(CommandParser):

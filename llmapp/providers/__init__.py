@@ -12,8 +12,8 @@ from django.utils.module_loading import import_string
 from llmapp import conf
 from llmapp.calls.spend.cost import parse_prices
 from llmapp.calls.spend.ratelimits import provider_limits
+from llmapp.conf.secrets import redact
 from llmapp.exceptions import ConfigurationError, InvalidProviderError
-from llmapp.redaction import redact
 
 #: The backends llmapp ships.
 BUILTIN_BACKENDS = (

@@ -14,6 +14,7 @@ import weakref
 from asgiref.sync import sync_to_async
 
 from llmapp.calls.types import evolve
+from llmapp.conf.secrets import mask_headers, redact, redact_sdk_logs, secrets_in
 from llmapp.exceptions import (
     ConfigurationError,
     ImproperlyInstalled,
@@ -29,7 +30,6 @@ from llmapp.providers.http import (
     malformed_answer,
 )
 from llmapp.providers.streaming import aclosing
-from llmapp.redaction import mask_headers, redact, redact_sdk_logs, secrets_in
 
 #: What the SDKs are given as a key for servers that take none.
 NO_KEY = "no-key"

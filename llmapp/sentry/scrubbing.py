@@ -9,8 +9,8 @@ stack-frame ``vars``, span data):
   is masked whatever it holds;
 - any other string has every credential known to this process replaced, in every
   form it travels in, along with URL credentials, query-string credentials and
-  key-shaped strings (see :func:`llmapp.redaction.redact` and
-  :func:`llmapp.redaction.known_secrets`).
+  key-shaped strings (see :func:`llmapp.conf.secrets.redact` and
+  :func:`llmapp.conf.secrets.known_secrets`).
 
 And one for content: the prompts, messages and answers of the llmapp calls in an
 error's traceback are withheld wherever they appear in its event (frame ``vars``
@@ -27,7 +27,7 @@ dropped, and the failure is logged to ``llmapp.sentry.scrubbing``.
 import logging
 
 from llmapp import conf
-from llmapp.redaction import is_secret_name, known_secrets, mask, redact
+from llmapp.conf.secrets import is_secret_name, known_secrets, mask, redact
 from llmapp.sentry.frames import call_contents, withhold
 
 logger = logging.getLogger(__name__)

@@ -153,8 +153,8 @@ SHAPING_OPTIONS = (
 
 def cache_key(request):
     """A key of everything in ``request`` that shapes its answer, its provider's set-up too."""
+    from llmapp.conf.secrets import url_secrets
     from llmapp.providers import providers
-    from llmapp.redaction import url_secrets
 
     entry = providers.settings.get(request.provider) or {}
     options = entry.get("OPTIONS") or {}

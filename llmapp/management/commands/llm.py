@@ -10,12 +10,12 @@ from llmapp.calls.service import complete_prompt, plan_call, stream_prompt
 from llmapp.calls.spend.cost import dollars, most_cost
 from llmapp.calls.types import Completion
 from llmapp.conf import overrides
+from llmapp.conf.secrets import redact
 from llmapp.conf.usecases import FIELDS, PROVIDER_DEFAULT, get_usecase, get_usecase_errors, get_usecases
 from llmapp.exceptions import InvalidMessageError, InvalidOutputType, LLMError
 from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import BatchRun, exit_now
 from llmapp.providers import providers
-from llmapp.redaction import redact
 from llmapp.sentry.tracing import command_transaction
 from llmapp.tsdb import get_tsdb
 

@@ -20,10 +20,10 @@ import urllib.request
 from django.core.management.base import CommandError
 
 from llmapp.conf import overrides
+from llmapp.conf.secrets import redact
 from llmapp.conf.usecases import get_usecases, override_of
 from llmapp.exceptions import InvalidUsecaseError, LLMError
 from llmapp.management.base import LLMCommand
-from llmapp.redaction import redact
 
 FORMAT = 1
 

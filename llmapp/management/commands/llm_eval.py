@@ -10,19 +10,19 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError
 
 from llmapp import batch
+from llmapp.batch.evaluation import runner
+from llmapp.batch.evaluation.cases import CaseError, read_cases
+from llmapp.batch.evaluation.report import MAX_DISAGREEMENTS, summarize
 from llmapp.calls.compare import parse_routes
 from llmapp.calls.service import prepare_request
 from llmapp.calls.spend.cost import dollars
 from llmapp.conf import overrides
+from llmapp.conf.secrets import redact
 from llmapp.conf.usecases import drafted, get_usecase, resolve_with
-from llmapp.evaluation import runner
-from llmapp.evaluation.cases import CaseError, read_cases
-from llmapp.evaluation.report import MAX_DISAGREEMENTS, summarize
 from llmapp.exceptions import ConfigurationError, LLMError
 from llmapp.management import outputfile
 from llmapp.management.base import LLMCommand
 from llmapp.management.batch_run import exit_now, progress_bar
-from llmapp.redaction import redact
 
 
 class Command(LLMCommand):

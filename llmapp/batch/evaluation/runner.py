@@ -14,11 +14,11 @@ import json
 from dataclasses import dataclass
 
 from llmapp import batch
+from llmapp.batch.evaluation.checks import checked, judged
 from llmapp.calls.types import jsonable
+from llmapp.conf.secrets import redact
 from llmapp.conf.usecases import drafted
-from llmapp.evaluation.checks import checked, judged
 from llmapp.exceptions import LLMError
-from llmapp.redaction import redact
 
 
 @dataclass(frozen=True)

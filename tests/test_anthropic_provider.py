@@ -256,3 +256,44 @@ def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
     monkeypatch.setitem(sys.modules, "anthropic", None)
     with pytest.raises(ImproperlyInstalled, match=r'pip install "llmapp\[anthropic\]"'):
         AnthropicProvider("a", options={"api_key": API_KEY}).describe_request(request)
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("A gateway's plain string.", "A gateway's plain string."),
+        (
+            [
+                {"type": "text", "text": "One "},
+                {"type": "thinking", "thinking": "x"},
+                {"type": "text", "text": "two"},
+            ],
+            "One two",
+        ),
+    ],
+)
+def test_the_text_is_the_answers_text_blocks_or_a_gateways_string(anthropic_provider, content, text):
+    anthropic_provider.reply_raw(200, json.dumps(answer(content)).encode())
+    assert complete_prompt("summarize", "hi", provider="anthropic").text == text
+
+
+@pytest.mark.parametrize(
+    "content", [7, {"type": "text"}, [{"type": "text", "text": None}], [{"type": "text"}]]
+)
+def test_content_that_is_not_text_blocks_is_the_one_line_malformed_answer_error(anthropic_provider, content):
+    anthropic_provider.reply_raw(200, json.dumps(answer(content)).encode())
+    with pytest.raises(ProviderError, match="not valid JSON for this API") as caught:
+        complete_prompt("summarize", "hi", provider="anthropic", retries=0)
+    assert "\n" not in str(caught.value)
+
+
+def answer(content):
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": DEFAULT_MODEL,
+        "content": content,
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    }

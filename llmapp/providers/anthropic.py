@@ -17,7 +17,7 @@ from llmapp.exceptions import (
 )
 
 # Shared with the openai backend: both SDKs are generated alike and raise alike.
-from llmapp.providers.http import HINTS
+from llmapp.providers.http import HINTS, malformed_answer
 from llmapp.providers.http import TRANSIENT_STATUSES as _HTTP_TRANSIENT_STATUSES
 from llmapp.providers.stainless import StainlessProvider
 from llmapp.providers.streaming import StreamReader
@@ -174,10 +174,12 @@ class AnthropicProvider(StainlessProvider):
             raise ProviderError(
                 "the server's answer has no content", provider=self.alias, request_id=request_id
             )
+        text = _text_of(content)
+        if text is None:
+            raise malformed_answer(self, request_id)
         usage = getattr(response, "usage", None)
         return Completion(
-            # Only text blocks: this backend asks for no tools or thinking.
-            text="".join(block.text for block in content if getattr(block, "type", None) == "text"),
+            text=text,
             usecase=request.usecase,
             provider=self.alias,
             model=getattr(response, "model", None) or request.model,
@@ -202,6 +204,24 @@ class AnthropicProvider(StainlessProvider):
             # An error event inside a stream that began with 200.
             return ERROR_TYPE_STATUS.get(_error_type(exc.body), 500)
         return exc.status_code
+
+
+def _text_of(content):
+    """The text of an answer's content blocks, or None if they are not blocks of text."""
+    if isinstance(content, str):  # some gateways' shorthand; Anthropic itself sends blocks
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = []
+    for block in content:
+        # Models, or dicts where the SDK built none (a gateway's block of another shape).
+        read = block.get if isinstance(block, dict) else lambda name, b=block: getattr(b, name, None)
+        if read("type") != "text":
+            continue  # only text blocks: this backend asks for no tools or thinking
+        if not isinstance(text := read("text"), str):
+            return None
+        texts.append(text)
+    return "".join(texts)
 
 
 def _error_type(body):

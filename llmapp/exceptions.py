@@ -31,17 +31,24 @@ class ConfigurationError(LLMError, ImproperlyConfigured):
 
 
 class ImproperlyInstalled(ConfigurationError):
-    """A provider's SDK is not installed; the message gives the pip command."""
+    """A provider's SDK is not installed, or is older than llmapp needs; the message gives the pip command."""
 
-    def __init__(self, provider, package, extra):
+    def __init__(self, provider, package, extra, *, installed=None, needed=None):
         self.package = package
         self.extra = extra
-        super().__init__(
-            f"provider {provider!r} needs the {package!r} package, which is not installed: "
-            f'run pip install "llmapp[{extra}]"',
-            check_id="llmapp.W002",
-            hint="A provider no use case relies on may go without its SDK.",
-        )
+        if installed is None:
+            message = (
+                f"provider {provider!r} needs the {package!r} package, which is not installed: "
+                f'run pip install "llmapp[{extra}]"'
+            )
+            check_id, hint = "llmapp.W002", "A provider no use case relies on may go without its SDK."
+        else:
+            message = (
+                f"provider {provider!r} needs {package} {needed} or newer, and {installed} is installed: "
+                f'run pip install -U "llmapp[{extra}]"'
+            )
+            check_id, hint = "llmapp.W010", "A provider no use case relies on may go without it."
+        super().__init__(message, check_id=check_id, hint=hint)
 
 
 class InvalidRequestError(LLMError, ValueError):

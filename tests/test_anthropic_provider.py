@@ -19,6 +19,7 @@ from llmapp.exceptions import (
 from llmapp.providers.anthropic import DEFAULT_MODEL, AnthropicProvider
 from tests.conftest import API_KEY
 from tests.fakes.anthropic_server import fake_anthropic  # noqa: F401
+from tests.fakes.output_types import TICKET_SCHEMA
 
 BACKEND = "llmapp.providers.anthropic.AnthropicProvider"
 
@@ -297,3 +298,16 @@ def answer(content):
         "stop_reason": "end_turn",
         "usage": {"input_tokens": 3, "output_tokens": 2},
     }
+
+
+def test_an_sdk_without_structured_outputs_says_how_to_ask_for_a_typed_answer(
+    anthropic_provider, settings, monkeypatch
+):
+    monkeypatch.delattr("anthropic.transform_schema", raising=False)  # as anthropic 0.40 has it
+    settings.LLM_USECASES = {"triage": {"PROVIDER": "anthropic", "OUTPUT": TICKET_SCHEMA}}
+    with pytest.raises(ConfigurationError, match="has no structured outputs") as raised:
+        complete_prompt("triage", "Buy cheap pills")
+    assert str(raised.value).endswith(
+        "upgrade it, or set LLM_PROVIDERS['anthropic']['OPTIONS']['structured_output'] to 'prompted'."
+    )
+    assert anthropic_provider.requests == []

@@ -9,12 +9,14 @@ import asyncio
 import gc
 import os
 import time
+from importlib.metadata import version
 
 import pytest
 from asgiref.sync import async_to_sync
 
 from llmapp import acomplete_prompt, astream_prompt
 from llmapp.providers.anthropic import AnthropicProvider
+from llmapp.providers.base import _release
 from llmapp.providers.gemini import GeminiProvider
 from llmapp.providers.openai import OpenAIProvider
 from tests.conftest import API_KEY
@@ -116,7 +118,12 @@ def test_a_loop_per_call_leaves_no_client_and_no_socket_behind(alias, runner, ca
     assert live_clients(alias) <= clients + 1
 
 
-def test_a_client_whose_loop_was_closed_without_shutting_down_is_dropped(alias):
+def test_a_client_whose_loop_was_closed_without_shutting_down_is_dropped(alias, request):
+    if alias == "gemini" and _release(version("google-genai")) < (3, 4):
+        # Seen in the oldest-SDK run of CI (.ci/run); asyncio.run() and async_to_sync are not
+        # affected. Strict: should it pass there, this note is out of date.
+        reason = "google-genai before 3.4 keeps such a client alive after llmapp drops it"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     run = on_a_new_loop(complete)
     run(alias)
     clients, files = live_clients(alias), open_files()

@@ -3,10 +3,19 @@
 import importlib.machinery
 import io
 import re
+import tomllib
+from importlib.metadata import version
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+
+from llmapp import complete_prompt
+from llmapp.exceptions import ImproperlyInstalled
+from llmapp.providers.anthropic import AnthropicProvider
+from llmapp.providers.gemini import GeminiProvider
+from llmapp.providers.openai import OpenAIProvider
+from tests.conftest import ROOT
 
 # Django 6.1's `check` asks the database whether it supports JSONField.
 pytestmark = pytest.mark.django_db
@@ -157,6 +166,34 @@ def test_database_events_with_null_tsdb_is_a_warning(settings):
     ids, output = check()  # a warning: no SystemCheckError
     assert ids == ["llmapp.W001"]
     assert "the admin and the CLI will show no usage" in output
+
+
+class FutureOpenAIProvider(OpenAIProvider):
+    """The openai backend of a later llmapp, which needs a release of the SDK not out yet."""
+
+    min_version = "999.1"
+
+
+def test_an_sdk_older_than_the_backend_needs_is_a_warning_and_a_one_line_error(openai_provider, settings):
+    settings.LLM_PROVIDERS["openai"]["BACKEND"] = "tests.test_checks.FutureOpenAIProvider"
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai"}}
+    installed = version("openai")  # read from the real metadata, not mocked
+    ids, output = check()
+    assert ids == ["llmapp.W010"]
+    expected = (
+        f'needs openai 999.1 or newer, and {installed} is installed: run pip install -U "llmapp[openai]"'
+    )
+    assert expected in output
+    with pytest.raises(ImproperlyInstalled, match=re.escape(expected)) as raised:
+        complete_prompt("summarize", "hi")
+    assert "\n" not in str(raised.value)
+    assert openai_provider.requests == []  # refused before anything was sent
+
+
+def test_each_extra_asks_for_the_sdk_release_its_backend_needs():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for backend in (OpenAIProvider, AnthropicProvider, GeminiProvider):
+        assert f"{backend.distribution}>={backend.min_version}" in extras[backend.extra]
 
 
 def test_missing_sdk_and_missing_key_are_warnings(settings, monkeypatch):

@@ -109,6 +109,13 @@ def test_a_missing_sdk_gives_the_pip_command(settings):
     assert health.masked_key == "••••kkkk"
 
 
+def test_an_sdk_too_old_gives_the_upgrade_command(settings):
+    configure(settings, "future", "tests.test_checks.FutureOpenAIProvider", api_key="k" * 20)
+    health = provider_health("future")
+    assert health.extra_installed
+    assert any("999.1 or newer" in p and 'pip install -U "llmapp[openai]"' in p for p in health.problems)
+
+
 def test_the_sdk_is_found_without_being_imported(settings, tmp_path, monkeypatch):
     package = tmp_path / "llmapp_tests_exploding_sdk"
     package.mkdir()

@@ -70,7 +70,9 @@ def test_azure_options_select_the_azure_client_and_url():
         "?api-version=2024-10-21"
     )
     assert described["headers"]["api-key"] == "••••CRET"
-    assert "authorization" not in described["headers"]
+    # openai 1.40 sends the key as a Bearer token too, newer SDKs api-key alone: masked either way.
+    assert described["headers"].get("authorization", "Bearer ••••CRET") == "Bearer ••••CRET"
+    assert API_KEY not in json.dumps(described, default=str)
     assert type(backend.client).__name__ == "AzureOpenAI"
 
 

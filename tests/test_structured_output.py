@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import importlib
 import io
 import json
 
@@ -46,6 +47,11 @@ def typed(provider, settings):  # noqa: F811 (the contract suite's fixture)
     settings.LLM_USECASES = {
         "triage": {"PROVIDER": provider.alias, "PROMPT": "Triage the ticket.", "OUTPUT": TICKET_SCHEMA}
     }
+    anthropic_sdk = importlib.import_module("anthropic")
+    if provider.alias == "anthropic" and not hasattr(anthropic_sdk, "transform_schema"):
+        # In the oldest-SDK run of CI (.ci/run). What a call on such an SDK gets is tested in
+        # test_anthropic_provider.py, and prompted mode is the same code for every SDK.
+        pytest.skip("this anthropic SDK has no structured outputs")
     server = provider.server
     server.alias, server.case = provider.alias, provider.case
     return server

@@ -66,6 +66,8 @@ def provider_health(alias):
     extra_installed = cls.sdk_installed()
     if not extra_installed:
         problems.append(str(ImproperlyInstalled(alias, cls.package, cls.extra)))
+    elif (too_old := cls.sdk_version_problem(alias)) is not None:
+        problems.append(str(too_old))
     try:
         backend = providers[alias]
     except ConfigurationError as exc:

@@ -272,5 +272,7 @@ def _check_usecases(backends):
         backend = backends[alias]
         if not backend.sdk_installed():
             messages.append(ImproperlyInstalled(alias, backend.package, backend.extra).as_check())
+        elif (too_old := backend.sdk_version_problem(alias)) is not None:
+            messages.append(too_old.as_check())
         messages += backend.check()
     return messages

@@ -83,6 +83,8 @@ class AnthropicProvider(StainlessProvider):
     default_model = DEFAULT_MODEL
     package = "anthropic"
     extra = "anthropic"
+    distribution = "anthropic"
+    min_version = "0.40"
     api_key_variables = ("ANTHROPIC_API_KEY",)
     default_timeout = DEFAULT_TIMEOUT
     stream_reader = AnthropicStreamReader

@@ -57,6 +57,10 @@ class BaseProvider:
     #: The SDK this backend imports on first use, and the pip extra that installs it.
     package = None
     extra = None
+    #: The SDK's distribution (what pip installs) and the oldest release this backend works
+    #: with, which the extra asks for too: an older one installed otherwise is a W010.
+    distribution = None
+    min_version = None
 
     # What the rest of llmapp needs of a backend is read from its class (see
     # ``providers.backend_classes()``), so that adding one edits nothing else:
@@ -223,12 +227,41 @@ class BaseProvider:
         except (ImportError, ValueError):  # a dotted name whose parent package is missing
             return False
 
-    def import_sdk(self):
-        """Import this backend's SDK, or say which pip command installs it."""
+    @classmethod
+    def sdk_version_problem(cls, alias):
+        """An ImproperlyInstalled if the installed SDK is older than ``min_version``, else None.
+
+        Read from its metadata, without importing it; an SDK whose metadata can't be read
+        (vendored, a build from source) is taken as it is.
+        """
+        if not (cls.distribution and cls.min_version):
+            return None
+        from importlib import metadata
+
         try:
-            return importlib.import_module(self.package)
+            installed = metadata.version(cls.distribution)
+        except (metadata.PackageNotFoundError, ValueError):
+            return None
+        release = _release(installed)
+        if release is None or release >= _release(cls.min_version):
+            return None
+        return ImproperlyInstalled(
+            alias, cls.distribution, cls.extra, installed=installed, needed=cls.min_version
+        )
+
+    def import_sdk(self):
+        """Import this backend's SDK, or say which pip command installs it (or upgrades it)."""
+        try:
+            sdk = importlib.import_module(self.package)
         except ImportError:
             raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
+        if type(self) not in _VERSIONS_CHECKED:
+            # Once a process: an SDK too old fails in ways that blame the settings instead.
+            problem = self.sdk_version_problem(self.alias)
+            if problem is not None:
+                raise problem
+            _VERSIONS_CHECKED.add(type(self))
+        return sdk
 
     def complete(self, request):
         """Return a Completion for ``request``; raise ProviderError on failure."""
@@ -721,3 +754,15 @@ def _is_timeout(exc):
     # An SDK does not wrap a read timeout in the middle of a stream, and its HTTP library
     # (httpx, or httpx2 in newer SDKs) is not ours to import: go by the class name.
     return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)
+
+
+# The backend classes whose installed SDK was found recent enough (see import_sdk()).
+_VERSIONS_CHECKED = set()
+
+
+def _release(version):
+    """``"1.50.0rc1"`` -> ``(1, 50, 0)``: the release numbers, to compare; None if it has none."""
+    import re
+
+    numbers = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(number) for number in numbers.group().split(".")) if numbers else None

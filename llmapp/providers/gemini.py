@@ -85,6 +85,8 @@ class GeminiProvider(SDKProvider):
     default_model = DEFAULT_MODEL
     package = "google.genai"
     extra = "gemini"
+    distribution = "google-genai"
+    min_version = "1.50"
     default_timeout = DEFAULT_TIMEOUT
     stream_reader = GeminiStreamReader
     sentry_integration = "sentry_sdk.integrations.google_genai.GoogleGenAIIntegration"

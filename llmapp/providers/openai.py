@@ -69,6 +69,8 @@ class OpenAIProvider(PostedJSONProvider):
     default_model = "gpt-4o-mini"
     package = "openai"
     extra = "openai"
+    distribution = "openai"
+    min_version = "1.40"
     stream_reader = OpenAIStreamReader
 
     @property
@@ -80,10 +82,14 @@ class OpenAIProvider(PostedJSONProvider):
         return bool(self.options.get("azure_endpoint"))
 
     @property
+    def azure_endpoint(self):
+        # Without its trailing slash, which older SDKs (openai 1.40) keep: ".../" + "/openai".
+        return self.options["azure_endpoint"].rstrip("/")
+
+    @property
     def base_url(self):
         if self.is_azure:
-            endpoint = self.options["azure_endpoint"].rstrip("/")
-            return f"{endpoint}/openai"
+            return f"{self.azure_endpoint}/openai"
         return (self.options.get("base_url") or OPENAI_URL).rstrip("/")
 
     # -- building the call ---------------------------------------------------------
@@ -136,7 +142,7 @@ class OpenAIProvider(PostedJSONProvider):
     def client_options(self):
         if self.is_azure:
             return {
-                "azure_endpoint": self.options["azure_endpoint"],
+                "azure_endpoint": self.azure_endpoint,
                 "azure_deployment": self.options.get("azure_deployment"),
                 "api_version": self.options.get("api_version"),
             }

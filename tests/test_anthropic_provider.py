@@ -266,7 +266,7 @@ def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
         (
             [
                 {"type": "text", "text": "One "},
-                {"type": "thinking", "thinking": "x"},
+                {"type": "thinking", "thinking": "x", "signature": "s"},
                 {"type": "text", "text": "two"},
             ],
             "One two",
@@ -276,10 +276,24 @@ def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
 def test_the_text_is_the_answers_text_blocks_or_a_gateways_string(anthropic_provider, content, text):
     anthropic_provider.reply_raw(200, json.dumps(answer(content)).encode())
     assert complete_prompt("summarize", "hi", provider="anthropic").text == text
+    # A stream answered with the whole answer at once (a LiteLLM proxy does) reads the same.
+    anthropic_provider.reply_raw(200, json.dumps(answer(content)).encode())
+    *chunks, completion = stream_prompt("summarize", "hi", provider="anthropic")
+    assert ("".join(chunks), completion.text) == (text, text)
 
 
 @pytest.mark.parametrize(
-    "content", [7, {"type": "text"}, [{"type": "text", "text": None}], [{"type": "text"}]]
+    "content",
+    [
+        7,
+        {"type": "text"},
+        [{"type": "text", "text": None}],
+        [{"type": "text"}],
+        [7],
+        ["Hi"],
+        [{"text": "Hi"}],
+        [None],
+    ],
 )
 def test_content_that_is_not_text_blocks_is_the_one_line_malformed_answer_error(anthropic_provider, content):
     anthropic_provider.reply_raw(200, json.dumps(answer(content)).encode())

@@ -13,6 +13,7 @@ from django.core.management.base import SystemCheckError
 from llmapp import complete_prompt
 from llmapp.exceptions import ImproperlyInstalled
 from llmapp.providers.anthropic import AnthropicProvider
+from llmapp.providers.base import _release
 from llmapp.providers.gemini import GeminiProvider
 from llmapp.providers.openai import OpenAIProvider
 from tests.conftest import ROOT
@@ -188,6 +189,39 @@ def test_an_sdk_older_than_the_backend_needs_is_a_warning_and_a_one_line_error(o
         complete_prompt("summarize", "hi")
     assert "\n" not in str(raised.value)
     assert openai_provider.requests == []  # refused before anything was sent
+
+
+class HalfRemovedSDKProvider(OpenAIProvider):
+    distribution = "llmapp-tests-half-removed-sdk"
+    min_version = "1.0"
+
+
+def test_an_sdk_whose_version_cannot_be_read_is_taken_as_it_is(
+    openai_provider, settings, tmp_path, monkeypatch
+):
+    # What an interrupted pip uninstall leaves: a dist-info folder without its METADATA.
+    (tmp_path / "llmapp_tests_half_removed_sdk-1.0.dist-info").mkdir()
+    monkeypatch.syspath_prepend(tmp_path)
+    settings.LLM_PROVIDERS["openai"]["BACKEND"] = "tests.test_checks.HalfRemovedSDKProvider"
+    settings.LLM_USECASES = {"summarize": {"PROVIDER": "openai"}}
+    assert check()[0] == []
+    assert complete_prompt("summarize", "hi").text
+
+
+@pytest.mark.parametrize(
+    ("installed", "release"),
+    [
+        *[
+            ("1.50.0", (1, 50, 0)),
+            ("1.50.0rc1", (1, 50, 0)),
+            ("2.0.0.post1", (2, 0, 0)),
+            ("3.6.1+x", (3, 6, 1)),
+        ],
+        *[("1!2.0", None), ("", None), (None, None), ("dev", None)],
+    ],
+)
+def test_a_release_is_read_from_any_version_string(installed, release):
+    assert _release(installed) == release
 
 
 def test_each_extra_asks_for_the_sdk_release_its_backend_needs():

@@ -8,7 +8,7 @@ SDK's extra installed, is there a key. Secrets are only ever shown masked.
 from dataclasses import dataclass, field
 
 from llmapp.conf.secrets import mask, redact
-from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
+from llmapp.exceptions import ConfigurationError
 from llmapp.providers import providers
 from llmapp.sentry.scrubbing import scrub
 
@@ -64,10 +64,8 @@ def provider_health(alias):
 
     problems = []
     extra_installed = cls.sdk_installed()
-    if not extra_installed:
-        problems.append(str(ImproperlyInstalled(alias, cls.package, cls.extra)))
-    elif (too_old := cls.sdk_version_problem(alias)) is not None:
-        problems.append(str(too_old))
+    if (problem := cls.sdk_problem(alias)) is not None:
+        problems.append(str(problem))
     try:
         backend = providers[alias]
     except ConfigurationError as exc:

@@ -25,7 +25,6 @@ from llmapp.calls.types import jsonable
 from llmapp.conf.secrets import redact
 from llmapp.exceptions import (
     ConfigurationError,
-    ImproperlyInstalled,
     InvalidRequestError,
     LLMError,
     RateLimited,
@@ -120,7 +119,7 @@ def read_items(lines, positions=None):
 def check_callable(usecase, provider=None, model=None):
     """Raise the ConfigurationError every item of ``usecase`` on ``provider`` would meet, if any.
 
-    A use case or provider that is misconfigured, an SDK that is not installed, a key that
+    A use case or provider that is misconfigured, an SDK not installed or too old, a key that
     is missing: a setting to fix, said once, before any item runs. Nothing is sent. An
     item's own bad argument is not one: its record says so when it runs.
     """
@@ -128,8 +127,8 @@ def check_callable(usecase, provider=None, model=None):
         _, backend = prepare_request(usecase, "-", provider=provider, model=model)
     except InvalidRequestError:
         return
-    if not backend.sdk_installed():
-        raise ImproperlyInstalled(backend.alias, backend.package, backend.extra)
+    if (problem := backend.sdk_problem(backend.alias)) is not None:
+        raise problem
     backend.check_connection()
 
 

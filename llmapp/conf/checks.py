@@ -16,7 +16,7 @@ from llmapp.conf.backends import backend_class
 from llmapp.conf.secrets import redact, url_secrets
 from llmapp.conf.startup import called_from
 from llmapp.conf.usecases import get_usecase_errors, get_usecases, resolve_with
-from llmapp.exceptions import ConfigurationError, ImproperlyInstalled
+from llmapp.exceptions import ConfigurationError
 from llmapp.metrics.checks import check_metrics
 from llmapp.providers import check_entry, providers
 from llmapp.sentry.checks import check_sentry
@@ -270,9 +270,7 @@ def _check_usecases(backends):
     # A provider no use case relies on may lack its SDK or key without harm.
     for alias in sorted(providers_used):
         backend = backends[alias]
-        if not backend.sdk_installed():
-            messages.append(ImproperlyInstalled(alias, backend.package, backend.extra).as_check())
-        elif (too_old := backend.sdk_version_problem(alias)) is not None:
-            messages.append(too_old.as_check())
+        if (problem := backend.sdk_problem(alias)) is not None:
+            messages.append(problem.as_check())
         messages += backend.check()
     return messages

@@ -169,6 +169,12 @@ class AnthropicProvider(StainlessProvider):
         # The raw events, not the messages.stream() helper: see AnthropicStreamReader.
         return client.messages.create(**payload, stream=True)
 
+    def answer_from_json(self, data, response):
+        # The Message model takes blocks only; a gateway's string is read as complete() reads it.
+        if isinstance(data, dict) and isinstance(data.get("content"), str):
+            data = {**data, "content": [{"type": "text", "text": data["content"]}]}
+        return super().answer_from_json(data, response)
+
     def parse(self, response, request):
         request_id = getattr(response, "_request_id", None)
         content = getattr(response, "content", None)
@@ -218,6 +224,8 @@ def _text_of(content):
     for block in content:
         # Models, or dicts where the SDK built none (a gateway's block of another shape).
         read = block.get if isinstance(block, dict) else lambda name, b=block: getattr(b, name, None)
+        if not isinstance(read("type"), str):
+            return None  # not a block
         if read("type") != "text":
             continue  # only text blocks: this backend asks for no tools or thinking
         if not isinstance(text := read("text"), str):

@@ -228,12 +228,14 @@ class BaseProvider:
             return False
 
     @classmethod
-    def sdk_version_problem(cls, alias):
-        """An ImproperlyInstalled if the installed SDK is older than ``min_version``, else None.
+    def sdk_problem(cls, alias):
+        """An ImproperlyInstalled if the SDK is not installed or is older than ``min_version``, else None.
 
-        Read from its metadata, without importing it; an SDK whose metadata can't be read
-        (vendored, a build from source) is taken as it is.
+        Found without importing it. An SDK whose version can't be read (vendored, a build
+        from source, metadata left half-removed) is taken as it is.
         """
+        if not cls.sdk_installed():
+            return ImproperlyInstalled(alias, cls.package, cls.extra)
         if not (cls.distribution and cls.min_version):
             return None
         from importlib import metadata
@@ -257,7 +259,7 @@ class BaseProvider:
             raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
         if type(self) not in _VERSIONS_CHECKED:
             # Once a process: an SDK too old fails in ways that blame the settings instead.
-            problem = self.sdk_version_problem(self.alias)
+            problem = self.sdk_problem(self.alias)
             if problem is not None:
                 raise problem
             _VERSIONS_CHECKED.add(type(self))
@@ -761,8 +763,9 @@ _VERSIONS_CHECKED = set()
 
 
 def _release(version):
-    """``"1.50.0rc1"`` -> ``(1, 50, 0)``: the release numbers, to compare; None if it has none."""
+    """``"1.50.0rc1"`` -> ``(1, 50, 0)``: the release numbers, to compare; None for a version
+    that has none, or that is not one (an epoch, ``1!2.0``, restarts the numbering)."""
     import re
 
-    numbers = re.match(r"\d+(?:\.\d+)*", version)
+    numbers = re.match(r"\d+(?:\.\d+)*(?![\d!])", version) if isinstance(version, str) else None
     return tuple(int(number) for number in numbers.group().split(".")) if numbers else None

@@ -266,7 +266,7 @@ def test_dry_run_refuses_what_a_call_would_refuse(monkeypatch):
         (
             [
                 {"type": "text", "text": "One "},
-                {"type": "thinking", "thinking": "x", "signature": "s"},
+                {"type": "tool_use", "id": "t1", "name": "lookup", "input": {}},
                 {"type": "text", "text": "two"},
             ],
             "One two",

@@ -223,12 +223,15 @@ def _text_of(content):
     texts = []
     for block in content:
         # Models, or dicts where the SDK built none (a gateway's block of another shape).
-        read = block.get if isinstance(block, dict) else lambda name, b=block: getattr(b, name, None)
-        if not isinstance(read("type"), str):
+        if isinstance(block, dict):
+            kind, text = block.get("type"), block.get("text")
+        else:
+            kind, text = getattr(block, "type", None), getattr(block, "text", None)
+        if not isinstance(kind, str):
             return None  # not a block
-        if read("type") != "text":
+        if kind != "text":
             continue  # only text blocks: this backend asks for no tools or thinking
-        if not isinstance(text := read("text"), str):
+        if not isinstance(text, str):
             return None
         texts.append(text)
     return "".join(texts)

@@ -251,19 +251,21 @@ class BaseProvider:
             alias, cls.distribution, cls.extra, installed=installed, needed=cls.min_version
         )
 
+    #: The SDK module, once import_sdk() has imported it and found it recent enough.
+    _sdk = None
+
     def import_sdk(self):
         """Import this backend's SDK, or say which pip command installs it (or upgrades it)."""
-        try:
-            sdk = importlib.import_module(self.package)
-        except ImportError:
-            raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
-        if type(self) not in _VERSIONS_CHECKED:
-            # Once a process: an SDK too old fails in ways that blame the settings instead.
-            problem = self.sdk_problem(self.alias)
-            if problem is not None:
+        if self._sdk is None:
+            try:
+                sdk = importlib.import_module(self.package)
+            except ImportError:
+                raise ImproperlyInstalled(self.alias, self.package, self.extra) from None
+            # An SDK too old fails in ways that blame the settings instead.
+            if (problem := self.sdk_problem(self.alias)) is not None:
                 raise problem
-            _VERSIONS_CHECKED.add(type(self))
-        return sdk
+            self._sdk = sdk
+        return self._sdk
 
     def complete(self, request):
         """Return a Completion for ``request``; raise ProviderError on failure."""
@@ -756,10 +758,6 @@ def _is_timeout(exc):
     # An SDK does not wrap a read timeout in the middle of a stream, and its HTTP library
     # (httpx, or httpx2 in newer SDKs) is not ours to import: go by the class name.
     return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)
-
-
-# The backend classes whose installed SDK was found recent enough (see import_sdk()).
-_VERSIONS_CHECKED = set()
 
 
 def _release(version):
